@@ -1,0 +1,174 @@
+package authz
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/grpc/codes"
+
+	"github.com/tollgate-authz/tollgate/identity"
+	"github.com/tollgate-authz/tollgate/policy"
+)
+
+// Options are the response settings from the config file.
+type Options struct {
+	// ProblemTypeBase prefixes the code to make the problem "type" URI.
+	ProblemTypeBase string
+	// Realm goes in WWW-Authenticate on 401.
+	Realm string
+	// RetryAfter is sent with entitlements_unavailable.
+	RetryAfter time.Duration
+	// Status overrides the HTTP status per code.
+	Status map[policy.Code]int
+	// HeaderPrefix marks trusted headers; client-sent ones are removed.
+	HeaderPrefix string
+	// SubjectHeader and PlanHeader are set upstream on allow.
+	SubjectHeader, PlanHeader string
+	// Shadow decides and logs but always allows.
+	Shadow bool
+	// AllowSampleRate is the share of allows written to the decision log.
+	AllowSampleRate float64
+}
+
+// DefaultProblemTypeBase is where the codes are documented.
+const DefaultProblemTypeBase = "https://github.com/tollgate-authz/tollgate/blob/main/docs/problems.md#"
+
+// Runtime is everything a Check reads that a config reload may change. It is
+// immutable once built.
+type Runtime struct {
+	policy   *policy.Policy
+	identity identity.Chain
+	opts     Options
+	status   policy.StatusTable
+	tmpl     []template
+	lowerPfx string
+	missing  string // detail for missing_credentials
+}
+
+// template is what a denial with one code always carries.
+type template struct {
+	status   int
+	typeURI  string
+	title    string
+	grpcCode codes.Code
+	headers  []*corev3.HeaderValueOption // shared, never modified
+}
+
+var titles = map[policy.Code]string{
+	policy.MissingCredentials:      "Credentials required",
+	policy.InvalidCredentials:      "Invalid credentials",
+	policy.SubscriptionInactive:    "Subscription inactive",
+	policy.PaymentFailed:           "Payment failed",
+	policy.FeatureNotInPlan:        "Feature not in plan",
+	policy.QuotaExhausted:          "Quota exhausted",
+	policy.InsufficientCredits:     "Insufficient credits",
+	policy.RateLimited:             "Rate limited",
+	policy.RouteNotAllowed:         "Route not allowed",
+	policy.EntitlementsUnavailable: "Entitlements unavailable",
+}
+
+// grpcCodes is what a gRPC client sees for each refusal.
+var grpcCodes = map[policy.Code]codes.Code{
+	policy.MissingCredentials:      codes.Unauthenticated,
+	policy.InvalidCredentials:      codes.Unauthenticated,
+	policy.SubscriptionInactive:    codes.PermissionDenied,
+	policy.PaymentFailed:           codes.PermissionDenied,
+	policy.FeatureNotInPlan:        codes.PermissionDenied,
+	policy.QuotaExhausted:          codes.ResourceExhausted,
+	policy.InsufficientCredits:     codes.ResourceExhausted,
+	policy.RateLimited:             codes.ResourceExhausted,
+	policy.RouteNotAllowed:         codes.PermissionDenied,
+	policy.EntitlementsUnavailable: codes.Unavailable,
+}
+
+// NewRuntime precomputes response templates for p and chain.
+func NewRuntime(p *policy.Policy, chain identity.Chain, opts Options) (*Runtime, error) {
+	if opts.ProblemTypeBase == "" {
+		opts.ProblemTypeBase = DefaultProblemTypeBase
+	}
+	if opts.Realm == "" {
+		opts.Realm = "api"
+	}
+	if opts.HeaderPrefix == "" {
+		opts.HeaderPrefix = "x-tollgate-"
+	}
+	if opts.SubjectHeader == "" {
+		opts.SubjectHeader = opts.HeaderPrefix + "subject"
+	}
+	if opts.PlanHeader == "" {
+		opts.PlanHeader = opts.HeaderPrefix + "plan"
+	}
+	if opts.RetryAfter <= 0 {
+		opts.RetryAfter = 5 * time.Second
+	}
+	rt := &Runtime{policy: p, identity: chain, opts: opts, status: policy.DefaultStatus, lowerPfx: strings.ToLower(opts.HeaderPrefix)}
+	for c, st := range opts.Status {
+		if st < 400 || st > 599 {
+			return nil, fmt.Errorf("status for %s: %d is not a 4xx or 5xx status", c, st)
+		}
+		rt.status[c] = st
+	}
+	rt.tmpl = make([]template, len(policy.Codes))
+	for _, c := range policy.Codes[1:] {
+		t := template{
+			status:   rt.status.Status(c),
+			typeURI:  opts.ProblemTypeBase + c.String(),
+			title:    titles[c],
+			grpcCode: grpcCodes[c],
+		}
+		t.headers = []*corev3.HeaderValueOption{
+			overwrite("content-type", "application/problem+json"),
+			overwrite("cache-control", "no-store"),
+		}
+		switch c {
+		case policy.MissingCredentials:
+			t.headers = append(t.headers, overwrite("www-authenticate", `Bearer realm="`+opts.Realm+`"`))
+		case policy.InvalidCredentials:
+			t.headers = append(t.headers, overwrite("www-authenticate", `Bearer realm="`+opts.Realm+`", error="invalid_token"`))
+		case policy.EntitlementsUnavailable:
+			secs := int64((opts.RetryAfter + time.Second - 1) / time.Second)
+			t.headers = append(t.headers, overwrite("retry-after", strconv.FormatInt(secs, 10)))
+		}
+		rt.tmpl[c] = t
+	}
+	rt.missing = rt.missingDetail()
+	return rt, nil
+}
+
+// Policy is the compiled policy this runtime decides with.
+func (rt *Runtime) Policy() *policy.Policy { return rt.policy }
+
+// overwrite builds a header that replaces any existing value. The append
+// default differs between Envoy versions, so it is always explicit.
+func overwrite(k, v string) *corev3.HeaderValueOption {
+	return &corev3.HeaderValueOption{
+		Header:       &corev3.HeaderValue{Key: k, Value: v},
+		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+	}
+}
+
+// missingDetail says which credentials this deployment accepts.
+func (rt *Runtime) missingDetail() string {
+	var ways []string
+	for _, x := range rt.identity {
+		switch x := x.(type) {
+		case *identity.HeaderKey:
+			ways = append(ways, "an API key in the "+x.Name+" header")
+		case identity.Bearer:
+			ways = append(ways, "an Authorization: Bearer header")
+		case *identity.JWTClaim:
+			ways = append(ways, "a signed JWT")
+		case identity.Principal:
+			ways = append(ways, "a client certificate")
+		case *identity.TrustedHeader:
+			ways = append(ways, "a verified identity")
+		}
+	}
+	if len(ways) == 0 {
+		return "This API needs credentials."
+	}
+	return "This API needs credentials: send " + strings.Join(ways, ", or ") + "."
+}

@@ -1,0 +1,175 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/tollgate-authz/tollgate/config"
+	"github.com/tollgate-authz/tollgate/identity"
+)
+
+func cmdValidate(args []string, stdout io.Writer) error {
+	fs := newFlags("validate")
+	cfgPath := fs.String("config", "", "config file")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := requireConfig(fs, *cfgPath); err != nil {
+		return err
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	p, err := build(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: ok (%d plans, %d routes, %d subjects in %s)\n", *cfgPath,
+		len(cfg.Policy.PlanNames()), len(cfg.Policy.Routes()), p.src.Len(), cfg.Entitlements.File.Path)
+	return nil
+}
+
+// headerFlags collects repeated -H 'name: value' flags.
+type headerFlags []string
+
+func (h *headerFlags) String() string     { return strings.Join(*h, ", ") }
+func (h *headerFlags) Set(v string) error { *h = append(*h, v); return nil }
+
+// kvFlags collects repeated --context key=value flags.
+type kvFlags map[string]string
+
+func (m kvFlags) String() string { return fmt.Sprint(map[string]string(m)) }
+func (m kvFlags) Set(v string) error {
+	k, val, ok := strings.Cut(v, "=")
+	if !ok || k == "" {
+		return fmt.Errorf("%q is not key=value", v)
+	}
+	m[k] = val
+	return nil
+}
+
+// checkOutput is what `tollgate check` prints.
+type checkOutput struct {
+	Allowed         bool              `json:"allowed"`
+	Status          int               `json:"status"`
+	Code            string            `json:"code"`
+	Shadow          bool              `json:"shadow,omitempty"`
+	Route           string            `json:"route,omitempty"`
+	Subject         string            `json:"subject,omitempty"`
+	Plan            string            `json:"plan,omitempty"`
+	Headers         map[string]string `json:"headers,omitempty"`
+	HeadersToRemove []string          `json:"headers_to_remove,omitempty"`
+	Body            json.RawMessage   `json:"body,omitempty"`
+	DynamicMetadata json.RawMessage   `json:"dynamic_metadata,omitempty"`
+}
+
+func cmdCheck(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := newFlags("check")
+	cfgPath := fs.String("config", "", "config file")
+	method := fs.String("method", "GET", "HTTP method")
+	path := fs.String("path", "/", "request path, with query")
+	host := fs.String("host", "localhost", "host (:authority)")
+	principal := fs.String("principal", "", "mTLS peer principal")
+	raw := fs.Bool("raw-headers", false, "send headers in header_map, as Envoy does with encode_raw_headers")
+	var hdrs headerFlags
+	ctxExt := kvFlags{}
+	fs.Var(&hdrs, "H", "header 'name: value' (repeatable)")
+	fs.Var(ctxExt, "context", "context extension key=value (repeatable)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := requireConfig(fs, *cfgPath); err != nil {
+		return err
+	}
+	headers := map[string]string{":method": strings.ToUpper(*method), ":path": *path, ":authority": *host}
+	for _, h := range hdrs {
+		k, v, ok := strings.Cut(h, ":")
+		if !ok || strings.TrimSpace(k) == "" {
+			return fmt.Errorf("%w: check: -H %q is not 'name: value'", errUsage, h)
+		}
+		k, v = strings.ToLower(strings.TrimSpace(k)), strings.TrimSpace(v)
+		if old, dup := headers[k]; dup {
+			v = old + "," + v // Envoy joins repeated headers with a comma
+		}
+		headers[k] = v
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	p, err := build(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return err
+	}
+	resp, res := p.server.Decide(ctx, checkRequest(strings.ToUpper(*method), *path, *host, *principal, headers, ctxExt, *raw))
+
+	out := checkOutput{
+		Allowed: res.Allowed, Status: res.Status, Code: res.Code.String(), Shadow: res.Shadow,
+		Route: res.Route, Subject: res.Subject, Plan: res.Plan, Headers: map[string]string{},
+	}
+	var opts []*corev3.HeaderValueOption
+	if ok := resp.GetOkResponse(); ok != nil {
+		opts = ok.GetHeaders()
+		out.HeadersToRemove = ok.GetHeadersToRemove()
+	}
+	if d := resp.GetDeniedResponse(); d != nil {
+		opts = d.GetHeaders()
+		out.Body = json.RawMessage(d.GetBody())
+	}
+	for _, o := range opts {
+		out.Headers[o.GetHeader().GetKey()] = o.GetHeader().GetValue()
+	}
+	if md := resp.GetDynamicMetadata(); md != nil {
+		out.DynamicMetadata, _ = protojson.Marshal(md)
+	}
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(out)
+}
+
+// checkRequest builds a CheckRequest shaped as Envoy sends it.
+func checkRequest(method, path, host, principal string, headers, ctxExt map[string]string, raw bool) *authv3.CheckRequest {
+	h := &authv3.AttributeContext_HttpRequest{Method: method, Path: path, Host: host, Protocol: "HTTP/1.1", Scheme: "http"}
+	if raw {
+		h.HeaderMap = &corev3.HeaderMap{}
+		for k, v := range headers {
+			h.HeaderMap.Headers = append(h.HeaderMap.Headers, &corev3.HeaderValue{Key: k, RawValue: []byte(v)})
+		}
+	} else {
+		h.Headers = headers
+	}
+	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		Source:            &authv3.AttributeContext_Peer{Principal: principal},
+		Request:           &authv3.AttributeContext_Request{Http: h},
+		ContextExtensions: ctxExt,
+	}}
+}
+
+func cmdHashKey(args []string, stdin io.Reader, stdout io.Writer) error {
+	if len(args) != 1 {
+		return fmt.Errorf("%w: hash-key: give exactly one KEY, or - to read it from stdin", errUsage)
+	}
+	key := args[0]
+	if key == "-" {
+		line, err := bufio.NewReader(stdin).ReadString('\n')
+		if err != nil && line == "" {
+			return fmt.Errorf("hash-key: reading stdin: %w", err)
+		}
+		key = strings.TrimRight(line, "\r\n")
+	}
+	if key == "" {
+		return fmt.Errorf("%w: hash-key: the key is empty", errUsage)
+	}
+	fmt.Fprintln(stdout, identity.HashKey(key))
+	return nil
+}

@@ -1,0 +1,239 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/tollgate-authz/tollgate/admin"
+	"github.com/tollgate-authz/tollgate/authz"
+	"github.com/tollgate-authz/tollgate/cache"
+	"github.com/tollgate-authz/tollgate/config"
+	"github.com/tollgate-authz/tollgate/entitlement"
+	"github.com/tollgate-authz/tollgate/entitlement/file"
+	"github.com/tollgate-authz/tollgate/internal/watch"
+	"github.com/tollgate-authz/tollgate/metrics"
+	"github.com/tollgate-authz/tollgate/policy"
+)
+
+func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := newFlags("serve")
+	cfgPath := fs.String("config", "", "config file")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := requireConfig(fs, *cfgPath); err != nil {
+		return err
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	log := newLogger(stderr, cfg.Log.Level)
+	p, err := build(cfg, log)
+	if err != nil {
+		return err
+	}
+	return p.serve(ctx, log)
+}
+
+func newLogger(w io.Writer, level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
+}
+
+// pipeline is the wired request path: file source → cache → authz server.
+type pipeline struct {
+	cfg     *config.Config
+	src     *file.Source
+	cache   *cache.Cache
+	server  *authz.Server
+	metrics *metrics.Metrics
+}
+
+// build wires the request path for cfg. It is shared by serve, validate and check.
+func build(cfg *config.Config, log *slog.Logger) (*pipeline, error) {
+	p := &pipeline{cfg: cfg}
+	p.metrics = metrics.New(version, func() int {
+		if p.cache == nil {
+			return 0
+		}
+		return p.cache.Len()
+	})
+	src, err := file.Open(cfg.Entitlements.File.Path, file.Options{
+		// Records are vetted against the policy in force, so a reload of
+		// either file is checked against the other.
+		Check: func(e *entitlement.Entitlement) (string, error) {
+			return p.policy().CheckEntitlement(e)
+		},
+		OnReload: func(err error) {
+			p.metrics.Reloaded("entitlements", err, float64(time.Now().Unix()))
+			if err != nil {
+				log.Error("entitlements reload failed; keeping the last good data", "error", err.Error())
+				return
+			}
+			p.cache.Purge()
+			log.Info("entitlements reloaded", "file", cfg.Entitlements.File.Path, "subjects", p.src.Len())
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	p.src = src
+	cc := cfg.Entitlements.Cache
+	p.cache = cache.New(src, cache.Options{
+		MaxEntries: cc.MaxEntries, TTL: cc.TTL, NegativeTTL: cc.NegativeTTL,
+		StaleIfError: cc.StaleIfError, Timeout: cc.Timeout,
+	})
+	rt, err := cfg.Runtime()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", cfg.Path, err)
+	}
+	p.server = authz.NewServer(rt, p.cache, p.metrics, log, nil)
+	return p, nil
+}
+
+func (p *pipeline) policy() *policy.Policy {
+	if p.server == nil {
+		return p.cfg.Policy
+	}
+	return p.server.Runtime().Policy()
+}
+
+// reloadConfig applies a changed config file. Only the policy, identity and
+// response settings change live; the log says which other edits need a restart.
+func (p *pipeline) reloadConfig(log *slog.Logger) {
+	next, err := config.Load(p.cfg.Path)
+	if err == nil {
+		var rt *authz.Runtime
+		if rt, err = next.Runtime(); err == nil {
+			p.server.Swap(rt)
+		}
+	}
+	p.metrics.Reloaded("config", err, float64(time.Now().Unix()))
+	if err != nil {
+		log.Error("config reload failed; keeping the last good config", "error", err.Error())
+		return
+	}
+	if next.Server != p.cfg.Server || next.Entitlements != p.cfg.Entitlements {
+		log.Warn("config reloaded, but server and entitlements settings take effect only after a restart")
+	}
+	// Records were vetted against the old plans: check them against the new.
+	if err := p.src.Reload(); err != nil {
+		log.Warn("entitlements no longer valid under the new config", "error", err.Error())
+	}
+	p.cache.Purge()
+	log.Info("config reloaded", "file", p.cfg.Path)
+}
+
+func (p *pipeline) serve(ctx context.Context, log *slog.Logger) error {
+	cfg := p.cfg
+	lis, err := listen(cfg.Server.GRPCAddress)
+	if err != nil {
+		return fmt.Errorf("grpc listener: %w", err)
+	}
+	adminLis, err := net.Listen("tcp", cfg.Server.AdminAddress)
+	if err != nil {
+		lis.Close()
+		return fmt.Errorf("admin listener: %w", err)
+	}
+
+	gs := grpc.NewServer(
+		grpc.MaxConcurrentStreams(cfg.Server.MaxConcurrentStreams),
+		// Envoy keeps one long-lived connection per worker; allow its pings.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+	)
+	authv3.RegisterAuthorizationServer(gs, p.server)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+	hs.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+
+	adm := admin.New(promhttp.HandlerFor(p.metrics.Registry, promhttp.HandlerOpts{}))
+	hsrv := &http.Server{Handler: adm, ReadHeaderTimeout: 5 * time.Second}
+
+	errc := make(chan error, 2)
+	go func() { errc <- gs.Serve(lis) }()
+	go func() {
+		if err := hsrv.Serve(adminLis); !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+		}
+	}()
+
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go p.src.Watch(wctx, cfg.Entitlements.File.PollInterval)
+	go watch.File(wctx, cfg.Path, cfg.Entitlements.File.PollInterval, func() { p.reloadConfig(log) })
+
+	adm.SetReady()
+	log.Info("serving", "grpc", addrString(lis.Addr()), "admin", adminLis.Addr().String(),
+		"version", version, "subjects", p.src.Len(), "shadow", cfg.Shadow)
+
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		log.Error("server failed", "error", err.Error())
+	}
+
+	// Drain: stop advertising, let in-flight Checks finish, then stop.
+	log.Info("draining", "timeout", cfg.Server.DrainTimeout.String())
+	adm.Drain()
+	hs.Shutdown()
+	if d := cfg.Server.ShutdownDelay; d > 0 {
+		time.Sleep(d)
+	}
+	stopped := make(chan struct{})
+	go func() { gs.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(cfg.Server.DrainTimeout):
+		log.Warn("drain timeout; closing remaining streams")
+		gs.Stop()
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = hsrv.Shutdown(sctx)
+	if path, ok := strings.CutPrefix(cfg.Server.GRPCAddress, "unix://"); ok {
+		_ = os.Remove(path)
+	}
+	log.Info("stopped")
+	return err
+}
+
+// listen binds host:port or unix:///path. A stale socket file left by a
+// crashed process is removed; a live one is not.
+func listen(addr string) (net.Listener, error) {
+	path, ok := strings.CutPrefix(addr, "unix://")
+	if !ok {
+		return net.Listen("tcp", addr)
+	}
+	if fi, err := os.Stat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		if c, err := net.DialTimeout("unix", path, 100*time.Millisecond); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%s: another process is serving on this socket", path)
+		}
+		_ = os.Remove(path)
+	}
+	return net.Listen("unix", path)
+}
+
+func addrString(a net.Addr) string {
+	if a.Network() == "unix" {
+		return "unix://" + a.String()
+	}
+	return a.String()
+}

@@ -1,0 +1,209 @@
+// Package file is the embedded entitlement source: a YAML file of subjects,
+// reloaded when it changes. Lookups read an immutable index through an atomic
+// pointer, so a reload never blocks or drops a request, and a bad edit keeps
+// the last good index while the error names the file, line and field.
+package file
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	yaml "go.yaml.in/yaml/v3"
+
+	"github.com/tollgate-authz/tollgate/entitlement"
+	"github.com/tollgate-authz/tollgate/internal/watch"
+	"github.com/tollgate-authz/tollgate/internal/yamlpos"
+)
+
+// Document is the file's shape.
+type Document struct {
+	Subjects []Subject `yaml:"subjects"`
+}
+
+// Subject is one record as written in the file.
+type Subject struct {
+	ID       string           `yaml:"id"`
+	Plan     string           `yaml:"plan"`
+	Status   string           `yaml:"status"`
+	APIKeys  []string         `yaml:"api_key_sha256"`
+	Features []string         `yaml:"features"`
+	Quotas   map[string]int64 `yaml:"quotas"`
+	Credits  *int64           `yaml:"credits"`
+	// Times are RFC 3339.
+	PeriodStart  time.Time `yaml:"period_start"`
+	PeriodEnd    time.Time `yaml:"period_end"`
+	PastDueSince time.Time `yaml:"past_due_since"`
+}
+
+// Options tune a Source.
+type Options struct {
+	// Check, when set, vets each record against the rest of the config (for
+	// example that its plan exists). Its error is reported against the
+	// subject's line; the path it returns after ": " is not needed.
+	Check func(e *entitlement.Entitlement) (field string, err error)
+	// OnReload is told the outcome of every reload after the first load.
+	OnReload func(err error)
+}
+
+type index struct {
+	bySubject map[string]*entitlement.Entitlement
+	byKey     map[string]*entitlement.Entitlement
+}
+
+// Source serves entitlements from a YAML file.
+type Source struct {
+	path string
+	opts Options
+	idx  atomic.Pointer[index]
+	mu   sync.Mutex // serialises reloads
+}
+
+var _ entitlement.Source = (*Source)(nil)
+
+// Open loads path. The first load must succeed: there is no last good data yet.
+func Open(path string, opts Options) (*Source, error) {
+	s := &Source{path: path, opts: opts}
+	idx, err := s.load()
+	if err != nil {
+		return nil, err
+	}
+	s.idx.Store(idx)
+	return s, nil
+}
+
+// Lookup implements entitlement.Source. It never blocks on a reload.
+func (s *Source) Lookup(_ context.Context, key entitlement.Key) (*entitlement.Entitlement, error) {
+	idx := s.idx.Load()
+	var e *entitlement.Entitlement
+	switch key.Kind {
+	case entitlement.BySubject:
+		e = idx.bySubject[key.ID]
+	case entitlement.ByAPIKey:
+		e = idx.byKey[key.ID]
+	}
+	if e == nil {
+		return nil, entitlement.ErrNotFound
+	}
+	return e, nil
+}
+
+// Len is the number of subjects loaded.
+func (s *Source) Len() int { return len(s.idx.Load().bySubject) }
+
+// Reload reads the file again. On any error the previous data stays in force
+// and the error, which names file, line and field, is returned.
+func (s *Source) Reload() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	idx, err := s.load()
+	if err == nil {
+		s.idx.Store(idx)
+	}
+	if s.opts.OnReload != nil {
+		s.opts.OnReload(err)
+	}
+	return err
+}
+
+// Watch reloads the file whenever it changes, until ctx ends.
+func (s *Source) Watch(ctx context.Context, every time.Duration) {
+	watch.File(ctx, s.path, every, func() { _ = s.Reload() })
+}
+
+func (s *Source) load() (*index, error) {
+	data, err := os.ReadFile(s.path)
+	if err != nil {
+		return nil, fmt.Errorf("entitlements: %w", err)
+	}
+	return parse(s.path, data, s.opts.Check)
+}
+
+// parse decodes and validates an entitlements document. name is used in errors.
+func parse(name string, data []byte, check func(*entitlement.Entitlement) (string, error)) (*index, error) {
+	var doc Document
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
+		return nil, yamlpos.Errors(name, err)
+	}
+	var root yaml.Node
+	_ = yaml.Unmarshal(data, &root)
+	fail := func(path, msg string, args ...any) error {
+		return fmt.Errorf("%s:%d: %s: %s", name, yamlpos.Line(&root, path), path, fmt.Sprintf(msg, args...))
+	}
+
+	idx := &index{
+		bySubject: make(map[string]*entitlement.Entitlement, len(doc.Subjects)),
+		byKey:     make(map[string]*entitlement.Entitlement, len(doc.Subjects)),
+	}
+	var errs []error
+	for i, sub := range doc.Subjects {
+		at := fmt.Sprintf("subjects[%d]", i)
+		if sub.ID == "" {
+			errs = append(errs, fail(at+".id", "is required"))
+			continue
+		}
+		if _, dup := idx.bySubject[sub.ID]; dup {
+			errs = append(errs, fail(at+".id", "subject %q is listed twice", sub.ID))
+			continue
+		}
+		if sub.Plan == "" {
+			errs = append(errs, fail(at+".plan", "is required"))
+		}
+		st := entitlement.Status(sub.Status)
+		if !st.Valid() {
+			errs = append(errs, fail(at+".status", "%q is not a subscription status (want one of active, trialing, past_due, unpaid, canceled, incomplete, incomplete_expired, paused)", sub.Status))
+		}
+		if sub.Credits != nil && *sub.Credits < 0 {
+			errs = append(errs, fail(at+".credits", "must not be negative"))
+		}
+		for q, n := range sub.Quotas {
+			if n < 0 {
+				errs = append(errs, fail(at+".quotas."+q, "must not be negative"))
+			}
+		}
+		e := &entitlement.Entitlement{
+			Subject:      sub.ID,
+			Plan:         sub.Plan,
+			Status:       st,
+			Features:     sub.Features,
+			Quotas:       sub.Quotas,
+			Credits:      sub.Credits,
+			PeriodStart:  sub.PeriodStart,
+			PeriodEnd:    sub.PeriodEnd,
+			PastDueSince: sub.PastDueSince,
+		}
+		if check != nil && sub.Plan != "" {
+			if field, err := check(e); err != nil {
+				errs = append(errs, fail(at+"."+field, "%v", err))
+			}
+		}
+		idx.bySubject[sub.ID] = e
+		for j, k := range sub.APIKeys {
+			kp := fmt.Sprintf("%s.api_key_sha256[%d]", at, j)
+			d := strings.ToLower(strings.TrimPrefix(k, "sha256:"))
+			if b, err := hex.DecodeString(d); err != nil || len(b) != 32 {
+				errs = append(errs, fail(kp, "is not a hex SHA-256 digest (make one with `tollgate hash-key`)"))
+				continue
+			}
+			if other, dup := idx.byKey[d]; dup {
+				errs = append(errs, fail(kp, "key is already held by subject %q", other.Subject))
+				continue
+			}
+			idx.byKey[d] = e
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return idx, nil
+}

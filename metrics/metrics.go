@@ -1,0 +1,133 @@
+// Package metrics holds tollgate's Prometheus collectors. Series for every
+// code and cache outcome are created up front, so the hot path only adds to
+// counters it already holds (no label lookups, no allocation).
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/tollgate-authz/tollgate/authz"
+	"github.com/tollgate-authz/tollgate/cache"
+	"github.com/tollgate-authz/tollgate/policy"
+)
+
+// Metrics records what tollgate does.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	checks   [3][]prometheus.Counter // by decision (allow, deny, shadow_deny), then code
+	latency  prometheus.Observer
+	cacheOut []prometheus.Counter // by cache.Outcome
+	srcErr   *prometheus.CounterVec
+	reloads  *prometheus.CounterVec
+	lastOK   *prometheus.GaugeVec
+	entries  prometheus.GaugeFunc
+}
+
+const (
+	decAllow = iota
+	decDeny
+	decShadowDeny
+)
+
+var decisionNames = [3]string{"allow", "deny", "shadow_deny"}
+
+// New registers every collector on a fresh registry. cacheLen, when set,
+// reports how many records the entitlement cache holds.
+func New(version string, cacheLen func() int) *Metrics {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := &Metrics{Registry: reg}
+
+	checks := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tollgate_checks_total",
+		Help: "Checks answered, by decision (allow, deny, shadow_deny) and code.",
+	}, []string{"decision", "code"})
+	for d, dn := range decisionNames {
+		m.checks[d] = make([]prometheus.Counter, len(policy.Codes))
+		for _, c := range policy.Codes {
+			if (d == decAllow) != (c == policy.OK) {
+				continue
+			}
+			m.checks[d][c] = checks.WithLabelValues(dn, c.String())
+		}
+	}
+	lat := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "tollgate_check_duration_seconds",
+		Help:    "Time to decide a Check inside tollgate, from request to response.",
+		Buckets: []float64{5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 200e-3},
+	})
+	m.latency = lat
+	co := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tollgate_entitlement_cache_total",
+		Help: "Entitlement lookups by cache outcome (hit, negative_hit, miss, stale, error).",
+	}, []string{"outcome"})
+	for _, o := range cache.Outcomes {
+		m.cacheOut = append(m.cacheOut, co.WithLabelValues(o.String()))
+	}
+	m.srcErr = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tollgate_entitlement_source_errors_total",
+		Help: "Entitlement source calls that failed (served stale or answered 503).",
+	}, []string{"source"})
+	m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tollgate_reloads_total",
+		Help: "File reloads by file (config, entitlements) and result (ok, error).",
+	}, []string{"file", "result"})
+	m.lastOK = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "tollgate_reload_last_success_timestamp_seconds",
+		Help: "When each file last loaded successfully.",
+	}, []string{"file"})
+	info := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "tollgate_build_info",
+		Help: "Always 1; the version label says which build is running.",
+	}, []string{"version"})
+	info.WithLabelValues(version).Set(1)
+	for _, f := range []string{"config", "entitlements"} {
+		for _, r := range []string{"ok", "error"} {
+			m.reloads.WithLabelValues(f, r)
+		}
+	}
+	reg.MustRegister(checks, lat, co, m.srcErr, m.reloads, m.lastOK, info)
+	if cacheLen != nil {
+		m.entries = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tollgate_entitlement_cache_entries",
+			Help: "Records (found and not found) held by the entitlement cache.",
+		}, func() float64 { return float64(cacheLen()) })
+		reg.MustRegister(m.entries)
+	}
+	return m
+}
+
+var _ authz.Observer = (*Metrics)(nil)
+
+// ObserveCheck implements authz.Observer.
+func (m *Metrics) ObserveCheck(r *authz.Result) {
+	d := decDeny
+	switch {
+	case r.Shadow:
+		d = decShadowDeny
+	case r.Allowed:
+		d = decAllow
+	}
+	if c := m.checks[d][r.Code]; c != nil {
+		c.Inc()
+	}
+	m.latency.Observe(r.Duration.Seconds())
+	if r.Looked {
+		m.cacheOut[r.Cache].Inc()
+	}
+}
+
+// SourceError counts a failed call to the named entitlement source.
+func (m *Metrics) SourceError(source string) { m.srcErr.WithLabelValues(source).Inc() }
+
+// Reloaded records a reload of file ("config" or "entitlements").
+func (m *Metrics) Reloaded(file string, err error, unixTime float64) {
+	if err != nil {
+		m.reloads.WithLabelValues(file, "error").Inc()
+		return
+	}
+	m.reloads.WithLabelValues(file, "ok").Inc()
+	m.lastOK.WithLabelValues(file).Set(unixTime)
+}

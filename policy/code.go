@@ -1,0 +1,89 @@
+package policy
+
+// Code is the reason for a decision. Codes are the public contract: they appear
+// in the JSON body, the decision log, metrics and Envoy's dynamic metadata.
+type Code uint8
+
+// The decision codes.
+const (
+	OK Code = iota
+	MissingCredentials
+	InvalidCredentials
+	SubscriptionInactive
+	PaymentFailed
+	FeatureNotInPlan
+	QuotaExhausted
+	InsufficientCredits
+	RateLimited
+	RouteNotAllowed
+	EntitlementsUnavailable
+	numCodes
+)
+
+// Codes lists every code, OK first.
+var Codes = func() []Code {
+	cs := make([]Code, numCodes)
+	for i := range cs {
+		cs[i] = Code(i)
+	}
+	return cs
+}()
+
+var codeNames = [numCodes]string{
+	OK:                      "ok",
+	MissingCredentials:      "missing_credentials",
+	InvalidCredentials:      "invalid_credentials",
+	SubscriptionInactive:    "subscription_inactive",
+	PaymentFailed:           "payment_failed",
+	FeatureNotInPlan:        "feature_not_in_plan",
+	QuotaExhausted:          "quota_exhausted",
+	InsufficientCredits:     "insufficient_credits",
+	RateLimited:             "rate_limited",
+	RouteNotAllowed:         "route_not_allowed",
+	EntitlementsUnavailable: "entitlements_unavailable",
+}
+
+// String is the code as users see it, for example "feature_not_in_plan".
+func (c Code) String() string {
+	if c < numCodes {
+		return codeNames[c]
+	}
+	return "unknown"
+}
+
+// ParseCode is the inverse of String.
+func ParseCode(s string) (Code, bool) {
+	for i, n := range codeNames {
+		if n == s {
+			return Code(i), true
+		}
+	}
+	return 0, false
+}
+
+// DefaultStatus is the one table that maps codes to HTTP statuses. Config may
+// override entries per code.
+var DefaultStatus = [numCodes]int{
+	OK:                      200,
+	MissingCredentials:      401,
+	InvalidCredentials:      401,
+	SubscriptionInactive:    402,
+	PaymentFailed:           402,
+	FeatureNotInPlan:        402,
+	QuotaExhausted:          402,
+	InsufficientCredits:     402,
+	RateLimited:             429,
+	RouteNotAllowed:         403,
+	EntitlementsUnavailable: 503,
+}
+
+// StatusTable is DefaultStatus with overrides applied.
+type StatusTable [numCodes]int
+
+// Status is the HTTP status for c.
+func (t *StatusTable) Status(c Code) int {
+	if c < numCodes {
+		return t[c]
+	}
+	return 500
+}

@@ -1,0 +1,131 @@
+package policy
+
+import (
+	"fmt"
+	"time"
+
+	yaml "go.yaml.in/yaml/v3"
+)
+
+// Spec is the policy part of the config file.
+type Spec struct {
+	Plans   Plans       `yaml:"plans"`
+	Routes  []RouteSpec `yaml:"routes"`
+	Default string      `yaml:"default"` // deny (the default), authenticated, or allow
+	Billing BillingSpec `yaml:"billing"`
+}
+
+// BillingSpec says how subscription states are enforced.
+type BillingSpec struct {
+	// PastDueGrace lets a past_due subject keep access for this long after
+	// past_due_since. 0 denies at once.
+	PastDueGrace time.Duration `yaml:"past_due_grace"`
+	// EnforcePeriodEnd treats a record whose period_end has passed as expired
+	// (subscription_inactive). Off by default: a source that is late to record
+	// a renewal must not lock out a paying customer.
+	EnforcePeriodEnd bool `yaml:"enforce_period_end"`
+	// UpgradeURL is where a refused caller can buy more; plans may override it.
+	UpgradeURL string `yaml:"upgrade_url"`
+}
+
+// PlanSpec is one plan.
+type PlanSpec struct {
+	Name       string               `yaml:"-"`
+	Features   []string             `yaml:"features"`
+	Quotas     map[string]QuotaSpec `yaml:"quotas"`
+	UpgradeURL string               `yaml:"upgrade_url"`
+}
+
+// QuotaSpec declares an allowance. Enforcement comes with the quota store.
+type QuotaSpec struct {
+	Limit  int64  `yaml:"limit"`
+	Period string `yaml:"period"` // month, day, hour, minute, second
+}
+
+// Plans keeps plans in the order they are written, so that
+// plans_with_feature lists them cheapest first when the file does.
+type Plans []PlanSpec
+
+// UnmarshalYAML reads a mapping of plan name to plan.
+func (p *Plans) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.MappingNode {
+		return fmt.Errorf("line %d: plans must be a mapping of plan name to plan", n.Line)
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		var ps PlanSpec
+		if err := decodeStrict(n.Content[i+1], &ps); err != nil {
+			return err
+		}
+		ps.Name = n.Content[i].Value
+		*p = append(*p, ps)
+	}
+	return nil
+}
+
+// decodeStrict decodes a node rejecting unknown fields, which Node.Decode
+// alone does not do.
+func decodeStrict(n *yaml.Node, v any) error {
+	b, err := yaml.Marshal(n)
+	if err != nil {
+		return err
+	}
+	// Re-encoding loses line numbers; report the node's own line instead.
+	dec := yaml.NewDecoder(bytesReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(v); err != nil {
+		if te, ok := err.(*yaml.TypeError); ok {
+			return fmt.Errorf("line %d: %s", n.Line, stripLine(te.Errors[0]))
+		}
+		return fmt.Errorf("line %d: %v", n.Line, err)
+	}
+	return nil
+}
+
+// RouteSpec is one route.
+type RouteSpec struct {
+	Name    string    `yaml:"name"`
+	Match   MatchSpec `yaml:"match"`
+	Public  bool      `yaml:"public"`
+	Feature string    `yaml:"feature"`
+	Quota   string    `yaml:"quota"`
+	Cost    int64     `yaml:"cost"`
+}
+
+// MatchSpec says which requests a route covers. Every field set must match.
+type MatchSpec struct {
+	// Host is an exact host or "*.example.com"; the port is ignored.
+	Host string `yaml:"host"`
+	// Method is one method or a list; empty matches any.
+	Method StringList `yaml:"method"`
+	Path   PathSpec   `yaml:"path"`
+	// ContextExtensions must all be present with these values in the Check's
+	// context_extensions (set per route in Envoy's config).
+	ContextExtensions map[string]string `yaml:"context_extensions"`
+}
+
+// PathSpec sets one of Exact, Prefix or Pattern; none matches any path.
+// The query string is ignored.
+type PathSpec struct {
+	Exact  string `yaml:"exact"`
+	Prefix string `yaml:"prefix"`
+	// Pattern matches segment by segment: "{name}" or "*" is one segment,
+	// a final "{name...}" or "**" is the rest, anything else is literal.
+	Pattern string `yaml:"pattern"`
+}
+
+// StringList accepts a scalar or a sequence.
+type StringList []string
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (s *StringList) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		*s = StringList{n.Value}
+		return nil
+	}
+	var l []string
+	if err := n.Decode(&l); err != nil {
+		return err
+	}
+	*s = l
+	return nil
+}
