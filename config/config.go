@@ -8,7 +8,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -157,10 +156,13 @@ func Load(path string) (*Config, error) {
 // Parse is Load for bytes already read; name is used in errors and to
 // resolve relative paths.
 func Parse(name string, data []byte) (*Config, error) {
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, fmt.Errorf("%s: the file is empty", name)
+	}
 	var c Config
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+	if err := dec.Decode(&c); err != nil {
 		return nil, yamlpos.Errors(name, err)
 	}
 	var root yaml.Node

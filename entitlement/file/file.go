@@ -10,7 +10,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 	"sync"
@@ -129,10 +128,16 @@ func (s *Source) load() (*index, error) {
 
 // parse decodes and validates an entitlements document. name is used in errors.
 func parse(name string, data []byte, check func(*entitlement.Entitlement) (string, error)) (*index, error) {
+	// An empty file is far more likely a write caught half way, or a botched
+	// deploy, than a wish to lock every customer out: refuse it.
+	// ("subjects: []" says "no subjects" on purpose.)
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, fmt.Errorf("%s: the file is empty (write \"subjects: []\" for no subjects)", name)
+	}
 	var doc Document
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
-	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
+	if err := dec.Decode(&doc); err != nil {
 		return nil, yamlpos.Errors(name, err)
 	}
 	var root yaml.Node

@@ -1,0 +1,112 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tollgate-authz/tollgate/policy"
+)
+
+func TestLoadExample(t *testing.T) {
+	c, err := Load("../examples/tollgate.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name      string
+		got, want any
+	}{
+		{"grpc", c.Server.GRPCAddress, "127.0.0.1:9191"},
+		{"admin", c.Server.AdminAddress, "127.0.0.1:9090"},
+		{"entitlements path is relative to the config", c.Entitlements.File.Path, filepath.Join("..", "examples", "entitlements.yaml")},
+		{"plans in file order", strings.Join(c.Policy.PlanNames(), ","), "free,pro"},
+		{"routes", len(c.Policy.Routes()), 3},
+		{"identity chain", len(c.Chain), 3},
+		{"cache ttl", c.Entitlements.Cache.TTL, 30 * time.Second},
+		{"subject header", c.Headers.Subject, "x-tollgate-subject"},
+	}
+	for _, tt := range tests {
+		if tt.got != tt.want {
+			t.Errorf("%s = %v, want %v", tt.name, tt.got, tt.want)
+		}
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	c, err := Parse("t.yaml", []byte("entitlements: {file: {path: e.yaml}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := c.Entitlements.Cache.Timeout, 50*time.Millisecond; got != want {
+		t.Errorf("source timeout = %v, want %v", got, want)
+	}
+	if got, want := len(c.Chain), 2; got != want {
+		t.Errorf("default identity chain = %d extractors, want %d (x-api-key, bearer)", got, want)
+	}
+	if c.Policy.Match(&policy.Request{Method: "GET", Path: "/"}) != nil {
+		t.Error("with no routes the default must be deny")
+	}
+}
+
+func TestErrorsNameFileLineField(t *testing.T) {
+	base := `entitlements:
+  file: {path: e.yaml}
+plans:
+  free: {features: [search]}
+routes:
+  - name: search
+    match: {path: {prefix: /v1/search}}
+    feature: search
+`
+	tests := []struct {
+		name string
+		doc  string
+		want string
+	}{
+		{"unknown top-level field", base + "sevrer: {}\n", "t.yaml:9: field sevrer not found"},
+		{"unknown nested field", strings.Replace(base, "feature: search", "featur: search", 1), "t.yaml:8: field featur not found"},
+		{"unknown plan field", strings.Replace(base, "{features: [search]}", "{feature: [search]}", 1), "t.yaml:4: field feature not found"},
+		{"route feature not in any plan", strings.Replace(base, "feature: search", "feature: chat", 1), `t.yaml:8: routes[0].feature: "chat" is not a feature of any plan`},
+		{"bad status code name", base + "responses:\n  status:\n    payment_faild: 403\n", `t.yaml:11: responses.status.payment_faild: "payment_faild" is not a decision code`},
+		{"bad status", base + "responses:\n  status:\n    payment_failed: 200\n", "t.yaml:11: responses.status.payment_failed: 200 is not a 4xx or 5xx status"},
+		{"bad log level", base + "log: {level: loud}\n", `t.yaml:9: log.level: "loud"`},
+		{"sample rate", base + "log: {allow_sample_rate: 2}\n", "t.yaml:9: log.allow_sample_rate: 2 is not between 0 and 1"},
+		{"bad address", base + "server: {grpc_address: nowhere}\n", `t.yaml:9: server.grpc_address: "nowhere" is not host:port`},
+		{"timeout over envoy's", strings.Replace(base, "file: {path: e.yaml}", "file: {path: e.yaml}\n  cache: {timeout: 250ms}", 1), "entitlements.cache.timeout: 250ms is not under Envoy's default"},
+		{"bad identity", base + "identity: [cookie]\n", `t.yaml:9: unknown identity kind "cookie"`},
+		{"wrong type", base + "shadow: maybe\n", "t.yaml:9: cannot unmarshal"},
+		{"bad duration", base + "server: {drain_timeout: soon}\n", "t.yaml:9:"},
+		{"no source path", "plans: {}\n", "entitlements.file.path: is required"},
+		{"unknown source", "entitlements: {source: ldap}\n", `entitlements.source: "ldap" is not a source`},
+		{"empty file", "\n", "t.yaml: the file is empty"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("t.yaml", []byte(tt.doc))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("err = %v\nwant it to contain %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestAllProblemsReported(t *testing.T) {
+	doc := "log: {level: loud, allow_sample_rate: 3}\nentitlements: {file: {path: e.yaml}}\n"
+	_, err := Parse("t.yaml", []byte(doc))
+	if err == nil {
+		t.Fatal("want errors")
+	}
+	if got := strings.Count(err.Error(), "\n") + 1; got != 2 {
+		t.Errorf("got %d problems, want 2:\n%v", got, err)
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "nope.yaml"))
+	if err == nil || !os.IsNotExist(err) {
+		t.Errorf("err = %v, want not-exist", err)
+	}
+}

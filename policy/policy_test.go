@@ -1,0 +1,259 @@
+package policy
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tollgate-authz/tollgate/entitlement"
+)
+
+func mustCompile(t testing.TB, spec Spec) *Policy {
+	t.Helper()
+	p, errs := Compile(spec)
+	if len(errs) > 0 {
+		t.Fatalf("Compile: %v", errs)
+	}
+	return p
+}
+
+func demoSpec() Spec {
+	return Spec{
+		Plans: Plans{
+			{Name: "free", Features: []string{"search"}},
+			{Name: "pro", Features: []string{"search", "chat"}},
+			{Name: "enterprise", Features: []string{"search", "chat", "export"}, UpgradeURL: "https://sales.example.com"},
+		},
+		Routes: []RouteSpec{
+			{Name: "health", Match: MatchSpec{Path: PathSpec{Exact: "/healthz"}}, Public: true},
+			{Name: "search", Match: MatchSpec{Method: StringList{"GET"}, Path: PathSpec{Prefix: "/v1/search"}}, Feature: "search"},
+			{Name: "chat", Match: MatchSpec{Method: StringList{"POST"}, Path: PathSpec{Prefix: "/v1/chat"}}, Feature: "chat"},
+			{Name: "beta-chat", Match: MatchSpec{Path: PathSpec{Pattern: "/v2/models/{model}/chat"}, ContextExtensions: map[string]string{"tier": "beta"}}, Feature: "export"},
+			{Name: "models", Match: MatchSpec{Path: PathSpec{Pattern: "/v2/models/*/chat"}}, Feature: "chat"},
+			{Name: "files", Match: MatchSpec{Host: "*.files.example.com", Path: PathSpec{Pattern: "/f/**"}}, Feature: "search"},
+			{Name: "admin", Match: MatchSpec{Host: "admin.example.com"}, Feature: "export"},
+		},
+		Billing: BillingSpec{UpgradeURL: "https://billing.example.com"},
+	}
+}
+
+func TestMatch(t *testing.T) {
+	p := mustCompile(t, demoSpec())
+	tests := []struct {
+		name string
+		req  Request
+		want string // route name, "" for none
+	}{
+		{"exact", Request{Method: "GET", Path: "/healthz"}, "health"},
+		{"exact ignores query", Request{Method: "GET", Path: "/healthz?x=1"}, "health"},
+		{"exact is exact", Request{Method: "GET", Path: "/healthz/x"}, ""},
+		{"prefix", Request{Method: "GET", Path: "/v1/search"}, "search"},
+		{"prefix below", Request{Method: "GET", Path: "/v1/search/deep?q=1"}, "search"},
+		{"prefix on segment boundary", Request{Method: "GET", Path: "/v1/searchable"}, ""},
+		{"method mismatch", Request{Method: "POST", Path: "/v1/search"}, ""},
+		{"pattern", Request{Method: "POST", Path: "/v2/models/gpt/chat"}, "models"},
+		{"pattern with context extension", Request{Method: "POST", Path: "/v2/models/gpt/chat", ContextExtensions: map[string]string{"tier": "beta"}}, "beta-chat"},
+		{"context extension value differs", Request{Method: "POST", Path: "/v2/models/gpt/chat", ContextExtensions: map[string]string{"tier": "ga"}}, "models"},
+		{"pattern needs a segment", Request{Method: "POST", Path: "/v2/models//chat"}, ""},
+		{"pattern too long", Request{Method: "POST", Path: "/v2/models/gpt/chat/x"}, ""},
+		{"pattern too short", Request{Method: "POST", Path: "/v2/models/gpt"}, ""},
+		{"host wildcard and rest", Request{Host: "eu.files.example.com:8443", Method: "GET", Path: "/f/a/b/c"}, "files"},
+		{"rest matches empty", Request{Host: "eu.files.example.com", Method: "GET", Path: "/f"}, "files"},
+		{"host wildcard needs a label", Request{Host: "files.example.com", Method: "GET", Path: "/f/a"}, ""},
+		{"host case-insensitive", Request{Host: "ADMIN.example.com", Method: "DELETE", Path: "/anything"}, "admin"},
+		{"path without slash", Request{Method: "GET", Path: "healthz"}, ""},
+		{"empty path", Request{Method: "GET", Path: ""}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := ""
+			if r := p.Match(&tt.req); r != nil {
+				got = r.Name
+			}
+			if got != tt.want {
+				t.Errorf("Match(%+v) = %q, want %q", tt.req, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestDefaultAction(t *testing.T) {
+	tests := []struct {
+		def        string
+		wantRoute  bool
+		wantPublic bool
+	}{
+		{"", false, false},
+		{"deny", false, false},
+		{"authenticated", true, false},
+		{"allow", true, true},
+	}
+	for _, tt := range tests {
+		spec := demoSpec()
+		spec.Default = tt.def
+		r := mustCompile(t, spec).Match(&Request{Method: "GET", Path: "/nowhere"})
+		if got := r != nil; got != tt.wantRoute {
+			t.Fatalf("default %q: route found = %v, want %v", tt.def, got, tt.wantRoute)
+		}
+		if r != nil && r.Public != tt.wantPublic {
+			t.Errorf("default %q: public = %v, want %v", tt.def, r.Public, tt.wantPublic)
+		}
+	}
+}
+
+func TestDecide(t *testing.T) {
+	p0 := mustCompile(t, demoSpec())
+	graceSpec := demoSpec()
+	graceSpec.Billing.PastDueGrace = 72 * time.Hour
+	graceSpec.Billing.EnforcePeriodEnd = true
+	pg := mustCompile(t, graceSpec)
+	now := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+	route := func(p *Policy, name string) *Route {
+		for _, r := range p.Routes() {
+			if r.Name == name {
+				return r
+			}
+		}
+		t.Fatalf("no route %s", name)
+		return nil
+	}
+	ent := func(plan string, st entitlement.Status, mod ...func(*entitlement.Entitlement)) *entitlement.Entitlement {
+		e := &entitlement.Entitlement{Subject: "s", Plan: plan, Status: st}
+		for _, m := range mod {
+			m(e)
+		}
+		return e
+	}
+	tests := []struct {
+		name      string
+		p         *Policy
+		route     string
+		e         *entitlement.Entitlement
+		want      Code
+		wantPlans string
+		wantURL   string
+	}{
+		{"free may search", p0, "search", ent("free", "active"), OK, "", ""},
+		{"free may not chat", p0, "chat", ent("free", "active"), FeatureNotInPlan, "pro,enterprise", "https://billing.example.com"},
+		{"add-on feature", p0, "chat", ent("free", "active", func(e *entitlement.Entitlement) { e.Features = []string{"chat"} }), OK, "", ""},
+		{"plan upgrade url wins", p0, "chat", ent("enterprise", "canceled"), SubscriptionInactive, "", "https://sales.example.com"},
+		{"pro may chat", p0, "chat", ent("pro", "active"), OK, "", ""},
+		{"trialing", p0, "chat", ent("pro", "trialing"), OK, "", ""},
+		{"past_due", p0, "search", ent("pro", "past_due"), PaymentFailed, "", ""},
+		{"unpaid", p0, "search", ent("pro", "unpaid"), PaymentFailed, "", ""},
+		{"canceled", p0, "search", ent("pro", "canceled"), SubscriptionInactive, "", ""},
+		{"incomplete", p0, "search", ent("pro", "incomplete"), SubscriptionInactive, "", ""},
+		{"incomplete_expired", p0, "search", ent("pro", "incomplete_expired"), SubscriptionInactive, "", ""},
+		{"paused", p0, "search", ent("pro", "paused"), SubscriptionInactive, "", ""},
+		{"status before feature", p0, "chat", ent("free", "past_due"), PaymentFailed, "", ""},
+		{"unknown plan has no features", p0, "chat", ent("gold", "active"), FeatureNotInPlan, "pro,enterprise", ""},
+		{"public needs nothing", p0, "health", nil, OK, "", ""},
+		{"past_due inside grace", pg, "search", ent("pro", "past_due", func(e *entitlement.Entitlement) { e.PastDueSince = now.Add(-71 * time.Hour) }), OK, "", ""},
+		{"past_due after grace", pg, "search", ent("pro", "past_due", func(e *entitlement.Entitlement) { e.PastDueSince = now.Add(-72 * time.Hour) }), PaymentFailed, "", ""},
+		{"past_due grace needs a start", pg, "search", ent("pro", "past_due"), PaymentFailed, "", ""},
+		{"period ended, enforced", pg, "search", ent("pro", "active", func(e *entitlement.Entitlement) { e.PeriodEnd = now }), SubscriptionInactive, "", ""},
+		{"period ended, not enforced", p0, "search", ent("pro", "active", func(e *entitlement.Entitlement) { e.PeriodEnd = now.Add(-time.Hour) }), OK, "", ""},
+		{"period running, enforced", pg, "search", ent("pro", "active", func(e *entitlement.Entitlement) { e.PeriodEnd = now.Add(time.Hour) }), OK, "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := tt.p.Decide(route(tt.p, tt.route), tt.e, now)
+			if d.Code != tt.want {
+				t.Errorf("code = %s, want %s", d.Code, tt.want)
+			}
+			if got := strings.Join(d.PlansWithFeature, ","); got != tt.wantPlans {
+				t.Errorf("plans_with_feature = %q, want %q", got, tt.wantPlans)
+			}
+			if tt.wantURL != "" && d.UpgradeURL != tt.wantURL {
+				t.Errorf("upgrade_url = %q, want %q", d.UpgradeURL, tt.wantURL)
+			}
+		})
+	}
+	if d := p0.Decide(nil, nil, now); d.Code != RouteNotAllowed {
+		t.Errorf("nil route: code = %s, want route_not_allowed", d.Code)
+	}
+}
+
+func TestCompileErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		mod  func(*Spec)
+		want string // "path: message" fragment
+	}{
+		{"unknown feature", func(s *Spec) { s.Routes[1].Feature = "serch" }, `routes[1].feature: "serch" is not a feature of any plan`},
+		{"two path kinds", func(s *Spec) { s.Routes[1].Match.Path.Exact = "/x" }, "routes[1].match.path: set only one of exact, prefix, pattern"},
+		{"bad prefix", func(s *Spec) { s.Routes[1].Match.Path.Prefix = "v1" }, "routes[1].match.path.prefix"},
+		{"bad pattern", func(s *Spec) { s.Routes[3].Match.Path.Pattern = "/a/**/b" }, "routes[3].match.path.pattern"},
+		{"mixed pattern segment", func(s *Spec) { s.Routes[3].Match.Path.Pattern = "/a/x{id}" }, "mixes a wildcard"},
+		{"public with feature", func(s *Spec) { s.Routes[0].Feature = "search" }, "routes[0].feature: a public route cannot require a feature"},
+		{"duplicate name", func(s *Spec) { s.Routes[2].Name = "search" }, `routes[2].name: "search" is already the name of routes[1]`},
+		{"bad default", func(s *Spec) { s.Default = "maybe" }, `default: "maybe" is not one of`},
+		{"bad host", func(s *Spec) { s.Routes[6].Match.Host = "a.*.com" }, "routes[6].match.host"},
+		{"bad period", func(s *Spec) {
+			s.Plans[0].Quotas = map[string]QuotaSpec{"requests": {Limit: 10, Period: "week"}}
+		}, `plans.free.quotas.requests.period: "week" is not a period`},
+		{"undeclared quota", func(s *Spec) { s.Routes[1].Quota = "tokens" }, `routes[1].quota: "tokens" is not a quota of any plan`},
+		{"negative grace", func(s *Spec) { s.Billing.PastDueGrace = -time.Second }, "billing.past_due_grace"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			spec := demoSpec()
+			tt.mod(&spec)
+			_, errs := Compile(spec)
+			var all []string
+			for _, e := range errs {
+				all = append(all, e.Error())
+			}
+			if got := strings.Join(all, "\n"); !strings.Contains(got, tt.want) {
+				t.Errorf("errors = %q, want one containing %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestCodeTable(t *testing.T) {
+	for _, c := range Codes {
+		back, ok := ParseCode(c.String())
+		if !ok || back != c {
+			t.Errorf("ParseCode(%q) = %v, %v", c.String(), back, ok)
+		}
+		if DefaultStatus[c] == 0 {
+			t.Errorf("no default status for %s", c)
+		}
+	}
+	want := map[string]int{
+		"missing_credentials": 401, "invalid_credentials": 401, "subscription_inactive": 402,
+		"payment_failed": 402, "feature_not_in_plan": 402, "quota_exhausted": 402,
+		"insufficient_credits": 402, "rate_limited": 429, "route_not_allowed": 403,
+		"entitlements_unavailable": 503,
+	}
+	for name, st := range want {
+		c, ok := ParseCode(name)
+		if !ok {
+			t.Fatalf("code %s missing", name)
+		}
+		if got := DefaultStatus[c]; got != st {
+			t.Errorf("status(%s) = %d, want %d", name, got, st)
+		}
+	}
+}
+
+func BenchmarkMatch1000Routes(b *testing.B) {
+	spec := Spec{Plans: Plans{{Name: "p", Features: []string{"f"}}}}
+	for i := range 1000 {
+		spec.Routes = append(spec.Routes, RouteSpec{
+			Name:    "r" + strings.Repeat("x", i%7) + string(rune('a'+i%26)) + strconv.Itoa(i),
+			Match:   MatchSpec{Method: StringList{"GET"}, Path: PathSpec{Prefix: "/v1/r" + strconv.Itoa(i)}},
+			Feature: "f",
+		})
+	}
+	p := mustCompile(b, spec)
+	req := &Request{Method: "GET", Path: "/v1/r999/x?y=1", Host: "api.example.com"}
+	b.ReportAllocs()
+	for b.Loop() {
+		if p.Match(req) == nil {
+			b.Fatal("no match")
+		}
+	}
+}
