@@ -5,7 +5,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 ENVOY     ?= $(CURDIR)/.tools/bin/envoy
 export ENVOY
 
-.PHONY: all build run test unit vet e2e envoy-validate deploy-test tools bench clean
+.PHONY: all build run demo-upstream demo-envoy test unit vet e2e envoy-validate deploy-test tools bench clean
 
 all: build
 
@@ -14,6 +14,13 @@ build:
 
 run: build
 	./bin/tollgate serve --config examples/tollgate.yaml
+
+# The walkthrough's other two terminals: the demo API, and Envoy in front.
+demo-upstream:
+	$(GO) run ./examples/upstream
+
+demo-envoy: tools
+	$(ENVOY) -c envoy.yaml --log-level warn
 
 # The whole suite: vet, unit and in-process end-to-end tests under -race,
 # the manifests in deploy/, and the end-to-end suite through a real Envoy.

@@ -407,7 +407,7 @@ func TestDecisionLogNeverHoldsTheKey(t *testing.T) {
 }
 
 func TestAllowSampling(t *testing.T) {
-	srv, logs := demo(t, func(c *config.Config) { c.Log.AllowSampleRate = 0 })
+	srv, logs := demo(t, func(c *config.Config) { zero := 0.0; c.Log.AllowSampleRate = &zero })
 	for range 20 {
 		srv.Check(context.Background(), req("GET", "/v1/search", map[string]string{"x-api-key": "demo-free-key"}))
 	}
@@ -419,7 +419,7 @@ func TestAllowSampling(t *testing.T) {
 
 func benchServer(b *testing.B) *authz.Server {
 	// Denials are always logged: to io.Discard, the cost of encoding stays in.
-	return demoTo(b, func(c *config.Config) { c.Log.AllowSampleRate = 0 }, io.Discard)
+	return demoTo(b, func(c *config.Config) { zero := 0.0; c.Log.AllowSampleRate = &zero }, io.Discard)
 }
 
 // BenchmarkCheck measures the handler on a cache hit, as Envoy calls it.

@@ -56,8 +56,9 @@ type Server struct {
 
 // Log configures the decision log.
 type Log struct {
-	Level           string  `yaml:"level"` // debug, info, warn, error
-	AllowSampleRate float64 `yaml:"allow_sample_rate"`
+	Level string `yaml:"level"` // debug, info, warn, error
+	// AllowSampleRate is the share of allows logged; nil means the default 0.01.
+	AllowSampleRate *float64 `yaml:"allow_sample_rate"`
 }
 
 // Entitlements configures the source and the cache in front of it.
@@ -122,6 +123,10 @@ func (c *Config) defaults() {
 		c.Server.MaxConcurrentStreams = 1024
 	}
 	def(&c.Log.Level, "info")
+	if c.Log.AllowSampleRate == nil {
+		rate := 0.01
+		c.Log.AllowSampleRate = &rate
+	}
 	def(&c.Entitlements.Source, "file")
 	defDur(&c.Entitlements.File.PollInterval, time.Second)
 	if c.Entitlements.Cache.MaxEntries == 0 {
@@ -189,8 +194,8 @@ func Parse(name string, data []byte) (*Config, error) {
 	default:
 		fail("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
 	}
-	if c.Log.AllowSampleRate < 0 || c.Log.AllowSampleRate > 1 {
-		fail("log.allow_sample_rate", "%v is not between 0 and 1", c.Log.AllowSampleRate)
+	if r := *c.Log.AllowSampleRate; r < 0 || r > 1 {
+		fail("log.allow_sample_rate", "%v is not between 0 and 1", r)
 	}
 	chain, err := identity.Build(c.Identity)
 	if err != nil {
@@ -282,7 +287,7 @@ func (c *Config) AuthzOptions() authz.Options {
 		SubjectHeader:   c.Headers.Subject,
 		PlanHeader:      c.Headers.Plan,
 		Shadow:          c.Shadow,
-		AllowSampleRate: c.Log.AllowSampleRate,
+		AllowSampleRate: *c.Log.AllowSampleRate,
 	}
 }
 
