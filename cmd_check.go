@@ -125,6 +125,9 @@ func cmdCheck(ctx context.Context, args []string, stdout io.Writer) error {
 	if d := resp.GetDeniedResponse(); d != nil {
 		opts = d.GetHeaders()
 		out.Body = json.RawMessage(d.GetBody())
+		if !json.Valid(out.Body) { // a gRPC client's denial is one line of text
+			out.Body, _ = json.Marshal(d.GetBody())
+		}
 	}
 	for _, o := range opts {
 		out.Headers[o.GetHeader().GetKey()] = o.GetHeader().GetValue()

@@ -55,6 +55,7 @@ type template struct {
 	title    string
 	grpcCode codes.Code
 	headers  []*corev3.HeaderValueOption // shared, never modified
+	grpc     []*corev3.HeaderValueOption // headers for a gRPC client, see grpcdeny.go
 }
 
 var titles = map[policy.Code]string{
@@ -132,6 +133,7 @@ func NewRuntime(p *policy.Policy, chain identity.Chain, opts Options) (*Runtime,
 			secs := int64((opts.RetryAfter + time.Second - 1) / time.Second)
 			t.headers = append(t.headers, overwrite("retry-after", strconv.FormatInt(secs, 10)))
 		}
+		t.grpc = grpcHeaders(&t)
 		rt.tmpl[c] = t
 	}
 	rt.missing = rt.missingDetail()

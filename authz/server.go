@@ -198,13 +198,22 @@ func (rt *Runtime) allow(r *request, d *policy.Decision, res *Result) *authv3.Ch
 func (rt *Runtime) deny(r *request, d *policy.Decision, res *Result) *authv3.CheckResponse {
 	t := &rt.tmpl[d.Code]
 	detail := rt.detail(r, d)
-	body := rt.problem(r, d, t, detail)
+	msg := d.Code.String() + ": " + detail
+	var headers []*corev3.HeaderValueOption
+	var body string
+	if r.isGRPC() {
+		// Envoy ignores Status.Code for a gRPC client and would map 402 to
+		// UNKNOWN and send the JSON as grpc-message: see grpcdeny.go.
+		headers, body = t.grpc, msg
+	} else {
+		headers, body = t.headers, string(rt.problem(r, d, t, detail))
+	}
 	return &authv3.CheckResponse{
-		Status: &rpcstatus.Status{Code: int32(t.grpcCode), Message: d.Code.String() + ": " + detail},
+		Status: &rpcstatus.Status{Code: int32(t.grpcCode), Message: msg},
 		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
 			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(t.status)},
-			Headers: t.headers,
-			Body:    string(body),
+			Headers: headers,
+			Body:    body,
 		}},
 		DynamicMetadata: metadata(res),
 	}

@@ -447,3 +447,41 @@ func BenchmarkCheck(b *testing.B) {
 		})
 	}
 }
+
+// TestGRPCClientDenials: Envoy takes a gRPC client's status from a
+// grpc-status header in the denial (it ignores CheckResponse.status and maps
+// 402 to UNKNOWN), and sends the body as grpc-message.
+func TestGRPCClientDenials(t *testing.T) {
+	srv, _ := demo(t, nil)
+	tests := []struct {
+		name       string
+		path       string
+		key        string
+		wantStatus string // grpc-status header
+		wantBody   string
+	}{
+		{"no key", "/v1/chat", "", "16", "missing_credentials: This API needs credentials"},
+		{"feature", "/v1/chat", "demo-free-key", "7", "feature_not_in_plan: The chat feature is not included in the free plan; it is available on pro."},
+		{"past due", "/v1/chat", "demo-pastdue-key", "7", "payment_failed: "},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := map[string]string{"content-type": "application/grpc"}
+			if tt.key != "" {
+				h["x-api-key"] = tt.key
+			}
+			resp, _ := srv.Check(context.Background(), req("POST", tt.path, h))
+			d := resp.GetDeniedResponse()
+			got := map[string]string{}
+			for _, hv := range d.GetHeaders() {
+				got[hv.GetHeader().GetKey()] = hv.GetHeader().GetValue()
+			}
+			if got["grpc-status"] != tt.wantStatus || !strings.HasPrefix(d.GetBody(), tt.wantBody) {
+				t.Errorf("grpc-status=%q body=%q, want %q %q", got["grpc-status"], d.GetBody(), tt.wantStatus, tt.wantBody)
+			}
+			if _, ok := got["content-type"]; ok {
+				t.Errorf("a gRPC denial must not claim problem+json: %v", got)
+			}
+		})
+	}
+}
