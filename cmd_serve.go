@@ -104,7 +104,7 @@ func build(cfg *config.Config, log *slog.Logger) (*pipeline, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", cfg.Path, err)
 	}
-	p.server = authz.NewServer(rt, p.cache, p.metrics, log, nil)
+	p.server = authz.NewServer(rt, authz.Deps{Entitlements: p.cache, Observer: p.metrics, Log: log})
 	return p, nil
 }
 

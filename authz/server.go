@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"github.com/tollgate-authz/tollgate/entitlement"
 	"github.com/tollgate-authz/tollgate/identity"
 	"github.com/tollgate-authz/tollgate/policy"
+	"github.com/tollgate-authz/tollgate/quota"
 )
 
 // Entitlements is what the server needs from the entitlement cache.
@@ -26,9 +28,26 @@ type Entitlements interface {
 	Get(ctx context.Context, key entitlement.Key) (*entitlement.Entitlement, cache.Outcome, error)
 }
 
+// Quotas is what the server needs from the quota store.
+type Quotas interface {
+	Spend(ctx context.Context, group string, items []quota.Item, used []int64) (denied int, err error)
+}
+
 // Observer is told about every decision, for metrics.
 type Observer interface {
 	ObserveCheck(r *Result)
+	// ObserveQuota is told the outcome of each spend: allowed, exhausted or error.
+	ObserveQuota(quota, outcome string)
+}
+
+// Deps are the server's collaborators. Entitlements is required; Quotas
+// defaults to an in-memory store; the rest may be nil.
+type Deps struct {
+	Entitlements Entitlements
+	Quotas       Quotas
+	Observer     Observer
+	Log          *slog.Logger
+	Now          func() time.Time
 }
 
 // Result describes one decision, for metrics, the decision log and `tollgate check`.
@@ -46,27 +65,32 @@ type Result struct {
 	Cache     cache.Outcome
 	Looked    bool // an entitlement lookup happened (Cache is meaningful)
 	Duration  time.Duration
+	now       time.Time // the decision's clock reading, for reset times
 }
 
 // Server answers Envoy's Authorization/Check.
 type Server struct {
 	authv3.UnimplementedAuthorizationServer
-	rt   atomic.Pointer[Runtime]
-	ents Entitlements
-	obs  Observer
-	log  *slog.Logger
-	now  func() time.Time
+	rt     atomic.Pointer[Runtime]
+	ents   Entitlements
+	quotas Quotas
+	obs    Observer
+	log    *slog.Logger
+	now    func() time.Time
 }
 
-// NewServer builds a server. obs and log may be nil; now defaults to time.Now.
-func NewServer(rt *Runtime, ents Entitlements, obs Observer, log *slog.Logger, now func() time.Time) *Server {
-	if now == nil {
-		now = time.Now
+// NewServer builds a server.
+func NewServer(rt *Runtime, d Deps) *Server {
+	if d.Now == nil {
+		d.Now = time.Now
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	if d.Log == nil {
+		d.Log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{ents: ents, obs: obs, log: log, now: now}
+	if d.Quotas == nil {
+		d.Quotas = quota.NewMemory(d.Now)
+	}
+	s := &Server{ents: d.Entitlements, quotas: d.Quotas, obs: d.Observer, log: d.Log, now: d.Now}
 	s.rt.Store(rt)
 	return s
 }
@@ -102,7 +126,7 @@ func (s *Server) Decide(ctx context.Context, cr *authv3.CheckRequest) (resp *aut
 		}
 	}()
 
-	res.RequestID = r.requestID
+	res.RequestID, res.now = r.requestID, start
 	d := s.decide(ctx, rt, &r, &res, start)
 	res.Code = d.Code
 	if d.Route != nil {
@@ -162,7 +186,57 @@ func (s *Server) decide(ctx context.Context, rt *Runtime, r *request, res *Resul
 	case err != nil:
 		return policy.Decision{Code: policy.EntitlementsUnavailable, Route: route}
 	}
-	return rt.policy.Decide(route, ent, now)
+	d := rt.policy.Decide(route, ent, now)
+	if d.Allowed() {
+		s.spend(ctx, rt, r, &d, now)
+	}
+	return d
+}
+
+// maxSpends is how many counters a request usually spends on without allocating.
+const maxSpends = 4
+
+// spend charges the request's quotas and credits, all or nothing. A refused
+// request consumes nothing.
+func (s *Server) spend(ctx context.Context, rt *Runtime, r *request, d *policy.Decision, now time.Time) {
+	var sbuf [maxSpends]policy.Spend
+	spends := rt.policy.Spends(d.Route, d.Entitlement, now, r, r.contextExtensions(), sbuf[:0])
+	if len(spends) == 0 {
+		return
+	}
+	var ibuf [maxSpends]quota.Item
+	items := ibuf[:0]
+	for i := range spends {
+		sp := &spends[i]
+		items = append(items, quota.Item{
+			Key: quota.Key(d.Entitlement.Subject, sp.Counter, sp.Start), Cost: sp.Cost, Limit: sp.Limit, Reset: sp.Reset,
+			FailOpen: sp.FailOpen,
+		})
+	}
+	used := make([]int64, len(items))
+	denied, err := s.quotas.Spend(ctx, d.Entitlement.Subject, items, used)
+	d.Spends, d.Used, d.Denied = spends, used, denied
+	switch {
+	case err != nil:
+		d.Code = policy.EntitlementsUnavailable
+		s.observeQuota(spends, "error")
+	case denied >= 0:
+		d.Code = spends[denied].DenialCode()
+		if s.obs != nil {
+			s.obs.ObserveQuota(spends[denied].Quota, "exhausted")
+		}
+	default:
+		s.observeQuota(spends, "allowed")
+	}
+}
+
+func (s *Server) observeQuota(spends []policy.Spend, outcome string) {
+	if s.obs == nil {
+		return
+	}
+	for i := range spends {
+		s.obs.ObserveQuota(spends[i].Quota, outcome)
+	}
 }
 
 var okStatus = &rpcstatus.Status{}
@@ -187,6 +261,9 @@ func (rt *Runtime) allow(r *request, d *policy.Decision, res *Result) *authv3.Ch
 			ok.HeadersToRemove = append(ok.HeadersToRemove, name)
 		}
 	})
+	if len(d.Spends) > 0 && !res.Shadow {
+		ok.ResponseHeadersToAdd = rateLimitHeaders(d, res.now)
+	}
 	return &authv3.CheckResponse{
 		Status:          okStatus,
 		HttpResponse:    &authv3.CheckResponse_OkResponse{OkResponse: ok},
@@ -197,7 +274,7 @@ func (rt *Runtime) allow(r *request, d *policy.Decision, res *Result) *authv3.Ch
 // deny builds the refusal: problem+json with the members that apply.
 func (rt *Runtime) deny(r *request, d *policy.Decision, res *Result) *authv3.CheckResponse {
 	t := &rt.tmpl[d.Code]
-	detail := rt.detail(r, d)
+	detail := rt.detail(r, d, res.now)
 	msg := d.Code.String() + ": " + detail
 	var headers []*corev3.HeaderValueOption
 	var body string
@@ -206,7 +283,10 @@ func (rt *Runtime) deny(r *request, d *policy.Decision, res *Result) *authv3.Che
 		// UNKNOWN and send the JSON as grpc-message: see grpcdeny.go.
 		headers, body = t.grpc, msg
 	} else {
-		headers, body = t.headers, string(rt.problem(r, d, t, detail))
+		headers, body = t.headers, string(rt.problem(r, d, t, detail, res.now))
+	}
+	if sp, _ := d.DeniedSpend(); sp != nil {
+		headers = append(append([]*corev3.HeaderValueOption(nil), headers...), quotaDenialHeaders(d, sp, res.now)...)
 	}
 	return &authv3.CheckResponse{
 		Status: &rpcstatus.Status{Code: int32(t.grpcCode), Message: msg},
@@ -220,7 +300,7 @@ func (rt *Runtime) deny(r *request, d *policy.Decision, res *Result) *authv3.Che
 }
 
 // problem renders RFC 9457 problem details; members appear in a fixed order.
-func (rt *Runtime) problem(r *request, d *policy.Decision, t *template, detail string) []byte {
+func (rt *Runtime) problem(r *request, d *policy.Decision, t *template, detail string, now time.Time) []byte {
 	o := jsonObject{b: make([]byte, 0, 512)}
 	o.str("type", t.typeURI)
 	o.str("title", t.title)
@@ -237,6 +317,18 @@ func (rt *Runtime) problem(r *request, d *policy.Decision, t *template, detail s
 		o.str("feature", d.Feature)
 		o.strs("plans_with_feature", d.PlansWithFeature)
 	}
+	if sp, used := d.DeniedSpend(); sp != nil {
+		if sp.Credits {
+			o.int("credits", max(sp.Limit-used, 0))
+			o.int("cost", sp.Cost)
+		} else {
+			o.str("quota", sp.Quota)
+			o.int("limit", sp.Limit)
+			o.int("used", used)
+			o.int("cost", sp.Cost)
+			o.str("resets_at", sp.Reset.UTC().Format(time.RFC3339))
+		}
+	}
 	if d.Entitlement != nil {
 		o.strIf("upgrade_url", d.UpgradeURL)
 	}
@@ -244,7 +336,7 @@ func (rt *Runtime) problem(r *request, d *policy.Decision, t *template, detail s
 }
 
 // detail is one human sentence saying what happened and what to do.
-func (rt *Runtime) detail(r *request, d *policy.Decision) string {
+func (rt *Runtime) detail(r *request, d *policy.Decision, now time.Time) string {
 	switch d.Code {
 	case policy.MissingCredentials:
 		return rt.missing
@@ -273,7 +365,25 @@ func (rt *Runtime) detail(r *request, d *policy.Decision) string {
 	case policy.EntitlementsUnavailable:
 		return "Entitlements could not be checked right now; retry shortly."
 	}
+	if sp, used := d.DeniedSpend(); sp != nil {
+		return quotaDetail(d.Code, sp, used, now)
+	}
 	return "The request was refused."
+}
+
+// quotaDetail explains a quota, rate-limit or credits refusal.
+func quotaDetail(c policy.Code, sp *policy.Spend, used int64, now time.Time) string {
+	limit := strconv.FormatInt(sp.Limit, 10)
+	switch c {
+	case policy.RateLimited:
+		return "Too many requests: the " + sp.Quota + " limit is " + limit + " per " +
+			sp.Period.String() + "; retry after " + strconv.FormatInt(retryAfter(sp.Reset, now), 10) + " s."
+	case policy.InsufficientCredits:
+		return "This request costs " + strconv.FormatInt(sp.Cost, 10) + " credits and " +
+			strconv.FormatInt(max(sp.Limit-used, 0), 10) + " remain; top up to continue."
+	}
+	return "The " + sp.Quota + " quota of " + limit + " per " + sp.Period.String() +
+		" is spent; it resets at " + sp.Reset.UTC().Format(time.RFC3339) + "."
 }
 
 func statusOf(e *entitlement.Entitlement) entitlement.Status {

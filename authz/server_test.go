@@ -56,7 +56,7 @@ func demoTo(t testing.TB, edit func(*config.Config), logTo io.Writer) *authz.Ser
 	}
 	log := slog.New(slog.NewJSONHandler(logTo, nil))
 	c := cache.New(src, cache.Options{Now: func() time.Time { return fixedNow }})
-	return authz.NewServer(rt, c, nil, log, func() time.Time { return fixedNow })
+	return authz.NewServer(rt, authz.Deps{Entitlements: c, Log: log, Now: func() time.Time { return fixedNow }})
 }
 
 // req builds an Envoy-shaped CheckRequest.
@@ -343,7 +343,7 @@ func TestSourceFailures(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv := authz.NewServer(rt, tt.ents, nil, nil, nil)
+			srv := authz.NewServer(rt, authz.Deps{Entitlements: tt.ents})
 			resp, err := srv.Check(context.Background(), req("GET", "/v1/search", map[string]string{"x-api-key": "demo-free-key"}))
 			if err != nil {
 				t.Fatalf("gRPC error: %v", err)

@@ -21,6 +21,7 @@ type Metrics struct {
 	cacheOut []prometheus.Counter // by cache.Outcome
 	srcErr   *prometheus.CounterVec
 	reloads  *prometheus.CounterVec
+	quotas   *prometheus.CounterVec
 	lastOK   *prometheus.GaugeVec
 	entries  prometheus.GaugeFunc
 }
@@ -88,7 +89,11 @@ func New(version string, cacheLen func() int) *Metrics {
 			m.reloads.WithLabelValues(f, r)
 		}
 	}
-	reg.MustRegister(checks, lat, co, m.srcErr, m.reloads, m.lastOK, info)
+	m.quotas = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tollgate_quota_spends_total",
+		Help: "Quota and credit spends by quota and outcome (allowed, exhausted, error).",
+	}, []string{"quota", "outcome"})
+	reg.MustRegister(checks, lat, co, m.srcErr, m.reloads, m.lastOK, info, m.quotas)
 	if cacheLen != nil {
 		m.entries = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "tollgate_entitlement_cache_entries",
@@ -117,6 +122,11 @@ func (m *Metrics) ObserveCheck(r *authz.Result) {
 	if r.Looked {
 		m.cacheOut[r.Cache].Inc()
 	}
+}
+
+// ObserveQuota implements authz.Observer.
+func (m *Metrics) ObserveQuota(quota, outcome string) {
+	m.quotas.WithLabelValues(quota, outcome).Inc()
 }
 
 // SourceError counts a failed call to the named entitlement source.

@@ -19,6 +19,24 @@ type Decision struct {
 	Feature          string
 	PlansWithFeature []string
 	UpgradeURL       string
+	// Spends are the counters the request spent on (allowed) or tried to
+	// (refused by quota); Used is each counter's use after the attempt, and
+	// Denied is the index of the spend that did not fit, or -1.
+	Spends []Spend
+	Used   []int64
+	Denied int
+}
+
+// DeniedSpend returns the spend that refused the request and its counter's
+// use, or nil when the refusal (if any) was not for quota or credits.
+func (d *Decision) DeniedSpend() (*Spend, int64) {
+	switch d.Code {
+	case QuotaExhausted, RateLimited, InsufficientCredits:
+		if d.Denied >= 0 && d.Denied < len(d.Spends) {
+			return &d.Spends[d.Denied], d.Used[d.Denied]
+		}
+	}
+	return nil, 0
 }
 
 // Allowed reports whether the request may pass.
@@ -27,7 +45,7 @@ func (d *Decision) Allowed() bool { return d.Code == OK }
 // Decide says whether the subject with record e may use route r at time now.
 // It is pure: same inputs, same answer.
 func (p *Policy) Decide(r *Route, e *entitlement.Entitlement, now time.Time) Decision {
-	d := Decision{Code: OK, Route: r, Entitlement: e, UpgradeURL: p.upgradeURL}
+	d := Decision{Code: OK, Route: r, Entitlement: e, UpgradeURL: p.upgradeURL, Denied: -1}
 	if r == nil {
 		d.Code = RouteNotAllowed
 		return d

@@ -24,15 +24,14 @@ const (
 	DefaultAllow         = "allow"         // public
 )
 
-// Periods a quota may be declared over.
-var Periods = []string{"month", "day", "hour", "minute", "second"}
-
 // Plan is a compiled plan.
 type Plan struct {
 	Name       string
 	Features   []string
-	Quotas     map[string]QuotaSpec
+	Quotas     map[string]*Quota
 	UpgradeURL string
+	// all lists the quotas with scope "all", spent by every non-public route.
+	all []*Quota
 }
 
 // Has reports whether the plan includes feature f.
@@ -45,6 +44,8 @@ type Route struct {
 	Feature string
 	Quota   string
 	Cost    int64
+	// costHeader and costExt read a per-request cost; Cost is the fallback.
+	costHeader, costExt string
 	// PlansWithFeature lists, in file order, the plans that include Feature.
 	PlansWithFeature []string
 
@@ -102,15 +103,15 @@ func Compile(spec Spec) (*Policy, []error) {
 			fail("plans", "a plan needs a name")
 			continue
 		}
-		for q, qs := range ps.Quotas {
-			if qs.Limit < 0 {
-				fail(at+".quotas."+q+".limit", "must not be negative")
-			}
-			if !slices.Contains(Periods, qs.Period) {
-				fail(at+".quotas."+q+".period", "%q is not a period (want one of %s)", qs.Period, strings.Join(Periods, ", "))
+		pl := &Plan{Name: ps.Name, Features: ps.Features, Quotas: map[string]*Quota{}, UpgradeURL: ps.UpgradeURL}
+		for _, q := range sortedKeys(ps.Quotas) {
+			cq, qerrs := compileQuota(at+".quotas."+q, q, ps.Quotas[q])
+			errs = append(errs, qerrs...)
+			pl.Quotas[q] = cq
+			if cq.All {
+				pl.all = append(pl.all, cq)
 			}
 		}
-		pl := &Plan{Name: ps.Name, Features: ps.Features, Quotas: ps.Quotas, UpgradeURL: ps.UpgradeURL}
 		if pl.UpgradeURL == "" {
 			pl.UpgradeURL = p.upgradeURL
 		}
@@ -147,7 +148,7 @@ func Compile(spec Spec) (*Policy, []error) {
 		if r.Cost < 0 {
 			fail(at+".cost", "must not be negative")
 		}
-		if r.Quota != "" && !p.quotaDeclared(r.Quota) {
+		if r.Quota != "" && r.Quota != CreditsQuota && !p.quotaDeclared(r.Quota) {
 			fail(at+".quota", "%q is not a quota of any plan", r.Quota)
 		}
 		r.PlansWithFeature = p.featureOwners[r.Feature]
@@ -184,8 +185,18 @@ func compileRoute(at string, rs RouteSpec) (*Route, []error) {
 		errs = append(errs, &FieldError{Path: at + "." + path, Msg: fmt.Sprintf(msg, args...)})
 	}
 	r := &Route{
-		Name: rs.Name, Public: rs.Public, Feature: rs.Feature, Quota: rs.Quota, Cost: rs.Cost,
-		ctxExt: rs.Match.ContextExtensions,
+		Name: rs.Name, Public: rs.Public, Feature: rs.Feature, Quota: rs.Quota, Cost: 1,
+		ctxExt:     rs.Match.ContextExtensions,
+		costHeader: strings.ToLower(rs.CostFrom.Header), costExt: rs.CostFrom.ContextExtension,
+	}
+	if rs.Cost != nil {
+		r.Cost = *rs.Cost
+	}
+	if rs.CostFrom.Header != "" && rs.CostFrom.ContextExtension != "" {
+		fail("cost_from", "set header or context_extension, not both")
+	}
+	if (rs.CostFrom.Header != "" || rs.CostFrom.ContextExtension != "") && rs.Quota == "" {
+		fail("cost_from", "a cost needs a quota to spend it from")
 	}
 	if h := strings.ToLower(rs.Match.Host); h != "" {
 		if rest, ok := strings.CutPrefix(h, "*."); ok {

@@ -36,10 +36,20 @@ type PlanSpec struct {
 	UpgradeURL string               `yaml:"upgrade_url"`
 }
 
-// QuotaSpec declares an allowance. Enforcement comes with the quota store.
+// QuotaSpec declares an allowance (month, day, hour) or a rate limit
+// (minute, second).
 type QuotaSpec struct {
 	Limit  int64  `yaml:"limit"`
 	Period string `yaml:"period"` // month, day, hour, minute, second
+	// Align is "calendar" (default: UTC calendar months) or "billing":
+	// months start at the subject's period_start.
+	Align string `yaml:"align"`
+	// Scope is "route" (default: spent by routes that name it) or "all":
+	// every non-public route spends one unit, as for a plan-wide rate limit.
+	Scope string `yaml:"scope"`
+	// OnStoreError is "closed" (default: 503 entitlements_unavailable while
+	// the shared store is down) or "open" (count locally on each replica).
+	OnStoreError string `yaml:"on_store_error"`
 }
 
 // Plans keeps plans in the order they are written, so that
@@ -87,8 +97,22 @@ type RouteSpec struct {
 	Match   MatchSpec `yaml:"match"`
 	Public  bool      `yaml:"public"`
 	Feature string    `yaml:"feature"`
-	Quota   string    `yaml:"quota"`
-	Cost    int64     `yaml:"cost"`
+	// Quota is the quota this route spends, or "credits" for the subject's
+	// prepaid balance.
+	Quota string `yaml:"quota"`
+	// Cost is what one request spends; default 1.
+	Cost *int64 `yaml:"cost"`
+	// CostFrom reads the cost from the request instead, falling back to Cost
+	// when absent or not a non-negative integer.
+	CostFrom CostFromSpec `yaml:"cost_from"`
+}
+
+// CostFromSpec names where a request's cost comes from. Set one field.
+// A header can be sent by anyone: use one that a hop in front of tollgate
+// (an estimator, a Lua filter) sets and overwrites.
+type CostFromSpec struct {
+	Header           string `yaml:"header"`
+	ContextExtension string `yaml:"context_extension"`
 }
 
 // MatchSpec says which requests a route covers. Every field set must match.

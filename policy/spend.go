@@ -1,0 +1,209 @@
+package policy
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tollgate-authz/tollgate/entitlement"
+	"github.com/tollgate-authz/tollgate/quota"
+)
+
+// CreditsQuota is the reserved quota name for the subject's prepaid balance.
+const CreditsQuota = "credits"
+
+// Quota is a compiled plan quota.
+type Quota struct {
+	Name     string
+	Limit    int64
+	Period   quota.Period
+	Billing  bool // months start at the subject's period_start
+	All      bool // spent by every non-public route
+	FailOpen bool // count locally while the shared store is down
+}
+
+func compileQuota(at, name string, qs QuotaSpec) (*Quota, []error) {
+	var errs []error
+	fail := func(path, msg string, args ...any) {
+		errs = append(errs, &FieldError{Path: at + path, Msg: fmt.Sprintf(msg, args...)})
+	}
+	q := &Quota{Name: name, Limit: qs.Limit}
+	if name == CreditsQuota {
+		fail("", "%q is reserved for the prepaid balance", name)
+	}
+	if !validQuotaName(name) {
+		fail("", "%q: a quota name is lower-case letters, digits, _ and -", name)
+	}
+	if qs.Limit < 0 {
+		fail(".limit", "must not be negative")
+	}
+	p, err := quota.ParsePeriod(qs.Period)
+	if err != nil {
+		fail(".period", "%v", err)
+	}
+	q.Period = p
+	switch qs.Align {
+	case "", "calendar":
+	case "billing":
+		q.Billing = true
+		if p != quota.Month {
+			fail(".align", "billing alignment applies to month quotas only")
+		}
+	default:
+		fail(".align", "%q is not calendar or billing", qs.Align)
+	}
+	switch qs.Scope {
+	case "", "route":
+	case "all":
+		q.All = true
+	default:
+		fail(".scope", "%q is not route or all", qs.Scope)
+	}
+	switch qs.OnStoreError {
+	case "", "closed":
+	case "open":
+		q.FailOpen = true
+	default:
+		fail(".on_store_error", "%q is not closed or open", qs.OnStoreError)
+	}
+	return q, errs
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return ks
+}
+
+// Spend is one counter a request spends on.
+type Spend struct {
+	Quota   string       // the quota's name, or CreditsQuota
+	Period  quota.Period // 0 for credits
+	Credits bool
+	// Counter names the counter within the subject: the quota name, or for
+	// credits the name and the balance, so that a new balance written by the
+	// billing system starts a new count (see README: credits).
+	Counter  string
+	Limit    int64
+	Cost     int64
+	Start    time.Time
+	Reset    time.Time
+	FailOpen bool
+}
+
+// DenialCode is the code for a request this spend did not fit.
+func (s *Spend) DenialCode() Code {
+	switch {
+	case s.Credits:
+		return InsufficientCredits
+	case s.Period.IsRateLimit():
+		return RateLimited
+	}
+	return QuotaExhausted
+}
+
+// RequestView gives the request fields a cost may be read from.
+type RequestView interface {
+	Header(name string) (string, bool)
+}
+
+// creditsHorizon bounds a credits counter with no billing period.
+const creditsHorizon = 31 * 24 * time.Hour
+
+// Spends appends to out what a request on route r by the subject with record
+// e spends at now: the plan's scope-all quotas, then the route's quota. It is
+// pure; ext are the Check's context_extensions.
+func (p *Policy) Spends(r *Route, e *entitlement.Entitlement, now time.Time, req RequestView, ext map[string]string, out []Spend) []Spend {
+	if r == nil || r.Public || e == nil {
+		return out
+	}
+	pl := p.plans[e.Plan]
+	if pl != nil {
+		for _, q := range pl.all {
+			if q.Name != r.Quota {
+				out = append(out, p.quotaSpend(q, e, now, 1))
+			}
+		}
+	}
+	if r.Quota == "" {
+		return out
+	}
+	cost := r.cost(req, ext)
+	if r.Quota == CreditsQuota {
+		var bal int64
+		if e.Credits != nil {
+			bal = *e.Credits
+		}
+		reset := e.PeriodEnd
+		if reset.IsZero() || !now.Before(reset) {
+			reset = now.Add(creditsHorizon)
+		}
+		return append(out, Spend{
+			Quota: CreditsQuota, Credits: true, Counter: CreditsQuota + "/" + strconv.FormatInt(bal, 10),
+			Limit: bal, Cost: cost, Start: e.PeriodStart, Reset: reset,
+		})
+	}
+	if pl == nil {
+		// An unknown plan declares no quotas: nothing to spend from.
+		return append(out, Spend{Quota: r.Quota, Period: quota.Month, Counter: r.Quota, Limit: 0, Cost: cost, Start: now, Reset: now.Add(time.Hour)})
+	}
+	q := pl.Quotas[r.Quota]
+	if q == nil {
+		// This plan lacks the quota another plan declares: it has none of it.
+		start, reset := quota.Window(quota.Month, now, time.Time{})
+		return append(out, Spend{Quota: r.Quota, Period: quota.Month, Counter: r.Quota, Limit: 0, Cost: cost, Start: start, Reset: reset})
+	}
+	return append(out, p.quotaSpend(q, e, now, cost))
+}
+
+func (p *Policy) quotaSpend(q *Quota, e *entitlement.Entitlement, now time.Time, cost int64) Spend {
+	var anchor time.Time
+	if q.Billing {
+		anchor = e.PeriodStart
+	}
+	start, reset := quota.Window(q.Period, now, anchor)
+	limit := q.Limit
+	if v, ok := e.Quotas[q.Name]; ok {
+		limit = v
+	}
+	return Spend{
+		Quota: q.Name, Period: q.Period, Counter: q.Name, Limit: limit, Cost: cost,
+		Start: start, Reset: reset, FailOpen: q.FailOpen,
+	}
+}
+
+// cost reads the request's cost, falling back to the route's fixed cost.
+func (r *Route) cost(req RequestView, ext map[string]string) int64 {
+	var v string
+	var ok bool
+	switch {
+	case r.costHeader != "" && req != nil:
+		v, ok = req.Header(r.costHeader)
+	case r.costExt != "":
+		v, ok = ext[r.costExt]
+	}
+	if ok {
+		if n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil && n >= 0 {
+			return n
+		}
+	}
+	return r.Cost
+}
+
+// validQuotaName keeps names safe to quote in RateLimit header fields.
+func validQuotaName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}

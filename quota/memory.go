@@ -1,0 +1,100 @@
+package quota
+
+import (
+	"context"
+	"hash/maphash"
+	"sync"
+	"time"
+)
+
+const memShards = 64
+
+// Memory is a Store for one replica. Expired counters are dropped by a sweep
+// that runs at most once a second, under the shard's own lock.
+type Memory struct {
+	now    func() time.Time
+	seed   maphash.Seed
+	shards [memShards]memShard
+}
+
+type memShard struct {
+	mu        sync.Mutex
+	counters  map[string]*counter
+	nextSweep time.Time
+}
+
+type counter struct {
+	used  int64
+	reset time.Time
+}
+
+var _ Store = (*Memory)(nil)
+
+// NewMemory returns an empty store; now defaults to time.Now.
+func NewMemory(now func() time.Time) *Memory {
+	if now == nil {
+		now = time.Now
+	}
+	m := &Memory{now: now, seed: maphash.MakeSeed()}
+	for i := range m.shards {
+		m.shards[i].counters = map[string]*counter{}
+	}
+	return m
+}
+
+// Spend implements Store.
+func (m *Memory) Spend(_ context.Context, group string, items []Item, used []int64) (int, error) {
+	sh := &m.shards[maphash.String(m.seed, group)%memShards]
+	now := m.now()
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	sh.sweep(now)
+	denied := -1
+	for i, it := range items {
+		c := sh.counters[it.Key]
+		var u int64
+		if c != nil && now.Before(c.reset) {
+			u = c.used
+		}
+		used[i] = u
+		if denied < 0 && u+it.Cost > it.Limit {
+			denied = i
+		}
+	}
+	if denied >= 0 {
+		return denied, nil
+	}
+	for i, it := range items {
+		c := sh.counters[it.Key]
+		if c == nil || !now.Before(c.reset) {
+			c = &counter{reset: it.Reset}
+			sh.counters[it.Key] = c
+		}
+		c.used += it.Cost
+		used[i] = c.used
+	}
+	return -1, nil
+}
+
+// Used returns a counter's use, for `tollgate check` and tests.
+func (m *Memory) Used(group, key string) int64 {
+	sh := &m.shards[maphash.String(m.seed, group)%memShards]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if c := sh.counters[key]; c != nil && m.now().Before(c.reset) {
+		return c.used
+	}
+	return 0
+}
+
+func (sh *memShard) sweep(now time.Time) {
+	if now.Before(sh.nextSweep) {
+		return
+	}
+	sh.nextSweep = now.Add(time.Second)
+	for k, c := range sh.counters {
+		if !now.Before(c.reset) {
+			delete(sh.counters, k)
+		}
+	}
+}
