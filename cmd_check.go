@@ -8,13 +8,16 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/tollgate-authz/tollgate/authz"
 	"github.com/tollgate-authz/tollgate/config"
 	"github.com/tollgate-authz/tollgate/identity"
+	"github.com/tollgate-authz/tollgate/quota"
 )
 
 func cmdValidate(args []string, stdout io.Writer) error {
@@ -30,7 +33,7 @@ func cmdValidate(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	p, err := build(cfg, slog.New(slog.DiscardHandler))
+	p, err := build(cfg, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		return err
 	}
@@ -70,6 +73,7 @@ type checkOutput struct {
 	Headers         map[string]string `json:"headers,omitempty"`
 	HeadersToRemove []string          `json:"headers_to_remove,omitempty"`
 	Body            json.RawMessage   `json:"body,omitempty"`
+	Quotas          []quotaState      `json:"quotas,omitempty"`
 	DynamicMetadata json.RawMessage   `json:"dynamic_metadata,omitempty"`
 }
 
@@ -107,7 +111,13 @@ func cmdCheck(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	p, err := build(cfg, slog.New(slog.DiscardHandler))
+	store, closeStore, err := newQuotaStore(cfg, nil)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+	dry := &dryQuotas{store: store}
+	p, err := build(cfg, slog.New(slog.DiscardHandler), dry)
 	if err != nil {
 		return err
 	}
@@ -132,6 +142,12 @@ func cmdCheck(ctx context.Context, args []string, stdout io.Writer) error {
 	for _, o := range opts {
 		out.Headers[o.GetHeader().GetKey()] = o.GetHeader().GetValue()
 	}
+	if ok := resp.GetOkResponse(); ok != nil {
+		for _, o := range ok.GetResponseHeadersToAdd() {
+			out.Headers[o.GetHeader().GetKey()] = o.GetHeader().GetValue()
+		}
+	}
+	out.Quotas = dry.state
 	if md := resp.GetDynamicMetadata(); md != nil {
 		out.DynamicMetadata, _ = protojson.Marshal(md)
 	}
@@ -175,4 +191,50 @@ func cmdHashKey(args []string, stdin io.Reader, stdout io.Writer) error {
 	}
 	fmt.Fprintln(stdout, identity.HashKey(key))
 	return nil
+}
+
+// quotaState is one counter as `tollgate check` reports it.
+type quotaState struct {
+	Key     string `json:"counter"`
+	Limit   int64  `json:"limit"`
+	Used    int64  `json:"used"`
+	Cost    int64  `json:"cost"`
+	Fits    bool   `json:"fits"`
+	ResetAt string `json:"resets_at"`
+}
+
+// peeker reads a counter without spending.
+type peeker interface {
+	Peek(ctx context.Context, group string, item quota.Item) (int64, error)
+}
+
+// dryQuotas answers Spend from the counters' current use and spends nothing,
+// so `tollgate check` shows quota state without consuming any.
+type dryQuotas struct {
+	store authz.Quotas
+	state []quotaState
+}
+
+func (d *dryQuotas) Spend(ctx context.Context, group string, items []quota.Item, used []int64) (int, error) {
+	denied := -1
+	pk, _ := d.store.(peeker)
+	for i, it := range items {
+		var u int64
+		if pk != nil {
+			var err error
+			if u, err = pk.Peek(ctx, group, it); err != nil {
+				return -1, err
+			}
+		}
+		used[i] = u
+		fits := u+it.Cost <= it.Limit
+		if !fits && denied < 0 {
+			denied = i
+		}
+		d.state = append(d.state, quotaState{
+			Key: strings.ReplaceAll(it.Key, "\x00", "/"), Limit: it.Limit, Used: u, Cost: it.Cost, Fits: fits,
+			ResetAt: it.Reset.UTC().Format(time.RFC3339),
+		})
+	}
+	return denied, nil
 }

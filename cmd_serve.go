@@ -44,7 +44,12 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	log := newLogger(stderr, cfg.Log.Level)
-	p, err := build(cfg, log)
+	quotas, closeQuotas, err := newQuotaStore(cfg, nil)
+	if err != nil {
+		return err
+	}
+	defer closeQuotas()
+	p, err := build(cfg, log, quotas)
 	if err != nil {
 		return err
 	}
@@ -66,8 +71,9 @@ type pipeline struct {
 	metrics *metrics.Metrics
 }
 
-// build wires the request path for cfg. It is shared by serve, validate and check.
-func build(cfg *config.Config, log *slog.Logger) (*pipeline, error) {
+// build wires the request path for cfg. It is shared by serve, validate and
+// check. quotas nil means an in-memory store.
+func build(cfg *config.Config, log *slog.Logger, quotas authz.Quotas) (*pipeline, error) {
 	p := &pipeline{cfg: cfg}
 	p.metrics = metrics.New(version, func() int {
 		if p.cache == nil {
@@ -104,7 +110,7 @@ func build(cfg *config.Config, log *slog.Logger) (*pipeline, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", cfg.Path, err)
 	}
-	p.server = authz.NewServer(rt, authz.Deps{Entitlements: p.cache, Observer: p.metrics, Log: log})
+	p.server = authz.NewServer(rt, authz.Deps{Entitlements: p.cache, Quotas: quotas, Observer: p.metrics, Log: log})
 	return p, nil
 }
 

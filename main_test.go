@@ -328,6 +328,7 @@ func TestCLI(t *testing.T) {
 		{"check allow", []string{"check", "--config", "examples/tollgate.yaml", "--path", "/v1/search", "-H", "x-api-key: demo-free-key"}, "", 0, `"x-tollgate-plan": "free"`, ""},
 		{"check deny", []string{"check", "--config", "examples/tollgate.yaml", "--method", "post", "--path", "/v1/chat", "-H", "X-Api-Key: demo-free-key"}, "", 0, `"plans_with_feature": [`, ""},
 		{"check grpc client", []string{"check", "--config", "examples/tollgate.yaml", "--method", "POST", "--path", "/v1/chat", "-H", "content-type: application/grpc", "-H", "x-api-key: demo-free-key"}, "", 0, `"body": "feature_not_in_plan: The chat feature`, ""},
+		{"check shows quota state", []string{"check", "--config", "authz/testdata/quota.yaml", "--path", "/v1/search", "-H", "x-api-key: demo-free-key"}, "", 0, `"counter": "initech/requests/`, ""},
 		{"check raw headers", []string{"check", "--config", "examples/tollgate.yaml", "--raw-headers", "--path", "/v1/search", "-H", "x-api-key: demo-pastdue-key"}, "", 0, `"code": "payment_failed"`, ""},
 	}
 	for _, tt := range tests {

@@ -76,6 +76,11 @@ func (m *Memory) Spend(_ context.Context, group string, items []Item, used []int
 	return -1, nil
 }
 
+// Peek returns an item's counter use without spending, for `tollgate check`.
+func (m *Memory) Peek(_ context.Context, group string, it Item) (int64, error) {
+	return m.Used(group, it.Key), nil
+}
+
 // Used returns a counter's use, for `tollgate check` and tests.
 func (m *Memory) Used(group, key string) int64 {
 	sh := &m.shards[maphash.String(m.seed, group)%memShards]
