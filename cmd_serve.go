@@ -170,6 +170,10 @@ func (p *pipeline) serve(ctx context.Context, log *slog.Logger) error {
 	hs.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 
 	adm := admin.New(promhttp.HandlerFor(p.metrics.Registry, promhttp.HandlerOpts{}))
+	adm.EnableInvalidation(cfg.AdminToken(), countingInvalidator{p.cache, p.metrics, "admin"})
+	if cfg.AdminToken() == "" {
+		log.Info("POST /v1/invalidate is off: set admin.token_env to enable it")
+	}
 	hsrv := &http.Server{Handler: adm, ReadHeaderTimeout: 5 * time.Second}
 
 	errc := make(chan error, 2)
@@ -242,4 +246,21 @@ func addrString(a net.Addr) string {
 		return "unix://" + a.String()
 	}
 	return a.String()
+}
+
+// countingInvalidator invalidates the cache and counts it by path.
+type countingInvalidator struct {
+	cache *cache.Cache
+	m     *metrics.Metrics
+	via   string
+}
+
+func (c countingInvalidator) InvalidateSubject(s string) int {
+	c.m.Invalidated(c.via)
+	return c.cache.InvalidateSubject(s)
+}
+
+func (c countingInvalidator) InvalidateKey(d string) int {
+	c.m.Invalidated(c.via)
+	return c.cache.InvalidateKey(d)
 }

@@ -46,6 +46,7 @@ func demoDir(t *testing.T, grpcAddr string) string {
 	s := strings.Replace(string(cfg), "grpc_address: 127.0.0.1:9191", "grpc_address: "+grpcAddr, 1)
 	s = strings.Replace(s, "admin_address: 127.0.0.1:9090", "admin_address: 127.0.0.1:0", 1)
 	s = strings.Replace(s, "poll_interval: 1s", "poll_interval: 20ms", 1)
+	s += "\nadmin: {token_env: TOLLGATE_TEST_ADMIN_TOKEN}\n"
 	writeFile(t, filepath.Join(dir, "tollgate.yaml"), s)
 	ents, err := os.ReadFile("examples/entitlements.yaml")
 	if err != nil {
@@ -161,6 +162,7 @@ func code(resp *authv3.CheckResponse) string {
 // TestServeEndToEnd runs the real serve command and sends Envoy-shaped
 // Checks over gRPC for every row of the code table that applies so far.
 func TestServeEndToEnd(t *testing.T) {
+	t.Setenv("TOLLGATE_TEST_ADMIN_TOKEN", "test-admin-token-0123456789")
 	dir := demoDir(t, "127.0.0.1:0")
 	s := startServe(t, filepath.Join(dir, "tollgate.yaml"))
 
@@ -249,6 +251,27 @@ func TestServeEndToEnd(t *testing.T) {
 		waitFor(t, func() bool {
 			return code(s.check(t, "POST", "/v1/chat", map[string]string{"x-api-key": "demo-free-key"})) == "ok"
 		})
+	})
+
+	t.Run("invalidate", func(t *testing.T) {
+		body := strings.NewReader(`{"subject":"initech"}`)
+		r, _ := http.NewRequest("POST", "http://"+s.admin+"/v1/invalidate", body)
+		r.Header.Set("Authorization", "Bearer test-admin-token-0123456789")
+		resp, err := http.DefaultClient.Do(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(b), `"invalidated":`) {
+			t.Errorf("invalidate: %d %s", resp.StatusCode, b)
+		}
+		// The next check for initech is a cache miss again.
+		s.check(t, "GET", "/v1/search", map[string]string{"x-api-key": "demo-free-key"})
+		_, metrics := s.get(t, "/metrics")
+		if !strings.Contains(metrics, `tollgate_entitlement_invalidations_total{via="admin"} 1`) {
+			t.Errorf("invalidation not counted")
+		}
 	})
 
 	t.Run("drain", func(t *testing.T) {

@@ -42,3 +42,62 @@ func TestEndpoints(t *testing.T) {
 		t.Errorf("/debug/pprof/ = %d, want 404 (off by default)", code)
 	}
 }
+
+// fakeInvalidator records what it was asked to drop.
+type fakeInvalidator struct{ subjects, keys []string }
+
+func (f *fakeInvalidator) InvalidateSubject(s string) int { f.subjects = append(f.subjects, s); return 2 }
+func (f *fakeInvalidator) InvalidateKey(d string) int     { f.keys = append(f.keys, d); return 1 }
+
+func TestInvalidate(t *testing.T) {
+	digest := strings.Repeat("ab", 32)
+	tests := []struct {
+		name         string
+		auth         string
+		body         string
+		wantStatus   int
+		wantBody     string
+		wantSubjects string
+		wantKeys     string
+	}{
+		{"no token", "", `{"subject":"acme"}`, 401, "bearer token", "", ""},
+		{"wrong token", "Bearer nope", `{"subject":"acme"}`, 401, "", "", ""},
+		{"subject", "Bearer s3cret", `{"subject":"acme"}`, 200, `{"invalidated":2}`, "acme", ""},
+		{"key digest", "bearer s3cret", `{"api_key_sha256":"` + strings.ToUpper(digest) + `"}`, 200, `{"invalidated":1}`, "", digest},
+		{"both", "Bearer s3cret", `{"subject":"acme","api_key_sha256":"` + digest + `"}`, 200, `{"invalidated":3}`, "acme", digest},
+		{"empty", "Bearer s3cret", `{}`, 400, "set subject", "", ""},
+		{"bad digest", "Bearer s3cret", `{"api_key_sha256":"demo-free-key"}`, 400, "hex SHA-256", "", ""},
+		{"unknown field", "Bearer s3cret", `{"subjet":"acme"}`, 400, "must be JSON", "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := New(nil)
+			inv := &fakeInvalidator{}
+			s.EnableInvalidation("s3cret", inv)
+			r := httptest.NewRequest("POST", "/v1/invalidate", strings.NewReader(tt.body))
+			if tt.auth != "" {
+				r.Header.Set("Authorization", tt.auth)
+			}
+			rec := httptest.NewRecorder()
+			s.ServeHTTP(rec, r)
+			if rec.Code != tt.wantStatus || !strings.Contains(rec.Body.String(), tt.wantBody) {
+				t.Errorf("got %d %q, want %d %q", rec.Code, rec.Body.String(), tt.wantStatus, tt.wantBody)
+			}
+			if got := strings.Join(inv.subjects, ","); got != tt.wantSubjects {
+				t.Errorf("subjects = %q, want %q", got, tt.wantSubjects)
+			}
+			if got := strings.Join(inv.keys, ","); got != tt.wantKeys {
+				t.Errorf("keys = %q, want %q", got, tt.wantKeys)
+			}
+		})
+	}
+	t.Run("no token configured: not served", func(t *testing.T) {
+		s := New(nil)
+		s.EnableInvalidation("", &fakeInvalidator{})
+		rec := httptest.NewRecorder()
+		s.ServeHTTP(rec, httptest.NewRequest("POST", "/v1/invalidate", strings.NewReader(`{"subject":"a"}`)))
+		if rec.Code != 404 {
+			t.Errorf("got %d, want 404", rec.Code)
+		}
+	})
+}

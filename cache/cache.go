@@ -173,6 +173,41 @@ func (c *Cache) Invalidate(key entitlement.Key) {
 	c.group.Forget(flightKey(key))
 }
 
+// InvalidateKey drops the record cached under an API-key digest, found or
+// not found (for a key that was unknown and has just been issued). It
+// returns how many records were dropped (0 or 1).
+func (c *Cache) InvalidateKey(digest string) int {
+	k := entitlement.Key{Kind: entitlement.ByAPIKey, ID: digest}
+	had := c.lru.Contains(k)
+	c.Invalidate(k)
+	if had {
+		return 1
+	}
+	return 0
+}
+
+// InvalidateSubject drops every record of subject, whichever key cached it
+// (its subject id or any of its API-key digests), and the answer of any
+// fetch now in flight. It scans the cache: O(entries), for rare events such
+// as a billing change, not for the request path. It returns how many
+// records were dropped.
+func (c *Cache) InvalidateSubject(subject string) int {
+	c.gen.Add(1)
+	n := 0
+	if c.lru.Remove(entitlement.Key{Kind: entitlement.BySubject, ID: subject}) {
+		n++
+	}
+	for _, k := range c.lru.Keys() {
+		if en, ok := c.lru.Peek(k); ok && en.ent != nil && en.ent.Subject == subject {
+			if c.lru.Remove(k) {
+				n++
+			}
+		}
+	}
+	c.group.Forget(flightKey(entitlement.Key{Kind: entitlement.BySubject, ID: subject}))
+	return n
+}
+
 // Purge drops everything, for example after the source reloaded.
 func (c *Cache) Purge() {
 	c.gen.Add(1)

@@ -243,3 +243,30 @@ func BenchmarkGetHitParallel(b *testing.B) {
 		}
 	})
 }
+
+func TestInvalidateSubjectDropsEveryKey(t *testing.T) {
+	c, src, _, _ := newTest(Options{})
+	inner := src.lookup
+	src.lookup = func(ctx context.Context, k entitlement.Key) (*entitlement.Entitlement, error) {
+		if k.Kind == entitlement.ByAPIKey && k.ID == "digest-of-acme" {
+			return &entitlement.Entitlement{Subject: "acme", Plan: "pro"}, nil
+		}
+		return inner(ctx, k)
+	}
+	byKey := entitlement.Key{Kind: entitlement.ByAPIKey, ID: "digest-of-acme"}
+	other := entitlement.Key{Kind: entitlement.BySubject, ID: "nobody"}
+	for _, k := range []entitlement.Key{known, byKey, other} {
+		c.Get(context.Background(), k)
+	}
+	if got := c.InvalidateSubject("acme"); got != 2 {
+		t.Errorf("dropped %d, want 2 (by subject and by key)", got)
+	}
+	for _, tt := range []struct {
+		key  entitlement.Key
+		want Outcome
+	}{{known, Miss}, {byKey, Miss}, {other, NegativeHit}} {
+		if _, o, _ := c.Get(context.Background(), tt.key); o != tt.want {
+			t.Errorf("%v: %s, want %s", tt.key, o, tt.want)
+		}
+	}
+}

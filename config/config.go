@@ -30,6 +30,7 @@ type Config struct {
 	Entitlements Entitlements    `yaml:"entitlements"`
 	Headers      Headers         `yaml:"headers"`
 	Responses    Responses       `yaml:"responses"`
+	Admin        Admin           `yaml:"admin"`
 	policy.Spec  `yaml:",inline"`
 
 	// Filled by Load.
@@ -88,6 +89,25 @@ type Headers struct {
 	Prefix  string `yaml:"prefix"`
 	Subject string `yaml:"subject"`
 	Plan    string `yaml:"plan"`
+}
+
+// Admin secures the admin server's mutating endpoints.
+type Admin struct {
+	// TokenEnv names the environment variable holding the bearer token for
+	// POST /v1/invalidate. Without a token the endpoint is not served.
+	TokenEnv string `yaml:"token_env"`
+	// Token is the token itself; prefer TokenEnv, which keeps it out of files.
+	Token string `yaml:"token"`
+}
+
+// AdminToken resolves the admin token from the environment or the file.
+func (c *Config) AdminToken() string {
+	if c.Admin.TokenEnv != "" {
+		if v := os.Getenv(c.Admin.TokenEnv); v != "" {
+			return v
+		}
+	}
+	return c.Admin.Token
 }
 
 // Responses shapes denials.
@@ -228,6 +248,9 @@ func Parse(name string, data []byte) (*Config, error) {
 		if h.v != strings.ToLower(h.v) || strings.ContainsAny(h.v, " :") {
 			fail(h.path, "%q must be a lower-case header name", h.v)
 		}
+	}
+	if c.Admin.Token != "" && len(c.Admin.Token) < 16 {
+		fail("admin.token", "is shorter than 16 characters")
 	}
 	c.Statuses = map[policy.Code]int{}
 	for name, st := range c.Responses.Status {

@@ -22,6 +22,7 @@ type Metrics struct {
 	srcErr   *prometheus.CounterVec
 	reloads  *prometheus.CounterVec
 	quotas   *prometheus.CounterVec
+	invalid  *prometheus.CounterVec
 	lastOK   *prometheus.GaugeVec
 	entries  prometheus.GaugeFunc
 }
@@ -93,7 +94,11 @@ func New(version string, cacheLen func() int) *Metrics {
 		Name: "tollgate_quota_spends_total",
 		Help: "Quota and credit spends by quota and outcome (allowed, exhausted, error).",
 	}, []string{"quota", "outcome"})
-	reg.MustRegister(checks, lat, co, m.srcErr, m.reloads, m.lastOK, info, m.quotas)
+	m.invalid = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tollgate_entitlement_invalidations_total",
+		Help: "Cache invalidations by path (admin, webhook, pubsub).",
+	}, []string{"via"})
+	reg.MustRegister(checks, lat, co, m.srcErr, m.reloads, m.lastOK, info, m.quotas, m.invalid)
 	if cacheLen != nil {
 		m.entries = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "tollgate_entitlement_cache_entries",
@@ -128,6 +133,9 @@ func (m *Metrics) ObserveCheck(r *authz.Result) {
 func (m *Metrics) ObserveQuota(quota, outcome string) {
 	m.quotas.WithLabelValues(quota, outcome).Inc()
 }
+
+// Invalidated counts one invalidation request arriving by via.
+func (m *Metrics) Invalidated(via string) { m.invalid.WithLabelValues(via).Inc() }
 
 // SourceError counts a failed call to the named entitlement source.
 func (m *Metrics) SourceError(source string) { m.srcErr.WithLabelValues(source).Inc() }
