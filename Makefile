@@ -5,7 +5,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 ENVOY     ?= $(CURDIR)/.tools/bin/envoy
 export ENVOY
 
-.PHONY: all build run demo-upstream demo-envoy test unit vet e2e envoy-validate deploy-test tools bench clean
+.PHONY: all build run demo-upstream demo-envoy test fuzz unit vet e2e envoy-validate deploy-test tools bench clean
 
 all: build
 
@@ -49,6 +49,18 @@ envoy-validate: tools
 
 e2e: tools envoy-validate
 	@if [ -d e2e ]; then $(GO) test -race -count=1 -tags e2e ./e2e/...; fi
+
+# Each fuzz target for FUZZTIME (default 30s). `make test` runs their seed
+# corpora (testdata/fuzz) as ordinary tests.
+FUZZTIME ?= 30s
+FUZZ_TARGETS := ./authz:FuzzCheckRequest ./authz:FuzzAppendJSONString ./config:FuzzParse ./entitlement/file:FuzzParse
+
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$pkg $$name ($(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	done
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
