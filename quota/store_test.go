@@ -76,6 +76,25 @@ func testStoreBehaviour(t *testing.T, newStore storeFactory) {
 			{0, []Item{item("a", 5, 5, time.Hour)}, -1, []int64{5}},
 			{0, []Item{item("b", 5, 5, time.Hour)}, -1, []int64{5}},
 		}},
+		{"a refusal by a later item leaves earlier counters as they stand", []spend{
+			{0, []Item{item("a", 2, 10, time.Hour), item("b", 3, 3, time.Hour)}, -1, []int64{2, 3}},
+			{0, []Item{item("a", 2, 10, time.Hour), item("b", 1, 3, time.Hour)}, 1, []int64{2, 3}},
+			{0, []Item{item("a", 8, 10, time.Hour)}, -1, []int64{10}},
+			{0, []Item{item("a", 1, 10, time.Hour)}, 0, []int64{10}},
+		}},
+		{"costs larger than a lease fill the counter exactly", []spend{
+			{0, []Item{item("a", 15, 20, time.Hour)}, -1, []int64{15}},
+			{0, []Item{item("a", 6, 20, time.Hour)}, 0, []int64{15}},
+			{0, []Item{item("a", 5, 20, time.Hour)}, -1, []int64{20}},
+			{0, []Item{item("a", 1, 20, time.Hour)}, 0, []int64{20}},
+		}},
+		{"an exhausted counter refuses until its reset, then counts from zero", []spend{
+			{0, []Item{item("a", 3, 3, time.Minute)}, -1, []int64{3}},
+			{time.Second, []Item{item("a", 1, 3, time.Minute)}, 0, []int64{3}},
+			{time.Second, []Item{item("a", 1, 3, time.Minute)}, 0, []int64{3}},
+			{time.Minute, []Item{item("a", 2, 3, 2*time.Minute)}, -1, []int64{2}},
+			{0, []Item{item("a", 1, 3, 2*time.Minute)}, -1, []int64{3}},
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

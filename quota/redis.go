@@ -1,0 +1,571 @@
+package quota
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Leased is a Store whose counters are shared by every replica through Redis,
+// while most spends are answered from memory.
+//
+// # Algorithm
+//
+// Redis holds one hash per counter, {u: units handed out, r: window end in
+// Unix ms}, which expires ExpirySlack after the window ends. A replica never
+// spends from Redis directly: it leases units in batches and spends them
+// locally under the subject's lock.
+//
+//   - A spend that the subject's local leases cover makes no round trip.
+//   - Otherwise one Lua script (EVALSHA) asks, for every item short of units,
+//     need = cost − leased; Redis grants need (when need ≥ LeaseSize) or
+//     min(LeaseSize, limit − u), all or nothing across the items: if one item
+//     cannot get its need, nothing is granted. A counter whose stored window
+//     ended by now (the injected clock, sent as an argument) counts as 0.
+//   - The replica remembers u as Redis last reported it ("seen"). Because u
+//     only grows within a window, an item whose need exceeds limit − seen is
+//     refused locally, with no round trip: an exhausted counter is cached until
+//     its window ends, and so is a cost that can no longer fit. The check
+//     uses the request's Limit, so a raised limit is asked about at once.
+//     When an item is refused this way, Redis is not asked about the others:
+//     the index returned is the first item known not to fit.
+//   - A lease whose window ended is dropped. Unspent units of a window that
+//     ended are simply forgotten; they counted against a window that is over.
+//
+// All or nothing holds across items: a refused request spends nothing
+// locally, and since the script grants nothing when any item falls short, it
+// leases nothing either. Units leased by an earlier allowed request stay
+// leased for later ones.
+//
+// # Reported use
+//
+// used[i] is this replica's estimate of the counter's global use:
+// seen − leased, where seen is u as Redis reported it at this replica's last
+// round trip for the key and leased is what the replica still holds unspent.
+// It counts this replica's spends exactly, counts units other replicas held
+// at that round trip as spent, and misses what others leased since. A counter
+// this replica never leased reports 0 until it asks Redis.
+//
+// # Admission bounds
+//
+// Let N be the limit, R the replicas spending on a counter, L the lease size
+// and c a request's cost (1 for per-request quotas).
+//
+//   - Never over: Redis grants at most N − u, so Σ granted ≤ N, and a replica
+//     spends only what it was granted. Admitted ≤ N in every window.
+//   - Little under: after a lease a replica holds at most L − 1 unspent units
+//     (a grant g ≥ need leaves g − need ≤ L − 1, and a grant of exactly need
+//     leaves 0), and holdings only shrink between leases. A request on replica
+//     r is refused only when c > leased_r + (N − u) (the cached refusal implies
+//     this, as u ≥ seen), so at any refusal
+//     admitted = u − Σ leased ≥ N − (c − 1) − (R − 1)(L − 1).
+//     An exact counter also refuses a cost-c request with c − 1 units left;
+//     leasing adds at most (R − 1)(L − 1): the other replicas' holdings.
+//   - Replica loss: a replica that stops without Release strands what it held,
+//     at most L − 1 per counter; with K such stops in a window the floor drops
+//     by K(L − 1). Release (on drain) hands the units back to Redis, where
+//     the next replica to ask can lease them (a replica that already cached
+//     the counter as spent keeps refusing until the reset: never over N).
+//   - Redis data loss (restart without persistence, failover losing writes)
+//     resets the counters it lost: the window may then admit up to N more.
+//     Replicas keep refusing what they cached as exhausted until its reset.
+//
+// LeaseSize 1 makes the store exact (refusals happen at exactly N) at one
+// round trip per spend.
+//
+// # Failure
+//
+// Every Redis error, including a timeout, is returned wrapping
+// ErrUnavailable; Resilient turns that into the quota's failure policy. A
+// caller whose context was canceled gets context.Canceled instead: a client
+// that went away is not an outage.
+// Each round trip is bounded by Timeout (default 50 ms) when the client
+// honours context deadlines (see RedisOptions). Requests that waited for the
+// subject's lock while a round trip failed fail at once instead of queueing
+// one timeout each.
+//
+// Counters of one subject share a Redis Cluster slot (the subject is the
+// key's hash tag), so the script may touch several of them at once.
+// Limits above 2^53 are handled approximately (Lua numbers are doubles).
+type Leased struct {
+	client    redis.UniversalClient
+	prefix    string
+	leaseSize int64
+	timeout   time.Duration
+	slack     time.Duration
+	now       func() time.Time
+	seed      maphash.Seed
+	// failures counts failed round trips; a request that sees it move while
+	// waiting for its subject's lock gives up instead of trying again.
+	failures atomic.Uint64
+	shards   [leaseShards]leaseShard
+}
+
+// LeasedOptions configures a Leased store. Only Client is required.
+type LeasedOptions struct {
+	// Client reaches Redis (a *redis.Client, *redis.ClusterClient, ...).
+	// RedisOptions gives options that fail fast.
+	Client redis.UniversalClient
+	// Prefix starts every Redis key; default "tollgate:q:". It must not
+	// contain '{' (the subject is the key's Cluster hash tag).
+	Prefix string
+	// LeaseSize is how many units a replica takes from Redis at once; default
+	// 10. Larger leases mean fewer round trips and a wider admission bound.
+	LeaseSize int64
+	// Timeout bounds one round trip; default 50 ms, well under Envoy's 200 ms.
+	Timeout time.Duration
+	// ExpirySlack keeps a counter in Redis this long after its window ends,
+	// covering clock skew between replicas; default 2 s.
+	ExpirySlack time.Duration
+	// Now is the clock; default time.Now. It decides windows, not timeouts.
+	Now func() time.Time
+}
+
+// LeasedStats counts what a Leased store did, since it was made.
+type LeasedStats struct {
+	// RoundTrips is how many spends ran the lease script on Redis.
+	RoundTrips uint64
+	// Local is how many spends were answered without Redis, from leases
+	// or from a counter known to be spent (CachedRefusals is part of Local).
+	Local uint64
+	// CachedRefusals is how many spends were refused without Redis because
+	// a counter was known to be too spent for them.
+	CachedRefusals uint64
+	// Errors is how many round trips failed (timeouts included), plus the
+	// requests that gave up because one failed while they waited.
+	Errors uint64
+}
+
+const leaseShards = 64
+
+type leaseShard struct {
+	mu        sync.Mutex
+	groups    map[string]*leaseGroup
+	nextSweep time.Time
+
+	roundTrips, local, cachedRefusals, errors atomic.Uint64
+	_                                         [64]byte // keep shards' hot words apart
+}
+
+// leaseGroup is one subject's leases. refs is changed under the shard's lock
+// (up) or atomically after the group is unlocked (down); the sweep only drops
+// a group nobody holds.
+type leaseGroup struct {
+	refs   atomic.Int32
+	mu     sync.Mutex
+	leases map[string]*lease
+}
+
+type lease struct {
+	rkey  string    // the Redis key
+	reset time.Time // window end, as Redis stores it
+	avail int64     // leased and not yet spent here
+	seen  int64     // u at this replica's last round trip for the key
+}
+
+var _ Store = (*Leased)(nil)
+
+// Default Leased settings.
+const (
+	DefaultLeasePrefix = "tollgate:q:"
+	DefaultLeaseSize   = 10
+	DefaultTimeout     = 50 * time.Millisecond
+	defaultSlack       = 2 * time.Second
+)
+
+// NewLeased returns a Leased store. It panics without a Client.
+func NewLeased(o LeasedOptions) *Leased {
+	if o.Client == nil {
+		panic("quota: NewLeased needs a Redis client")
+	}
+	s := &Leased{
+		client:    o.Client,
+		prefix:    o.Prefix,
+		leaseSize: o.LeaseSize,
+		timeout:   o.Timeout,
+		slack:     o.ExpirySlack,
+		now:       o.Now,
+		seed:      maphash.MakeSeed(),
+	}
+	if s.prefix == "" {
+		s.prefix = DefaultLeasePrefix
+	}
+	if s.leaseSize <= 0 {
+		s.leaseSize = DefaultLeaseSize
+	}
+	if s.timeout <= 0 {
+		s.timeout = DefaultTimeout
+	}
+	if s.slack <= 0 {
+		s.slack = defaultSlack
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	for i := range s.shards {
+		s.shards[i].groups = map[string]*leaseGroup{}
+	}
+	return s
+}
+
+// RedisOptions returns go-redis options for addr that fail fast, so a dead
+// Redis costs a request at most about DefaultTimeout: 50 ms to dial, read or
+// write, one dial attempt, no command retries, and context deadlines honoured.
+func RedisOptions(addr string) *redis.Options {
+	return &redis.Options{
+		Addr:                  addr,
+		DialTimeout:           DefaultTimeout,
+		ReadTimeout:           DefaultTimeout,
+		WriteTimeout:          DefaultTimeout,
+		PoolTimeout:           DefaultTimeout,
+		ContextTimeoutEnabled: true,
+		MaxRetries:            -1,
+		DialerRetries:         1,
+		DisableIdentity:       true,
+	}
+}
+
+// Stats returns the store's counters.
+func (s *Leased) Stats() LeasedStats {
+	var st LeasedStats
+	for i := range s.shards {
+		sh := &s.shards[i]
+		st.RoundTrips += sh.roundTrips.Load()
+		st.Local += sh.local.Load()
+		st.CachedRefusals += sh.cachedRefusals.Load()
+		st.Errors += sh.errors.Load()
+	}
+	return st
+}
+
+// Spend implements Store. It makes a round trip only when a lease runs short
+// and the counter is not known to be spent.
+func (s *Leased) Spend(ctx context.Context, group string, items []Item, used []int64) (int, error) {
+	return s.spend(ctx, group, items, used, true)
+}
+
+// errNeedsRedis is what spendCached returns when leases do not cover a spend.
+var errNeedsRedis = fmt.Errorf("%w: spend needs a lease from redis", ErrUnavailable)
+
+// errGaveUp is returned by a request that waited while a round trip failed.
+var errGaveUp = fmt.Errorf("%w: redis failed while waiting for the subject's lock", ErrUnavailable)
+
+// spendCached is Spend without Redis: it answers from leases and cached
+// refusals, or returns errNeedsRedis. Resilient uses it while Redis is down,
+// so units already leased (and so already counted globally) keep serving.
+func (s *Leased) spendCached(ctx context.Context, group string, items []Item, used []int64) (int, error) {
+	return s.spend(ctx, group, items, used, false)
+}
+
+func (s *Leased) spend(ctx context.Context, group string, items []Item, used []int64, remote bool) (int, error) {
+	sh := &s.shards[maphash.String(s.seed, group)%leaseShards]
+	now := s.now()
+	gen := s.failures.Load()
+	g := sh.acquire(group, now)
+	defer g.refs.Add(-1)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+
+	denied, short := -1, false
+	for i := range items {
+		it := &items[i]
+		cost := max(it.Cost, 0)
+		var avail, seen int64
+		if l := g.live(it.Key, now); l != nil {
+			avail, seen = l.avail, l.seen
+		}
+		used[i] = max(seen-avail, 0)
+		if cost <= avail {
+			continue
+		}
+		// u only grows within a window, so Redis cannot give more than
+		// Limit − seen: refuse without asking.
+		if cost-avail > it.Limit-seen {
+			if denied < 0 {
+				denied = i
+			}
+			continue
+		}
+		short = true
+	}
+	if denied >= 0 {
+		sh.local.Add(1)
+		sh.cachedRefusals.Add(1)
+		return denied, nil
+	}
+	if short {
+		if !remote {
+			return -1, errNeedsRedis
+		}
+		if s.failures.Load() != gen {
+			sh.errors.Add(1)
+			return -1, errGaveUp
+		}
+		sh.roundTrips.Add(1)
+		d, err := s.lease(ctx, group, g, items, used, now)
+		if err != nil {
+			sh.errors.Add(1)
+			return -1, err
+		}
+		if d >= 0 {
+			return d, nil
+		}
+	} else {
+		sh.local.Add(1)
+	}
+	for i := range items {
+		cost := max(items[i].Cost, 0)
+		if cost == 0 {
+			continue
+		}
+		l := g.leases[items[i].Key]
+		l.avail -= cost
+		used[i] = max(l.seen-l.avail, 0)
+	}
+	return -1, nil
+}
+
+// acquire returns group's leases, counted as held until refs is decremented.
+// It also sweeps the shard, at most once a second.
+func (sh *leaseShard) acquire(group string, now time.Time) *leaseGroup {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	sh.sweep(now)
+	g := sh.groups[group]
+	if g == nil {
+		g = &leaseGroup{leases: map[string]*lease{}}
+		sh.groups[group] = g
+	}
+	g.refs.Add(1)
+	return g
+}
+
+// sweep drops leases whose window ended, and groups left empty, skipping
+// groups in use (whose lock may be held across a round trip).
+func (sh *leaseShard) sweep(now time.Time) {
+	if now.Before(sh.nextSweep) {
+		return
+	}
+	sh.nextSweep = now.Add(time.Second)
+	for name, g := range sh.groups {
+		if g.refs.Load() != 0 {
+			continue
+		}
+		// No Spend holds g, and none can take it while we hold sh.mu
+		// (Release may; it only zeroes leases).
+		g.mu.Lock()
+		for k, l := range g.leases {
+			if !now.Before(l.reset) {
+				delete(g.leases, k)
+			}
+		}
+		empty := len(g.leases) == 0
+		g.mu.Unlock()
+		if empty {
+			delete(sh.groups, name)
+		}
+	}
+}
+
+// live returns key's lease unless its window ended, which drops it.
+func (g *leaseGroup) live(key string, now time.Time) *lease {
+	l := g.leases[key]
+	if l != nil && !now.Before(l.reset) {
+		delete(g.leases, key)
+		return nil
+	}
+	return l
+}
+
+// redisKey is prefix{group}:key. The braces make the subject the Redis
+// Cluster hash tag, so one script can touch all of a subject's counters.
+func (s *Leased) redisKey(group, key string) string {
+	if group == "" {
+		group = "_" // "{}" is no hash tag at all
+	}
+	return s.prefix + "{" + group + "}:" + key
+}
+
+// lease runs the lease script for every item its leases do not cover, under
+// g's lock, and records what Redis granted and reported. It returns the
+// index of the first item Redis could not cover, or -1.
+func (s *Leased) lease(ctx context.Context, group string, g *leaseGroup, items []Item, used []int64, now time.Time) (int, error) {
+	idx := make([]int, 0, len(items))
+	keys := make([]string, 0, len(items))
+	args := make([]any, 0, 2+4*len(items))
+	args = append(args, now.UnixMilli(), s.slack.Milliseconds())
+	for i := range items {
+		it := &items[i]
+		cost := max(it.Cost, 0)
+		l := g.leases[it.Key]
+		var avail int64
+		if l != nil {
+			avail = l.avail
+		}
+		if cost <= avail {
+			continue
+		}
+		idx = append(idx, i)
+		if l != nil {
+			keys = append(keys, l.rkey)
+		} else {
+			keys = append(keys, s.redisKey(group, it.Key))
+		}
+		args = append(args, cost-avail, s.leaseSize, it.Limit, it.Reset.UnixMilli())
+	}
+
+	rctx := ctx
+	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > s.timeout {
+		var cancel context.CancelFunc
+		rctx, cancel = context.WithTimeout(ctx, s.timeout)
+		defer cancel()
+	}
+	res, err := leaseScript.Run(rctx, s.client, keys, args...).Int64Slice()
+	if err == nil && len(res) != 1+3*len(keys) {
+		err = fmt.Errorf("lease script returned %d values for %d keys", len(res), len(keys))
+	}
+	if err != nil {
+		// A caller that went away (Envoy reset the stream) says nothing
+		// about Redis: no failure policy, no one else gives up.
+		if errors.Is(ctx.Err(), context.Canceled) {
+			return -1, fmt.Errorf("quota: redis lease: %w", ctx.Err())
+		}
+		s.failures.Add(1)
+		return -1, fmt.Errorf("%w: redis lease: %w", ErrUnavailable, err)
+	}
+
+	for j, i := range idx {
+		u, reset, granted := res[1+3*j], res[2+3*j], res[3+3*j]
+		key := items[i].Key
+		l := g.leases[key]
+		if l == nil {
+			l = &lease{rkey: keys[j]}
+			g.leases[key] = l
+		}
+		l.seen, l.reset = u, time.UnixMilli(reset)
+		l.avail += granted
+		used[i] = max(l.seen-l.avail, 0)
+	}
+	if d := res[0]; d > 0 {
+		return idx[d-1], nil
+	}
+	return -1, nil
+}
+
+// leaseScript grants leases, all or nothing.
+//
+// KEYS: the counters. ARGV: now_ms, slack_ms, then per key need, lease,
+// limit, reset_ms. Each counter is a hash {u, r}; one whose r ≤ now counts
+// as 0 and takes the request's reset. Returns {denied, u1, r1, g1, u2, ...}:
+// denied is the 1-based index of the first key that cannot give need (and
+// then every g is 0), else 0; u is the counter after the grant g.
+var leaseScript = redis.NewScript(`
+local now = tonumber(ARGV[1])
+local slack = tonumber(ARGV[2])
+local out = {0}
+for i = 1, #KEYS do
+  local a = 2 + (i - 1) * 4
+  local need = tonumber(ARGV[a + 1])
+  local size = tonumber(ARGV[a + 2])
+  local limit = tonumber(ARGV[a + 3])
+  local v = redis.call('HMGET', KEYS[i], 'u', 'r')
+  local u = 0
+  local r = tonumber(v[2])
+  if r and r > now then
+    u = tonumber(v[1]) or 0
+  else
+    r = tonumber(ARGV[a + 4])
+  end
+  local free = limit - u
+  local g = 0
+  if need > free then
+    if out[1] == 0 then out[1] = i end
+  else
+    g = need
+    if g < size then g = math.min(size, free) end
+  end
+  out[#out + 1] = u
+  out[#out + 1] = r
+  out[#out + 1] = g
+end
+for i = 1, #KEYS do
+  local g = out[3 * i + 1]
+  if out[1] ~= 0 then
+    out[3 * i + 1] = 0
+  elseif g > 0 then
+    local u = out[3 * i - 1] + g
+    local r = out[3 * i]
+    redis.call('HSET', KEYS[i], 'u', string.format('%.0f', u), 'r', string.format('%.0f', r))
+    local ttl = r - now + slack
+    if ttl < 1 then ttl = 1 end
+    redis.call('PEXPIRE', KEYS[i], string.format('%.0f', ttl))
+    out[3 * i - 1] = u
+  end
+end
+return out
+`)
+
+// releaseScript hands n units back to a counter, if it is still the window
+// they were leased from. KEYS[1]: the counter. ARGV: n, reset_ms.
+var releaseScript = redis.NewScript(`
+local v = redis.call('HMGET', KEYS[1], 'u', 'r')
+if tonumber(v[2]) == tonumber(ARGV[2]) then
+  local u = (tonumber(v[1]) or 0) - tonumber(ARGV[1])
+  if u < 0 then u = 0 end
+  redis.call('HSET', KEYS[1], 'u', string.format('%.0f', u))
+end
+return 0
+`)
+
+// Release hands every unspent leased unit back to Redis, so a replica that
+// drains does not strand them (see the admission bounds). The store stays
+// usable. Units whose hand-back fails are lost for their window, as they
+// would be had the replica crashed; the error wraps ErrUnavailable.
+func (s *Leased) Release(ctx context.Context) error {
+	type back struct {
+		rkey  string
+		n     int64
+		reset time.Time
+	}
+	var backs []back
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		groups := make([]*leaseGroup, 0, len(sh.groups))
+		for _, g := range sh.groups {
+			groups = append(groups, g)
+		}
+		sh.mu.Unlock()
+		for _, g := range groups {
+			g.mu.Lock()
+			for _, l := range g.leases {
+				if l.avail > 0 {
+					backs = append(backs, back{l.rkey, l.avail, l.reset})
+					// seen stays a lower bound of u for cached refusals.
+					l.seen -= l.avail
+					l.avail = 0
+				}
+			}
+			g.mu.Unlock()
+		}
+	}
+	if len(backs) == 0 {
+		return nil
+	}
+	_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, b := range backs {
+			releaseScript.Eval(ctx, p, []string{b.rkey}, b.n, b.reset.UnixMilli())
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("%w: redis release: %w", ErrUnavailable, err)
+	}
+	return nil
+}

@@ -1,0 +1,322 @@
+package quota
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tollgate-authz/tollgate/internal/redistest"
+)
+
+// fakeStore is a Store whose Spend is a function field.
+type fakeStore struct {
+	calls atomic.Int64
+	spend func(ctx context.Context, group string, items []Item, used []int64) (int, error)
+}
+
+func (f *fakeStore) Spend(ctx context.Context, group string, items []Item, used []int64) (int, error) {
+	f.calls.Add(1)
+	return f.spend(ctx, group, items, used)
+}
+
+// modeLog records OnMode calls.
+type modeLog struct {
+	mu    sync.Mutex
+	modes []string
+}
+
+func (m *modeLog) record(mode string) { m.mu.Lock(); m.modes = append(m.modes, mode); m.mu.Unlock() }
+func (m *modeLog) get() []string      { m.mu.Lock(); defer m.mu.Unlock(); return slices.Clone(m.modes) }
+
+func TestResilientPolicy(t *testing.T) {
+	clk := &testClock{t: time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC)}
+	var down atomic.Bool
+	primary := &fakeStore{spend: func(ctx context.Context, group string, items []Item, used []int64) (int, error) {
+		if down.Load() {
+			return -1, fmt.Errorf("%w: redis: connection refused", ErrUnavailable)
+		}
+		return -1, nil
+	}}
+	var log modeLog
+	local := NewMemory(clk.Now)
+	r := NewResilient(primary, local, ResilientOptions{RetryEvery: time.Second, OnMode: log.record, Now: clk.Now})
+	reset := clk.Now().Add(time.Hour)
+	closed := []Item{{Key: "closed", Cost: 1, Limit: 100, Reset: reset}}
+	open := []Item{{Key: "open", Cost: 1, Limit: 3, Reset: reset, FailOpen: true}}
+	mixed := []Item{open[0], closed[0]}
+	ctx := context.Background()
+	used := make([]int64, 2)
+	spend := func(items []Item) (int, error) { return r.Spend(ctx, "g", items, used[:len(items)]) }
+
+	// Healthy: everything goes to the primary.
+	if d, err := spend(closed); d != -1 || err != nil || primary.calls.Load() != 1 || r.Mode() != ModePrimary {
+		t.Fatalf("healthy: denied=%d err=%v calls=%d mode=%s", d, err, primary.calls.Load(), r.Mode())
+	}
+
+	// The primary fails: fail-closed items fail, and the mode flips.
+	down.Store(true)
+	if _, err := spend(closed); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("closed item with primary down: err=%v, want ErrUnavailable", err)
+	}
+	if r.Mode() != ModeDegraded || !slices.Equal(log.get(), []string{ModeDegraded}) {
+		t.Fatalf("mode=%s, OnMode calls %v; want degraded", r.Mode(), log.get())
+	}
+	calls := primary.calls.Load()
+
+	// Until RetryEvery passes, the primary is left alone.
+	if _, err := spend(closed); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("closed item while degraded: err=%v, want ErrUnavailable", err)
+	}
+	if _, err := spend(mixed); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("a fail-open item with a fail-closed one: err=%v, want ErrUnavailable", err)
+	}
+	for i, want := range []int{-1, -1, -1, 0, 0} {
+		if d, err := spend(open); d != want || err != nil {
+			t.Errorf("open spend %d while degraded: denied=%d err=%v, want denied=%d (local limit 3)", i, d, err, want)
+		}
+	}
+	if got := local.Used("g", "open"); got != 3 {
+		t.Errorf("local count = %d, want 3", got)
+	}
+	if got := local.Used("g", "closed"); got != 0 {
+		t.Errorf("fail-closed item counted locally: %d", got)
+	}
+	if got := primary.calls.Load(); got != calls {
+		t.Errorf("primary called %d times while backing off, want 0", got-calls)
+	}
+
+	// One retry per RetryEvery, and it still fails.
+	clk.Add(time.Second)
+	for range 5 {
+		spend(closed)
+	}
+	if got := primary.calls.Load() - calls; got != 1 {
+		t.Errorf("primary called %d times in one retry period, want 1", got)
+	}
+	if r.Mode() != ModeDegraded {
+		t.Errorf("mode after a failed retry = %s", r.Mode())
+	}
+
+	// The primary returns: the next retry switches back by itself.
+	down.Store(false)
+	clk.Add(time.Second)
+	if d, err := spend(closed); d != -1 || err != nil {
+		t.Errorf("first spend after recovery: denied=%d err=%v", d, err)
+	}
+	if r.Mode() != ModePrimary || !slices.Equal(log.get(), []string{ModeDegraded, ModePrimary}) {
+		t.Errorf("mode=%s, OnMode calls %v; want back to primary", r.Mode(), log.get())
+	}
+	calls = primary.calls.Load()
+	spend(open)
+	if primary.calls.Load() != calls+1 {
+		t.Errorf("fail-open item did not go to the recovered primary")
+	}
+
+	// Other errors are the caller's, not a failure of the shared store.
+	boom := errors.New("boom")
+	primary.spend = func(context.Context, string, []Item, []int64) (int, error) { return -1, boom }
+	if _, err := spend(open); err != boom || r.Mode() != ModePrimary {
+		t.Errorf("other error: err=%v mode=%s, want boom and primary", err, r.Mode())
+	}
+}
+
+// TestRedisRestartDuringLoad kills Redis under load, checks each failure
+// policy while it is down, restarts it and checks that the store comes back
+// by itself.
+func TestRedisRestartDuringLoad(t *testing.T) {
+	const (
+		leaseSize  = 10
+		localLimit = 100
+		retryEvery = 50 * time.Millisecond
+	)
+	srv := redistest.Start(t)
+	leased := NewLeased(LeasedOptions{Client: fastClient(t, srv), Prefix: fmt.Sprintf("restart%d:", testPrefixes.Add(1)), LeaseSize: leaseSize})
+	local := NewMemory(nil)
+	var log modeLog
+	r := NewResilient(leased, local, ResilientOptions{RetryEvery: retryEvery, OnMode: log.record})
+
+	reset := time.Now().Add(time.Hour)
+	// closed fails closed; open fails open with plenty of room; small fails
+	// open and is spent only while Redis is down, so it is counted locally
+	// from its first unit and must stop at its limit.
+	closed := []Item{{Key: "closed", Cost: 1, Limit: 1 << 40, Reset: reset}}
+	open := []Item{{Key: "open", Cost: 1, Limit: 1 << 40, Reset: reset, FailOpen: true}}
+	small := []Item{{Key: "small", Cost: 1, Limit: localLimit, Reset: reset, FailOpen: true}}
+
+	type tally struct{ ok, refused, unavailable, other atomic.Int64 }
+	var phase atomic.Int32  // 0 healthy, 1 redis down, 2 redis back
+	var tallies [3][3]tally // [phase][closed, open, small]
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			used := make([]int64, 1)
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				p := phase.Load()
+				kind, group, items := (w+i)%2, "acme", closed
+				if kind == 1 {
+					group, items = "beta", open
+				}
+				if p == 1 && i%4 == 3 {
+					kind, group, items = 2, "gamma", small
+				}
+				d, err := r.Spend(context.Background(), group, items, used)
+				tl := &tallies[p][kind]
+				switch {
+				case err == nil && d < 0:
+					tl.ok.Add(1)
+				case err == nil:
+					tl.refused.Add(1)
+				case errors.Is(err, ErrUnavailable):
+					tl.unavailable.Add(1)
+				default:
+					tl.other.Add(1)
+					t.Errorf("unexpected error: %v", err)
+				}
+				time.Sleep(20 * time.Microsecond)
+			}
+		}()
+	}
+	waitFor := func(what string, max time.Duration, cond func() bool) time.Duration {
+		t.Helper()
+		start := time.Now()
+		for !cond() {
+			if time.Since(start) > max {
+				t.Fatalf("%s: not within %v", what, max)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		return time.Since(start)
+	}
+	defer func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+		}
+		wg.Wait()
+	}()
+
+	time.Sleep(150 * time.Millisecond)
+	if r.Mode() != ModePrimary {
+		t.Fatalf("mode %s before the outage", r.Mode())
+	}
+	st0 := leased.Stats()
+
+	srv.Kill()
+	phase.Store(1)
+	took := waitFor("degraded after kill", 2*time.Second, func() bool { return r.Mode() == ModeDegraded })
+	t.Logf("degraded %v after the kill", took)
+	time.Sleep(300 * time.Millisecond)
+	if got := local.Used("beta", "open"); got == 0 {
+		t.Errorf("fail-open item not counted locally while redis was down")
+	}
+	if got := local.Used("gamma", "small"); got != localLimit {
+		t.Errorf("local count of the small fail-open item = %d, want its limit %d", got, localLimit)
+	}
+
+	srv.Restart()
+	restarted := time.Now()
+	phase.Store(2)
+	took = waitFor("back to primary after restart", 3*time.Second, func() bool { return r.Mode() == ModePrimary })
+	t.Logf("primary %v after the restart", took)
+	st1 := leased.Stats()
+	time.Sleep(100 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	st2 := leased.Stats()
+
+	down, back := &tallies[1], &tallies[2]
+	t.Logf("down: closed ok=%d unavailable=%d; open ok=%d; small ok=%d refused=%d",
+		down[0].ok.Load(), down[0].unavailable.Load(), down[1].ok.Load(), down[2].ok.Load(), down[2].refused.Load())
+	t.Logf("back: closed ok=%d unavailable=%d; open ok=%d unavailable=%d; recovered in %v",
+		back[0].ok.Load(), back[0].unavailable.Load(), back[1].ok.Load(), back[1].unavailable.Load(), time.Since(restarted))
+	t.Logf("stats before %+v, at recovery %+v, end %+v", st0, st1, st2)
+
+	if down[0].unavailable.Load() == 0 {
+		t.Error("no fail-closed spend failed while redis was down")
+	}
+	// Only units leased before the kill may still serve the closed item.
+	if got := down[0].ok.Load(); got >= leaseSize {
+		t.Errorf("%d fail-closed spends allowed while redis was down, want < lease size %d", got, leaseSize)
+	}
+	if down[1].unavailable.Load() != 0 || down[2].unavailable.Load() != 0 {
+		t.Errorf("fail-open items failed: %d, %d", down[1].unavailable.Load(), down[2].unavailable.Load())
+	}
+	if got := down[2].ok.Load(); got != localLimit {
+		t.Errorf("small fail-open item admitted %d while redis was down, want %d", got, localLimit)
+	}
+	if down[2].refused.Load() == 0 {
+		t.Error("small fail-open item never refused locally")
+	}
+	if back[0].ok.Load() == 0 || back[1].ok.Load() == 0 {
+		t.Errorf("no spends after recovery: closed %d, open %d", back[0].ok.Load(), back[1].ok.Load())
+	}
+	if st2.RoundTrips <= st1.RoundTrips {
+		t.Errorf("no round trips after recovery (%d → %d)", st1.RoundTrips, st2.RoundTrips)
+	}
+	if got := redisUsed(t, srv.Client(), leased, "acme", "closed"); got == 0 {
+		t.Error("the restarted redis holds no count for the closed item")
+	}
+	if got := log.get(); len(got) < 2 || got[0] != ModeDegraded || got[len(got)-1] != ModePrimary {
+		t.Errorf("OnMode calls %v, want degraded … primary", got)
+	}
+}
+
+// BenchmarkResilientSpend is the hot path through Resilient over Leased.
+func BenchmarkResilientSpend(b *testing.B) {
+	srv := redistest.Start(b)
+	s := NewResilient(NewLeased(LeasedOptions{Client: srv.Client(), LeaseSize: 1 << 40}), NewMemory(nil), ResilientOptions{})
+	items := []Item{{Key: Key("acme", "requests", time.Now()), Cost: 1, Limit: 1 << 62, Reset: time.Now().Add(time.Hour)}}
+	used := make([]int64, 1)
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := s.Spend(ctx, "acme", items, used); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// A replica's quota store: counters shared through Redis, leased ten units at
+// a time; quotas marked fail-open are counted per replica while Redis is
+// down, the others answer 503 until it is back.
+func ExampleNewResilient() {
+	client := redis.NewClient(RedisOptions("127.0.0.1:6379"))
+	defer client.Close()
+	leased := NewLeased(LeasedOptions{Client: client, LeaseSize: 10})
+	store := NewResilient(leased, NewMemory(nil), ResilientOptions{
+		OnMode: func(mode string) { fmt.Println("quota store mode:", mode) },
+	})
+
+	now := time.Now()
+	start, reset := Window(Month, now, time.Time{})
+	items := []Item{{Key: Key("acme", "requests", start), Cost: 1, Limit: 10000, Reset: reset, FailOpen: true}}
+	used := make([]int64, len(items))
+	denied, err := store.Spend(context.Background(), "acme", items, used)
+	switch {
+	case err != nil:
+		fmt.Println("503 entitlements_unavailable:", err)
+	case denied >= 0:
+		fmt.Println("402 quota_exhausted, used", used[denied])
+	default:
+		fmt.Println("allowed, used", used[0])
+	}
+
+	// On drain, hand unspent leases back.
+	_ = leased.Release(context.Background())
+}
