@@ -37,8 +37,9 @@ func cmdValidate(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "%s: ok (%d plans, %d routes, %d subjects in %s)\n", *cfgPath,
-		len(cfg.Policy.PlanNames()), len(cfg.Policy.Routes()), p.src.Len(), cfg.Entitlements.File.Path)
+	defer p.close()
+	fmt.Fprintf(stdout, "%s: ok (%d plans, %d routes, entitlements: %s)\n", *cfgPath,
+		len(cfg.Policy.PlanNames()), len(cfg.Policy.Routes()), p.describe)
 	return nil
 }
 
@@ -111,16 +112,17 @@ func cmdCheck(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	store, closeStore, err := newQuotaStore(cfg, nil)
+	store, err := newQuotaStore(cfg, nil, nil)
 	if err != nil {
 		return err
 	}
-	defer closeStore()
-	dry := &dryQuotas{store: store}
+	defer store.close()
+	dry := &dryQuotas{store: store.Quotas}
 	p, err := build(cfg, slog.New(slog.DiscardHandler), dry)
 	if err != nil {
 		return err
 	}
+	defer p.close()
 	resp, res := p.server.Decide(ctx, checkRequest(strings.ToUpper(*method), *path, *host, *principal, headers, ctxExt, *raw))
 
 	out := checkOutput{

@@ -1,13 +1,86 @@
 package main
 
 import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
 	"github.com/tollgate-authz/tollgate/authz"
 	"github.com/tollgate-authz/tollgate/config"
 	"github.com/tollgate-authz/tollgate/metrics"
 	"github.com/tollgate-authz/tollgate/quota"
 )
 
-// newQuotaStore builds the store cfg names. close releases its connections.
-func newQuotaStore(cfg *config.Config, m *metrics.Metrics) (authz.Quotas, func(), error) {
-	return quota.NewMemory(nil), func() {}, nil
+// quotaStore is the configured store and how to shut it down.
+type quotaStore struct {
+	authz.Quotas
+	close func() // hands leases back and closes connections
+	mode  func() string
+	m     func() *metrics.Metrics
+}
+
+// reportMode sends the current mode to metrics, once they exist.
+func (q *quotaStore) reportMode() {
+	if m := q.m(); m != nil {
+		m.QuotaStoreMode(q.mode())
+	}
+}
+
+// newQuotaStore builds the store cfg names: memory, or Redis with local
+// leases behind the per-quota failure policy. metricsOf returns the metrics
+// once they exist (or nil); log may be nil.
+func newQuotaStore(cfg *config.Config, metricsOf func() *metrics.Metrics, log *slog.Logger) (*quotaStore, error) {
+	if metricsOf == nil {
+		metricsOf = func() *metrics.Metrics { return nil }
+	}
+	if cfg.QuotaStore.Store != "redis" {
+		mem := quota.NewMemory(nil)
+		return &quotaStore{Quotas: mem, close: func() {}, mode: func() string { return "memory" }, m: metricsOf}, nil
+	}
+	rc := cfg.QuotaStore.Redis
+	opts := quota.RedisOptions(rc.Address)
+	opts.Username, opts.DB = rc.Username, rc.DB
+	if rc.PasswordEnv != "" {
+		opts.Password = os.Getenv(rc.PasswordEnv)
+	}
+	client := redis.NewClient(opts)
+	if log != nil {
+		redis.SetLogger(redisLog{log})
+	}
+	leased := quota.NewLeased(quota.LeasedOptions{
+		Client: client, Prefix: rc.Prefix, LeaseSize: rc.LeaseSize, Timeout: rc.Timeout,
+	})
+	res := quota.NewResilient(leased, quota.NewMemory(nil), quota.ResilientOptions{
+		RetryEvery: rc.RetryEvery,
+		OnMode: func(mode string) {
+			if m := metricsOf(); m != nil {
+				m.QuotaStoreMode("redis_" + mode)
+			}
+			if log != nil {
+				if mode == quota.ModePrimary {
+					log.Info("quota store: redis is back", "address", rc.Address)
+				} else {
+					log.Warn("quota store: redis is unreachable; failure policies in effect (on_store_error)", "address", rc.Address)
+				}
+			}
+		},
+	})
+	return &quotaStore{Quotas: res, m: metricsOf, mode: func() string { return "redis_" + res.Mode() }, close: func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		defer cancel()
+		_ = leased.Release(ctx)
+		_ = client.Close()
+	}}, nil
+}
+
+// redisLog sends go-redis's own messages (dial failures while Redis is
+// down) to the structured log at debug level, instead of bare stderr lines.
+type redisLog struct{ log *slog.Logger }
+
+func (r redisLog) Printf(ctx context.Context, format string, v ...any) {
+	r.log.Debug("redis client", "message", fmt.Sprintf(format, v...))
 }

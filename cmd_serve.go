@@ -44,15 +44,21 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	log := newLogger(stderr, cfg.Log.Level)
-	quotas, closeQuotas, err := newQuotaStore(cfg, nil)
+	// The quota store reports its mode to metrics, which build creates: hand
+	// it over once both exist.
+	var m *metrics.Metrics
+	qs, err := newQuotaStore(cfg, func() *metrics.Metrics { return m }, log)
 	if err != nil {
 		return err
 	}
-	defer closeQuotas()
-	p, err := build(cfg, log, quotas)
+	defer qs.close()
+	p, err := build(cfg, log, qs)
 	if err != nil {
 		return err
 	}
+	defer p.close()
+	m = p.metrics
+	qs.reportMode()
 	return p.serve(ctx, log)
 }
 
@@ -62,56 +68,63 @@ func newLogger(w io.Writer, level string) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
 }
 
-// pipeline is the wired request path: file source → cache → authz server.
+// pipeline is the wired request path: source → cache → authz server.
 type pipeline struct {
 	cfg     *config.Config
-	src     *file.Source
 	cache   *cache.Cache
 	server  *authz.Server
 	metrics *metrics.Metrics
+
+	source   entitlement.Source
+	fileSrc  *file.Source // set for the file source: reloaded with the config
+	describe string       // what the source is, for logs and validate
+	// watchers run while serving (file watches, pub/sub subscribers).
+	watchers []func(ctx context.Context)
+	// handlers are extra admin endpoints (the Stripe webhook).
+	handlers map[string]http.Handler
+	closers  []func()
 }
 
 // build wires the request path for cfg. It is shared by serve, validate and
 // check. quotas nil means an in-memory store.
 func build(cfg *config.Config, log *slog.Logger, quotas authz.Quotas) (*pipeline, error) {
-	p := &pipeline{cfg: cfg}
+	p := &pipeline{cfg: cfg, handlers: map[string]http.Handler{}}
 	p.metrics = metrics.New(version, func() int {
 		if p.cache == nil {
 			return 0
 		}
 		return p.cache.Len()
 	})
-	src, err := file.Open(cfg.Entitlements.File.Path, file.Options{
-		// Records are vetted against the policy in force, so a reload of
-		// either file is checked against the other.
-		Check: func(e *entitlement.Entitlement) (string, error) {
-			return p.policy().CheckEntitlement(e)
-		},
-		OnReload: func(err error) {
-			p.metrics.Reloaded("entitlements", err, float64(time.Now().Unix()))
-			if err != nil {
-				log.Error("entitlements reload failed; keeping the last good data", "error", err.Error())
-				return
-			}
-			p.cache.Purge()
-			log.Info("entitlements reloaded", "file", cfg.Entitlements.File.Path, "subjects", p.src.Len())
-		},
-	})
+	src, err := p.openSource(log)
 	if err != nil {
+		p.close()
 		return nil, err
 	}
-	p.src = src
+	p.source = src
 	cc := cfg.Entitlements.Cache
-	p.cache = cache.New(src, cache.Options{
+	var counted entitlement.Source = observedSource{src, cfg.Entitlements.Source, p.metrics}
+	if cfg.Entitlements.Source == "http" {
+		counted = src // the http source reports finer outcomes itself
+	}
+	p.cache = cache.New(counted, cache.Options{
 		MaxEntries: cc.MaxEntries, TTL: cc.TTL, NegativeTTL: cc.NegativeTTL,
 		StaleIfError: cc.StaleIfError, Timeout: cc.Timeout,
 	})
 	rt, err := cfg.Runtime()
 	if err != nil {
+		p.close()
 		return nil, fmt.Errorf("%s: %w", cfg.Path, err)
 	}
+	p.metrics.QuotaPolicies(cfg.Policy.QuotaPolicies())
 	p.server = authz.NewServer(rt, authz.Deps{Entitlements: p.cache, Quotas: quotas, Observer: p.metrics, Log: log})
 	return p, nil
+}
+
+// close releases the source's connections.
+func (p *pipeline) close() {
+	for _, c := range p.closers {
+		c()
+	}
 }
 
 func (p *pipeline) policy() *policy.Policy {
@@ -140,9 +153,12 @@ func (p *pipeline) reloadConfig(log *slog.Logger) {
 		log.Warn("config reloaded, but server and entitlements settings take effect only after a restart")
 	}
 	// Records were vetted against the old plans: check them against the new.
-	if err := p.src.Reload(); err != nil {
-		log.Warn("entitlements no longer valid under the new config", "error", err.Error())
+	if p.fileSrc != nil {
+		if err := p.fileSrc.Reload(); err != nil {
+			log.Warn("entitlements no longer valid under the new config", "error", err.Error())
+		}
 	}
+	p.metrics.QuotaPolicies(next.Policy.QuotaPolicies())
 	p.cache.Purge()
 	log.Info("config reloaded", "file", p.cfg.Path)
 }
@@ -171,6 +187,9 @@ func (p *pipeline) serve(ctx context.Context, log *slog.Logger) error {
 
 	adm := admin.New(promhttp.HandlerFor(p.metrics.Registry, promhttp.HandlerOpts{}))
 	adm.EnableInvalidation(cfg.AdminToken(), countingInvalidator{p.cache, p.metrics, "admin"})
+	for pattern, h := range p.handlers {
+		adm.Handle(pattern, h)
+	}
 	if cfg.AdminToken() == "" {
 		log.Info("POST /v1/invalidate is off: set admin.token_env to enable it")
 	}
@@ -186,12 +205,14 @@ func (p *pipeline) serve(ctx context.Context, log *slog.Logger) error {
 
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
-	go p.src.Watch(wctx, cfg.Entitlements.File.PollInterval)
+	for _, w := range p.watchers {
+		go w(wctx)
+	}
 	go watch.File(wctx, cfg.Path, cfg.Entitlements.File.PollInterval, func() { p.reloadConfig(log) })
 
 	adm.SetReady()
 	log.Info("serving", "grpc", addrString(lis.Addr()), "admin", adminLis.Addr().String(),
-		"version", version, "subjects", p.src.Len(), "shadow", cfg.Shadow)
+		"version", version, "entitlements", p.describe, "shadow", cfg.Shadow)
 
 	select {
 	case <-ctx.Done():

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"net/url"
 	"path/filepath"
 	"strings"
 	"time"
@@ -31,6 +32,7 @@ type Config struct {
 	Headers      Headers         `yaml:"headers"`
 	Responses    Responses       `yaml:"responses"`
 	Admin        Admin           `yaml:"admin"`
+	QuotaStore   QuotaStore      `yaml:"quota_store"`
 	policy.Spec  `yaml:",inline"`
 
 	// Filled by Load.
@@ -53,6 +55,9 @@ type Server struct {
 	ShutdownDelay time.Duration `yaml:"shutdown_delay"`
 	// MaxConcurrentStreams per gRPC connection; Envoy multiplexes Checks on one.
 	MaxConcurrentStreams uint32 `yaml:"max_concurrent_streams"`
+	// EnvoyTimeout is the ext_authz timeout configured in Envoy (its default
+	// is 200ms). Source timeouts are validated to stay under it.
+	EnvoyTimeout time.Duration `yaml:"envoy_timeout"`
 }
 
 // Log configures the decision log.
@@ -64,9 +69,57 @@ type Log struct {
 
 // Entitlements configures the source and the cache in front of it.
 type Entitlements struct {
-	Source string     `yaml:"source"` // file
-	File   FileSource `yaml:"file"`
-	Cache  Cache      `yaml:"cache"`
+	Source string       `yaml:"source"` // file, http, redis, stripe
+	File   FileSource   `yaml:"file"`
+	HTTP   HTTPSource   `yaml:"http"`
+	Redis  RedisSource  `yaml:"redis"`
+	Stripe StripeSource `yaml:"stripe"`
+	Cache  Cache        `yaml:"cache"`
+}
+
+// HTTPSource is the team's own billing service (see docs/openapi).
+type HTTPSource struct {
+	URL             string        `yaml:"url"`
+	TokenEnv        string        `yaml:"token_env"`
+	Token           string        `yaml:"token"`
+	Timeout         time.Duration `yaml:"timeout"`
+	MaxInFlight     int           `yaml:"max_in_flight"`
+	MaxIdleConns    int           `yaml:"max_idle_conns"`
+	IdleConnTimeout time.Duration `yaml:"idle_conn_timeout"`
+	Breaker         struct {
+		Failures      int           `yaml:"failures"`
+		Cooldown      time.Duration `yaml:"cooldown"`
+		MaxRetryAfter time.Duration `yaml:"max_retry_after"`
+	} `yaml:"breaker"`
+}
+
+// RedisSource is entitlement records shared in Redis.
+type RedisSource struct {
+	Address     string        `yaml:"address"`
+	Username    string        `yaml:"username"`
+	PasswordEnv string        `yaml:"password_env"`
+	DB          int           `yaml:"db"`
+	Prefix      string        `yaml:"prefix"`
+	Channel     string        `yaml:"channel"`
+	Timeout     time.Duration `yaml:"timeout"`
+}
+
+// StripeSource reads Stripe Billing.
+type StripeSource struct {
+	SecretKeyEnv       string        `yaml:"secret_key_env"`
+	Customers          string        `yaml:"customers"` // the credential map, relative to the config file
+	PollInterval       time.Duration `yaml:"poll_interval"`
+	APIBase            string        `yaml:"api_base"`
+	APIVersion         string        `yaml:"api_version"`
+	Timeout            time.Duration `yaml:"timeout"`
+	MaxInFlight        int           `yaml:"max_in_flight"`
+	PlanMetadataKey    string        `yaml:"plan_metadata_key"`
+	SubjectMetadataKey string        `yaml:"subject_metadata_key"`
+	Webhook            struct {
+		SecretEnv string        `yaml:"secret_env"`
+		Tolerance time.Duration `yaml:"tolerance"`
+		MaxBody   int64         `yaml:"max_body"`
+	} `yaml:"webhook"`
 }
 
 // FileSource is the embedded YAML source.
@@ -89,6 +142,21 @@ type Headers struct {
 	Prefix  string `yaml:"prefix"`
 	Subject string `yaml:"subject"`
 	Plan    string `yaml:"plan"`
+}
+
+// QuotaStore says where quota counters live.
+type QuotaStore struct {
+	Store string `yaml:"store"` // memory (default, per replica) or redis (shared)
+	Redis struct {
+		Address     string        `yaml:"address"`
+		Username    string        `yaml:"username"`
+		PasswordEnv string        `yaml:"password_env"`
+		DB          int           `yaml:"db"`
+		Prefix      string        `yaml:"prefix"`
+		LeaseSize   int64         `yaml:"lease_size"`
+		Timeout     time.Duration `yaml:"timeout"`
+		RetryEvery  time.Duration `yaml:"retry_every"`
+	} `yaml:"redis"`
 }
 
 // Admin secures the admin server's mutating endpoints.
@@ -139,6 +207,7 @@ func (c *Config) defaults() {
 	def(&c.Server.GRPCAddress, "127.0.0.1:9191")
 	def(&c.Server.AdminAddress, "127.0.0.1:9090")
 	defDur(&c.Server.DrainTimeout, 10*time.Second)
+	defDur(&c.Server.EnvoyTimeout, 200*time.Millisecond)
 	if c.Server.MaxConcurrentStreams == 0 {
 		c.Server.MaxConcurrentStreams = 1024
 	}
@@ -149,6 +218,7 @@ func (c *Config) defaults() {
 	}
 	def(&c.Entitlements.Source, "file")
 	defDur(&c.Entitlements.File.PollInterval, time.Second)
+	defDur(&c.Entitlements.Stripe.PollInterval, time.Second)
 	if c.Entitlements.Cache.MaxEntries == 0 {
 		c.Entitlements.Cache.MaxEntries = 100000
 	}
@@ -228,11 +298,41 @@ func Parse(name string, data []byte) (*Config, error) {
 		if c.Entitlements.File.Path == "" {
 			fail("entitlements.file.path", "is required for the file source")
 		}
+	case "http":
+		h := c.Entitlements.HTTP
+		if h.URL == "" {
+			fail("entitlements.http.url", "is required for the http source")
+		} else if u, err := url.Parse(h.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			fail("entitlements.http.url", "%q is not an http(s) URL", h.URL)
+		}
+		if h.Token != "" && h.TokenEnv != "" {
+			fail("entitlements.http.token", "set token or token_env, not both")
+		}
+		if h.Timeout >= c.Server.EnvoyTimeout {
+			fail("entitlements.http.timeout", "%v is not under server.envoy_timeout %v", h.Timeout, c.Server.EnvoyTimeout)
+		}
+	case "redis":
+		if c.Entitlements.Redis.Address == "" {
+			fail("entitlements.redis.address", "is required for the redis source")
+		}
+	case "stripe":
+		st := c.Entitlements.Stripe
+		if st.SecretKeyEnv == "" {
+			fail("entitlements.stripe.secret_key_env", "is required: the name of the variable holding the Stripe key")
+		}
+		if st.Customers == "" && st.SubjectMetadataKey == "" {
+			fail("entitlements.stripe.customers", "is required (or subject_metadata_key)")
+		}
+		if st.Timeout >= c.Server.EnvoyTimeout {
+			fail("entitlements.stripe.timeout", "%v is not under server.envoy_timeout %v", st.Timeout, c.Server.EnvoyTimeout)
+		}
 	default:
-		fail("entitlements.source", "%q is not a source (want file)", c.Entitlements.Source)
+		fail("entitlements.source", "%q is not a source (want file, http, redis or stripe)", c.Entitlements.Source)
 	}
-	if p := c.Entitlements.File.Path; p != "" && !filepath.IsAbs(p) {
-		c.Entitlements.File.Path = filepath.Join(filepath.Dir(name), p)
+	for _, p := range []*string{&c.Entitlements.File.Path, &c.Entitlements.Stripe.Customers} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(filepath.Dir(name), *p)
+		}
 	}
 	cc := c.Entitlements.Cache
 	if cc.MaxEntries < 0 {
@@ -241,8 +341,8 @@ func Parse(name string, data []byte) (*Config, error) {
 	if cc.NegativeTTL > cc.TTL {
 		fail("entitlements.cache.negative_ttl", "%v is longer than ttl %v", cc.NegativeTTL, cc.TTL)
 	}
-	if cc.Timeout >= 200*time.Millisecond {
-		fail("entitlements.cache.timeout", "%v is not under Envoy's default ext_authz timeout of 200ms", cc.Timeout)
+	if cc.Timeout >= c.Server.EnvoyTimeout {
+		fail("entitlements.cache.timeout", "%v is not under server.envoy_timeout %v (Envoy's ext_authz timeout)", cc.Timeout, c.Server.EnvoyTimeout)
 	}
 	for _, h := range []struct{ path, v string }{{"headers.subject", c.Headers.Subject}, {"headers.plan", c.Headers.Plan}} {
 		if h.v != strings.ToLower(h.v) || strings.ContainsAny(h.v, " :") {
@@ -251,6 +351,21 @@ func Parse(name string, data []byte) (*Config, error) {
 	}
 	if c.Admin.Token != "" && len(c.Admin.Token) < 16 {
 		fail("admin.token", "is shorter than 16 characters")
+	}
+	switch c.QuotaStore.Store {
+	case "", "memory":
+	case "redis":
+		if c.QuotaStore.Redis.Address == "" {
+			fail("quota_store.redis.address", "is required for the redis store")
+		}
+		if c.QuotaStore.Redis.LeaseSize < 0 {
+			fail("quota_store.redis.lease_size", "must not be negative")
+		}
+		if t := c.QuotaStore.Redis.Timeout; t >= c.Server.EnvoyTimeout {
+			fail("quota_store.redis.timeout", "%v is not under server.envoy_timeout %v", t, c.Server.EnvoyTimeout)
+		}
+	default:
+		fail("quota_store.store", "%q is not memory or redis", c.QuotaStore.Store)
 	}
 	c.Statuses = map[policy.Code]int{}
 	for name, st := range c.Responses.Status {

@@ -75,12 +75,17 @@ routes:
 		{"bad log level", base + "log: {level: loud}\n", `t.yaml:9: log.level: "loud"`},
 		{"sample rate", base + "log: {allow_sample_rate: 2}\n", "t.yaml:9: log.allow_sample_rate: 2 is not between 0 and 1"},
 		{"bad address", base + "server: {grpc_address: nowhere}\n", `t.yaml:9: server.grpc_address: "nowhere" is not host:port`},
-		{"timeout over envoy's", strings.Replace(base, "file: {path: e.yaml}", "file: {path: e.yaml}\n  cache: {timeout: 250ms}", 1), "entitlements.cache.timeout: 250ms is not under Envoy's default"},
+		{"timeout over envoy's", strings.Replace(base, "file: {path: e.yaml}", "file: {path: e.yaml}\n  cache: {timeout: 250ms}", 1), "entitlements.cache.timeout: 250ms is not under server.envoy_timeout 200ms"},
 		{"bad identity", base + "identity: [cookie]\n", `t.yaml:9: unknown identity kind "cookie"`},
 		{"wrong type", base + "shadow: maybe\n", "t.yaml:9: cannot unmarshal"},
 		{"bad duration", base + "server: {drain_timeout: soon}\n", "t.yaml:9:"},
 		{"no source path", "plans: {}\n", "entitlements.file.path: is required"},
 		{"unknown source", "entitlements: {source: ldap}\n", `entitlements.source: "ldap" is not a source`},
+		{"http needs a url", "entitlements: {source: http}\n", "entitlements.http.url: is required"},
+		{"http url", "entitlements: {source: http, http: {url: ftp://x}}\n", `entitlements.http.url: "ftp://x" is not an http(s) URL`},
+		{"http timeout", "entitlements: {source: http, http: {url: http://x, timeout: 300ms}}\n", "entitlements.http.timeout: 300ms is not under"},
+		{"stripe key", "entitlements: {source: stripe, stripe: {customers: c.yaml}}\n", "entitlements.stripe.secret_key_env: is required"},
+		{"raised envoy timeout", "server: {envoy_timeout: 1s}\nentitlements: {source: http, http: {url: http://x, timeout: 300ms}, cache: {timeout: 400ms}}\nlog: {level: loud}\n", `log.level: "loud"`},
 		{"empty file", "\n", "t.yaml: the file is empty"},
 	}
 	for _, tt := range tests {

@@ -4,6 +4,8 @@
 package metrics
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -23,6 +25,11 @@ type Metrics struct {
 	reloads  *prometheus.CounterVec
 	quotas   *prometheus.CounterVec
 	invalid  *prometheus.CounterVec
+	srcCalls *prometheus.CounterVec
+	srcLat   *prometheus.HistogramVec
+	breaker  *prometheus.GaugeVec
+	qsMode   *prometheus.GaugeVec
+	qPolicy  *prometheus.GaugeVec
 	lastOK   *prometheus.GaugeVec
 	entries  prometheus.GaugeFunc
 }
@@ -98,7 +105,29 @@ func New(version string, cacheLen func() int) *Metrics {
 		Name: "tollgate_entitlement_invalidations_total",
 		Help: "Cache invalidations by path (admin, webhook, pubsub).",
 	}, []string{"via"})
-	reg.MustRegister(checks, lat, co, m.srcErr, m.reloads, m.lastOK, info, m.quotas, m.invalid)
+	m.srcCalls = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tollgate_entitlement_source_calls_total",
+		Help: "Calls to the entitlement source by source and outcome (ok, not_found, error).",
+	}, []string{"source", "outcome"})
+	m.srcLat = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "tollgate_entitlement_source_call_duration_seconds",
+		Help:    "Time of each entitlement source call.",
+		Buckets: []float64{50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 200e-3, 500e-3},
+	}, []string{"source"})
+	m.breaker = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "tollgate_entitlement_source_breaker_state",
+		Help: "1 for the circuit breaker's current state (closed, open, half_open), 0 for the others.",
+	}, []string{"source", "state"})
+	m.qsMode = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "tollgate_quota_store_mode",
+		Help: "1 for the quota store's current mode: memory, redis_primary, or redis_degraded (Redis down: each quota's on_store_error policy in effect).",
+	}, []string{"mode"})
+	m.qPolicy = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "tollgate_quota_failure_policy",
+		Help: "1 per quota and the policy it follows while the shared store is down (closed or open).",
+	}, []string{"quota", "policy"})
+	reg.MustRegister(checks, lat, co, m.srcErr, m.reloads, m.lastOK, info, m.quotas, m.invalid,
+		m.srcCalls, m.srcLat, m.breaker, m.qsMode, m.qPolicy)
 	if cacheLen != nil {
 		m.entries = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "tollgate_entitlement_cache_entries",
@@ -132,6 +161,42 @@ func (m *Metrics) ObserveCheck(r *authz.Result) {
 // ObserveQuota implements authz.Observer.
 func (m *Metrics) ObserveQuota(quota, outcome string) {
 	m.quotas.WithLabelValues(quota, outcome).Inc()
+}
+
+// SourceCall records one entitlement source call.
+func (m *Metrics) SourceCall(source, outcome string, d time.Duration) {
+	m.srcCalls.WithLabelValues(source, outcome).Inc()
+	m.srcLat.WithLabelValues(source).Observe(d.Seconds())
+}
+
+// BreakerState records a source's circuit-breaker state.
+func (m *Metrics) BreakerState(source, state string) {
+	for _, s := range []string{"closed", "open", "half_open"} {
+		v := 0.0
+		if s == state {
+			v = 1
+		}
+		m.breaker.WithLabelValues(source, s).Set(v)
+	}
+}
+
+// QuotaStoreMode records the quota store's mode.
+func (m *Metrics) QuotaStoreMode(mode string) {
+	for _, s := range []string{"memory", "redis_primary", "redis_degraded"} {
+		v := 0.0
+		if s == mode {
+			v = 1
+		}
+		m.qsMode.WithLabelValues(s).Set(v)
+	}
+}
+
+// QuotaPolicies records each quota's failure policy (quota name → closed/open).
+func (m *Metrics) QuotaPolicies(p map[string]string) {
+	m.qPolicy.Reset()
+	for q, pol := range p {
+		m.qPolicy.WithLabelValues(q, pol).Set(1)
+	}
 }
 
 // Invalidated counts one invalidation request arriving by via.

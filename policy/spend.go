@@ -207,3 +207,19 @@ func validQuotaName(s string) bool {
 	}
 	return true
 }
+
+// QuotaPolicies maps each declared quota to its failure policy, "closed" or
+// "open" (open if any plan declares it open).
+func (p *Policy) QuotaPolicies() map[string]string {
+	out := map[string]string{}
+	for _, pl := range p.plans {
+		for name, q := range pl.Quotas {
+			if q.FailOpen {
+				out[name] = "open"
+			} else if out[name] == "" {
+				out[name] = "closed"
+			}
+		}
+	}
+	return out
+}

@@ -1,0 +1,206 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/tollgate-authz/tollgate/identity"
+)
+
+// billingService is an in-test billing service speaking the http source's
+// contract, whose records, health and call count the test controls.
+type billingService struct {
+	*httptest.Server
+	mu      sync.Mutex
+	records map[string]map[string]any // subject → record
+	keys    map[string]string         // digest → subject
+	down    atomic.Bool
+	calls   atomic.Int64
+	hold    chan struct{} // when set, requests wait on it
+}
+
+func newBillingService(t *testing.T) *billingService {
+	b := &billingService{records: map[string]map[string]any{}, keys: map[string]string{}}
+	b.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b.calls.Add(1)
+		b.mu.Lock()
+		hold := b.hold
+		b.mu.Unlock()
+		if hold != nil {
+			<-hold
+		}
+		if b.down.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		var subject string
+		switch {
+		case strings.HasPrefix(r.URL.Path, "/v1/entitlements/subjects/"):
+			subject = strings.TrimPrefix(r.URL.Path, "/v1/entitlements/subjects/")
+		case strings.HasPrefix(r.URL.Path, "/v1/entitlements/api-keys/"):
+			subject = b.keys[strings.TrimPrefix(r.URL.Path, "/v1/entitlements/api-keys/")]
+		}
+		rec, ok := b.records[subject]
+		if !ok {
+			http.Error(w, `{"error":"not found"}`, http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(rec)
+	}))
+	t.Cleanup(b.Close)
+	return b
+}
+
+func (b *billingService) set(subject, plan, status, key string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.records[subject] = map[string]any{"subject": subject, "plan": plan, "status": status}
+	b.keys[identity.HashKey(key)] = subject
+}
+
+// httpSourceDir writes the demo config with the http source.
+func httpSourceDir(t *testing.T, url, cache string) string {
+	t.Helper()
+	dir := demoDir(t, "127.0.0.1:0")
+	path := filepath.Join(dir, "tollgate.yaml")
+	b, _ := os.ReadFile(path)
+	s := strings.Replace(string(b), "  source: file\n", "  source: http\n  http: {url: "+url+", timeout: 150ms}\n", 1)
+	s = strings.Replace(s, `  cache:
+    max_entries: 100000
+    ttl: 30s
+    negative_ttl: 5s
+    stale_if_error: 5m
+    timeout: 50ms`, "  cache: "+cache, 1)
+	s = strings.Replace(s, "allow_sample_rate: 1.0", "allow_sample_rate: 0", 1)
+	writeFile(t, path, s)
+	return path
+}
+
+func metricValue(t *testing.T, s *server, series string) string {
+	t.Helper()
+	_, m := s.get(t, "/metrics")
+	for _, line := range strings.Split(m, "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+func TestHTTPSourceThroughServer(t *testing.T) {
+	t.Setenv("TOLLGATE_TEST_ADMIN_TOKEN", "test-admin-token-0123456789")
+	free := map[string]string{"x-api-key": "demo-free-key"}
+
+	t.Run("1000 concurrent checks for a cold subject make one source call", func(t *testing.T) {
+		b := newBillingService(t)
+		b.set("initech", "free", "active", "demo-free-key")
+		s := startServe(t, httpSourceDir(t, b.URL, "{ttl: 1m, timeout: 150ms}"))
+		hold := make(chan struct{})
+		b.mu.Lock()
+		b.hold = hold
+		b.mu.Unlock()
+		var wg sync.WaitGroup
+		var ok atomic.Int64
+		for range 1000 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if code(s.check(t, "GET", "/v1/search", free)) == "ok" {
+					ok.Add(1)
+				}
+			}()
+		}
+		waitFor(t, func() bool { return b.calls.Load() >= 1 })
+		close(hold)
+		wg.Wait()
+		// Checks that arrive after the answer landed are cache hits: either
+		// way the source was asked once.
+		if got := b.calls.Load(); got != 1 {
+			t.Errorf("source calls = %d, want 1", got)
+		}
+		if ok.Load() != 1000 {
+			t.Errorf("allowed %d of 1000", ok.Load())
+		}
+	})
+
+	t.Run("an outage is served stale up to stale_if_error, then 503", func(t *testing.T) {
+		b := newBillingService(t)
+		b.set("initech", "free", "active", "demo-free-key")
+		s := startServe(t, httpSourceDir(t, b.URL, "{ttl: 50ms, negative_ttl: 50ms, stale_if_error: 500ms, timeout: 150ms}"))
+		if got := code(s.check(t, "GET", "/v1/search", free)); got != "ok" {
+			t.Fatalf("before the outage: %s", got)
+		}
+		b.down.Store(true)
+		// Right after the TTL the record is stale, the source fails, and the
+		// last known record still answers.
+		waitFor(t, func() bool { return metricValue(t, s, `tollgate_entitlement_cache_total{outcome="stale"}`) != "0" || code(s.check(t, "GET", "/v1/search", free)) != "ok" })
+		if v := metricValue(t, s, `tollgate_entitlement_cache_total{outcome="stale"}`); v == "0" {
+			t.Fatalf("no stale answer was served during the outage")
+		}
+		// Past stale_if_error: 503 entitlements_unavailable.
+		waitFor(t, func() bool { return code(s.check(t, "GET", "/v1/search", free)) == "entitlements_unavailable" })
+		// The breaker opened on the way, and metrics show it.
+		if v := metricValue(t, s, `tollgate_entitlement_source_breaker_state{source="http",state="open"}`); v != "1" {
+			t.Errorf("breaker open gauge = %q, want 1", v)
+		}
+	})
+
+	t.Run("after invalidation the next check sees the new record", func(t *testing.T) {
+		b := newBillingService(t)
+		b.set("globex", "pro", "past_due", "demo-pastdue-key")
+		s := startServe(t, httpSourceDir(t, b.URL, "{ttl: 1h, timeout: 150ms}"))
+		pastdue := map[string]string{"x-api-key": "demo-pastdue-key"}
+		if got := code(s.check(t, "GET", "/v1/search", pastdue)); got != "payment_failed" {
+			t.Fatalf("before paying: %s", got)
+		}
+		b.set("globex", "pro", "active", "demo-pastdue-key") // the card is updated
+		if got := code(s.check(t, "GET", "/v1/search", pastdue)); got != "payment_failed" {
+			t.Fatalf("without invalidation the cache must still answer from its copy: %s", got)
+		}
+		r, _ := http.NewRequest("POST", "http://"+s.admin+"/v1/invalidate", strings.NewReader(`{"subject":"globex"}`))
+		r.Header.Set("Authorization", "Bearer test-admin-token-0123456789")
+		resp, err := http.DefaultClient.Do(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if got := code(s.check(t, "GET", "/v1/search", pastdue)); got != "ok" {
+			t.Errorf("after invalidation: %s, want ok", got)
+		}
+	})
+
+	t.Run("memory stays bounded under a flood of unknown keys", func(t *testing.T) {
+		b := newBillingService(t)
+		s := startServe(t, httpSourceDir(t, b.URL, "{max_entries: 200, ttl: 1m, negative_ttl: 1m, timeout: 150ms}"))
+		var wg sync.WaitGroup
+		for w := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range 500 {
+					if got := code(s.check(t, "GET", "/v1/search", map[string]string{"x-api-key": fmt.Sprint("made-up-", w, "-", i)})); got != "invalid_credentials" {
+						t.Errorf("unknown key: %s", got)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		if got := metricValue(t, s, "tollgate_entitlement_cache_entries"); got != "200" {
+			t.Errorf("cache entries = %s, want 200 (max_entries)", got)
+		}
+	})
+}
