@@ -145,7 +145,9 @@ func TestHTTPSourceThroughServer(t *testing.T) {
 		b.down.Store(true)
 		// Right after the TTL the record is stale, the source fails, and the
 		// last known record still answers.
-		waitFor(t, func() bool { return metricValue(t, s, `tollgate_entitlement_cache_total{outcome="stale"}`) != "0" || code(s.check(t, "GET", "/v1/search", free)) != "ok" })
+		waitFor(t, func() bool {
+			return metricValue(t, s, `tollgate_entitlement_cache_total{outcome="stale"}`) != "0" || code(s.check(t, "GET", "/v1/search", free)) != "ok"
+		})
 		if v := metricValue(t, s, `tollgate_entitlement_cache_total{outcome="stale"}`); v == "0" {
 			t.Fatalf("no stale answer was served during the outage")
 		}

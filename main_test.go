@@ -341,7 +341,7 @@ func TestCLI(t *testing.T) {
 		{"hash-key", []string{"hash-key", "demo-free-key"}, "", 0, "9f8cfdb17116bf0e2a44e071454f25594cb9b8737bf331e6a2f0b30550572f29\n", ""},
 		{"hash-key stdin", []string{"hash-key", "-"}, "demo-free-key\n", 0, "9f8cfdb17116bf0e2a44e071454f25594cb9b8737bf331e6a2f0b30550572f29\n", ""},
 		{"hash-key nothing", []string{"hash-key"}, "", 2, "", "tollgate: hash-key: give exactly one KEY"},
-		{"validate ok", []string{"validate", "--config", "examples/tollgate.yaml"}, "", 0, "examples/tollgate.yaml: ok (2 plans, 3 routes, 3 subjects", ""},
+		{"validate ok", []string{"validate", "--config", "examples/tollgate.yaml"}, "", 0, "examples/tollgate.yaml: ok (2 plans, 3 routes, entitlements: 3 subjects", ""},
 		{"validate needs config", []string{"validate"}, "", 2, "", "tollgate: validate: --config FILE is required"},
 		{"bad flag", []string{"serve", "--cofnig", "x"}, "", 2, "", "tollgate: serve: flag provided but not defined: -cofnig"},
 		{"missing file", []string{"validate", "--config", "/nonexistent.yaml"}, "", 1, "", "tollgate: open /nonexistent.yaml: no such file or directory"},

@@ -46,8 +46,11 @@ func TestEndpoints(t *testing.T) {
 // fakeInvalidator records what it was asked to drop.
 type fakeInvalidator struct{ subjects, keys []string }
 
-func (f *fakeInvalidator) InvalidateSubject(s string) int { f.subjects = append(f.subjects, s); return 2 }
-func (f *fakeInvalidator) InvalidateKey(d string) int     { f.keys = append(f.keys, d); return 1 }
+func (f *fakeInvalidator) InvalidateSubject(s string) int {
+	f.subjects = append(f.subjects, s)
+	return 2
+}
+func (f *fakeInvalidator) InvalidateKey(d string) int { f.keys = append(f.keys, d); return 1 }
 
 func TestInvalidate(t *testing.T) {
 	digest := strings.Repeat("ab", 32)
