@@ -205,11 +205,6 @@ type quotaState struct {
 	ResetAt string `json:"resets_at"`
 }
 
-// peeker reads a counter without spending.
-type peeker interface {
-	Peek(ctx context.Context, group string, item quota.Item) (int64, error)
-}
-
 // dryQuotas answers Spend from the counters' current use and spends nothing,
 // so `tollgate check` shows quota state without consuming any.
 type dryQuotas struct {
@@ -219,7 +214,7 @@ type dryQuotas struct {
 
 func (d *dryQuotas) Spend(ctx context.Context, group string, items []quota.Item, used []int64) (int, error) {
 	denied := -1
-	pk, _ := d.store.(peeker)
+	pk, _ := d.store.(quota.Peeker)
 	for i, it := range items {
 		var u int64
 		if pk != nil {

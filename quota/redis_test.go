@@ -407,3 +407,25 @@ func BenchmarkLeasedSpendParallel(b *testing.B) {
 		}
 	})
 }
+
+func TestLeasedPeek(t *testing.T) {
+	rs := redistest.Start(t)
+	clk := &testClock{t: time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)}
+	s := NewLeased(LeasedOptions{Client: rs.Client(), LeaseSize: 1, Now: clk.Now})
+	it := Item{Key: "peek", Cost: 3, Limit: 10, Reset: clk.Now().Add(time.Minute)}
+	ctx := context.Background()
+	if got, err := s.Peek(ctx, "g", it); err != nil || got != 0 {
+		t.Fatalf("before any spend: %d, %v", got, err)
+	}
+	used := make([]int64, 1)
+	if d, err := s.Spend(ctx, "g", []Item{it}, used); d != -1 || err != nil {
+		t.Fatalf("spend: %d %v", d, err)
+	}
+	if got, err := s.Peek(ctx, "g", it); err != nil || got != 3 {
+		t.Errorf("after spending 3: %d, %v, want 3", got, err)
+	}
+	clk.Add(time.Minute)
+	if got, _ := s.Peek(ctx, "g", it); got != 0 {
+		t.Errorf("after the window: %d, want 0", got)
+	}
+}
