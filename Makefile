@@ -4,8 +4,12 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 ENVOY     ?= $(CURDIR)/.tools/bin/envoy
 export ENVOY
+# Build and test with the toolchain go.mod names (a patched Go 1.26 release,
+# fetched through the module proxy when the local one is older): the
+# standard library's security fixes are part of the product.
+export GOTOOLCHAIN := $(shell sed -n 's/^toolchain //p' go.mod)
 
-.PHONY: all build run demo-upstream demo-envoy test fuzz unit vet e2e envoy-validate deploy-test tools bench clean
+.PHONY: all build run demo-upstream demo-envoy test fuzz vulncheck unit vet e2e envoy-validate deploy-test tools bench clean
 
 all: build
 
@@ -24,7 +28,7 @@ demo-envoy: tools
 
 # The whole suite: vet, unit and in-process end-to-end tests under -race,
 # the manifests in deploy/, and the end-to-end suite through a real Envoy.
-test: vet unit deploy-test e2e
+test: vet unit vulncheck deploy-test e2e
 
 vet:
 	$(GO) vet ./...
@@ -32,6 +36,9 @@ vet:
 
 unit:
 	$(GO) test -race -count=1 ./...
+
+vulncheck:
+	scripts/vulncheck.sh
 
 deploy-test:
 	@if [ -f deploy/go.mod ]; then cd deploy && $(GO) vet ./... && $(GO) test -count=1 ./...; fi

@@ -2,6 +2,8 @@ module github.com/tollgate-authz/tollgate
 
 go 1.26.8
 
+toolchain go1.26.11
+
 require (
 	github.com/envoyproxy/go-control-plane/envoy v1.40.0
 	github.com/hashicorp/golang-lru/v2 v2.0.7
