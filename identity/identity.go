@@ -60,14 +60,28 @@ type Extractor interface {
 }
 
 // Chain tries extractors in order; the first credential found wins.
+// One exception: two different API keys in one request (say x-api-key and
+// a Bearer key that disagree) are refused as Malformed rather than
+// resolved by order, because a client that sends both cannot be sure which
+// account it is charged to, and a proxy that adds one must not be
+// silently overridden by the other.
 type Chain []Extractor
 
 // Extract implements Extractor.
 func (ch Chain) Extract(r Request) Credential {
-	for _, x := range ch {
-		if c := x.Extract(r); c.Kind != None {
-			return c
+	for i, x := range ch {
+		c := x.Extract(r)
+		if c.Kind == None {
+			continue
 		}
+		if c.Kind == APIKey {
+			for _, y := range ch[i+1:] {
+				if d := y.Extract(r); d.Kind == APIKey && d.Value != c.Value {
+					return Credential{Kind: Malformed, From: c.From + "+" + d.From}
+				}
+			}
+		}
+		return c
 	}
 	return Credential{}
 }
@@ -100,8 +114,16 @@ func (h *HeaderKey) Extract(r Request) Credential {
 	return Credential{Kind: APIKey, Value: HashKey(v), From: h.from}
 }
 
-// Bearer reads an API key from "Authorization: Bearer <key>".
+// Bearer reads an API key from "Authorization: Bearer <key>". A token
+// shaped like a JWT (eyJ….….…) is not an API key and is left to the jwt
+// extractor, so the order of the two does not matter and a forwarded JWT
+// never conflicts with an x-api-key.
 type Bearer struct{}
+
+// looksLikeJWT reports a compact JWS: base64url JSON header, payload, signature.
+func looksLikeJWT(tok string) bool {
+	return strings.HasPrefix(tok, "eyJ") && strings.Count(tok, ".") == 2
+}
 
 // Extract implements Extractor.
 func (Bearer) Extract(r Request) Credential {
@@ -115,7 +137,7 @@ func (Bearer) Extract(r Request) Credential {
 		return Credential{}
 	}
 	tok := strings.TrimSpace(v[len(scheme):])
-	if tok == "" {
+	if tok == "" || looksLikeJWT(tok) {
 		return Credential{}
 	}
 	return Credential{Kind: APIKey, Value: HashKey(tok), From: "bearer"}

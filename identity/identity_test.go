@@ -48,9 +48,12 @@ func TestChain(t *testing.T) {
 		{"bearer any case", fakeRequest{headers: map[string]string{"authorization": "bEaReR k1"}}, Credential{APIKey, key, "bearer"}},
 		{"basic is not bearer", fakeRequest{headers: map[string]string{"authorization": "Basic azE="}}, Credential{}},
 		{"bearer without token", fakeRequest{headers: map[string]string{"authorization": "Bearer "}}, Credential{}},
-		{"header wins over bearer", fakeRequest{headers: map[string]string{"x-api-key": "k1", "authorization": "Bearer other"}}, Credential{APIKey, key, "header:x-api-key"}},
+		{"header and bearer disagree", fakeRequest{headers: map[string]string{"x-api-key": "k1", "authorization": "Bearer other"}}, Credential{Malformed, "", "header:x-api-key+bearer"}},
+		{"header and bearer agree", fakeRequest{headers: map[string]string{"x-api-key": "k1", "authorization": "Bearer k1"}}, Credential{APIKey, key, "header:x-api-key"}},
 		{"jwt before bearer", fakeRequest{headers: map[string]string{"authorization": "Bearer eyJ..."}, claims: map[string]any{"sub": "acme"}}, Credential{Subject, "acme", "jwt:sub"}},
 		{"jwt claim wrong type", fakeRequest{claims: map[string]any{"sub": 42.0}}, Credential{Malformed, "", "jwt:sub"}},
+		{"a JWT is not a bearer API key", fakeRequest{headers: map[string]string{"authorization": "Bearer eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln"}}, Credential{}},
+		{"x-api-key with a forwarded JWT", fakeRequest{headers: map[string]string{"x-api-key": "k1", "authorization": "Bearer eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln"}}, Credential{APIKey, key, "header:x-api-key"}},
 		{"principal", fakeRequest{principal: "spiffe://cluster.local/ns/a/sa/b"}, Credential{Subject, "spiffe://cluster.local/ns/a/sa/b", "principal"}},
 	}
 	for _, tt := range tests {
