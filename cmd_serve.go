@@ -15,6 +15,7 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -25,6 +26,7 @@ import (
 	"github.com/tollgate-authz/tollgate/config"
 	"github.com/tollgate-authz/tollgate/entitlement"
 	"github.com/tollgate-authz/tollgate/entitlement/file"
+	"github.com/tollgate-authz/tollgate/internal/tlsreload"
 	"github.com/tollgate-authz/tollgate/internal/watch"
 	"github.com/tollgate-authz/tollgate/metrics"
 	"github.com/tollgate-authz/tollgate/policy"
@@ -175,11 +177,30 @@ func (p *pipeline) serve(ctx context.Context, log *slog.Logger) error {
 		return fmt.Errorf("admin listener: %w", err)
 	}
 
-	gs := grpc.NewServer(
+	gopts := []grpc.ServerOption{
 		grpc.MaxConcurrentStreams(cfg.Server.MaxConcurrentStreams),
 		// Envoy keeps one long-lived connection per worker; allow its pings.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-	)
+	}
+	if t := cfg.Server.TLS; t.CertFile != "" {
+		tr, err := tlsreload.New(tlsreload.Files{CertFile: t.CertFile, KeyFile: t.KeyFile, ClientCAFile: t.ClientCAFile},
+			func(err error) {
+				p.metrics.Reloaded("tls", err, float64(time.Now().Unix()))
+				if err != nil {
+					log.Error("TLS reload failed; keeping the last good certificate", "error", err.Error())
+				} else {
+					log.Info("TLS certificate reloaded", "cert", t.CertFile)
+				}
+			})
+		if err != nil {
+			lis.Close()
+			adminLis.Close()
+			return err
+		}
+		p.watchers = append(p.watchers, func(ctx context.Context) { tr.Watch(ctx, cfg.Entitlements.File.PollInterval) })
+		gopts = append(gopts, grpc.Creds(credentials.NewTLS(tr.Config())))
+	}
+	gs := grpc.NewServer(gopts...)
 	authv3.RegisterAuthorizationServer(gs, p.server)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
@@ -189,6 +210,10 @@ func (p *pipeline) serve(ctx context.Context, log *slog.Logger) error {
 	adm.EnableInvalidation(cfg.AdminToken(), countingInvalidator{p.cache, p.metrics, "admin"})
 	for pattern, h := range p.handlers {
 		adm.Handle(pattern, h)
+	}
+	if cfg.Admin.Pprof {
+		adm.EnablePprof()
+		log.Warn("/debug/pprof is on (admin.pprof): keep the admin listener private")
 	}
 	if cfg.AdminToken() == "" {
 		log.Info("POST /v1/invalidate is off: set admin.token_env to enable it")

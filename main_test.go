@@ -73,7 +73,7 @@ type server struct {
 
 // startServe runs the real serve command in-process and waits for its
 // "serving" log line to learn the bound addresses.
-func startServe(t *testing.T, cfgPath string) *server {
+func startServe(t *testing.T, cfgPath string, dialOpts ...grpc.DialOption) *server {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	logs := &syncBuffer{}
@@ -109,7 +109,10 @@ func startServe(t *testing.T, cfgPath string) *server {
 	if strings.HasPrefix(target, "unix://") {
 		target = "unix:" + strings.TrimPrefix(target, "unix://")
 	}
-	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if len(dialOpts) == 0 {
+		dialOpts = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	}
+	conn, err := grpc.NewClient(target, dialOpts...)
 	if err != nil {
 		t.Fatal(err)
 	}

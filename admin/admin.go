@@ -5,6 +5,7 @@ package admin
 
 import (
 	"net/http"
+	"net/http/pprof"
 	"sync/atomic"
 )
 
@@ -29,6 +30,15 @@ func New(metrics http.Handler) *Server {
 	}
 	s.SetNotReady("starting")
 	return s
+}
+
+// EnablePprof serves the runtime profiles under /debug/pprof/.
+func (s *Server) EnablePprof() {
+	s.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	s.mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	s.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	s.mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	s.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 }
 
 // Handle adds a handler, for endpoints other packages own.

@@ -104,3 +104,17 @@ func TestInvalidate(t *testing.T) {
 		}
 	})
 }
+
+func TestPprofOnlyWhenEnabled(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		s := New(nil)
+		if on {
+			s.EnablePprof()
+		}
+		rec := httptest.NewRecorder()
+		s.ServeHTTP(rec, httptest.NewRequest("GET", "/debug/pprof/", nil))
+		if got, want := rec.Code == 200, on; got != want {
+			t.Errorf("enabled=%v: GET /debug/pprof/ = %d", on, rec.Code)
+		}
+	}
+}

@@ -55,6 +55,12 @@ type Server struct {
 	ShutdownDelay time.Duration `yaml:"shutdown_delay"`
 	// MaxConcurrentStreams per gRPC connection; Envoy multiplexes Checks on one.
 	MaxConcurrentStreams uint32 `yaml:"max_concurrent_streams"`
+	// TLS serves gRPC over TLS, and with ClientCAFile over mutual TLS.
+	TLS struct {
+		CertFile     string `yaml:"cert_file"`
+		KeyFile      string `yaml:"key_file"`
+		ClientCAFile string `yaml:"client_ca_file"`
+	} `yaml:"tls"`
 	// EnvoyTimeout is the ext_authz timeout configured in Envoy (its default
 	// is 200ms). Source timeouts are validated to stay under it.
 	EnvoyTimeout time.Duration `yaml:"envoy_timeout"`
@@ -166,6 +172,9 @@ type Admin struct {
 	TokenEnv string `yaml:"token_env"`
 	// Token is the token itself; prefer TokenEnv, which keeps it out of files.
 	Token string `yaml:"token"`
+	// Pprof serves /debug/pprof on the admin listener. Off by default: it
+	// shows internals and costs CPU on demand.
+	Pprof bool `yaml:"pprof"`
 }
 
 // AdminToken resolves the admin token from the environment or the file.
@@ -329,7 +338,11 @@ func Parse(name string, data []byte) (*Config, error) {
 	default:
 		fail("entitlements.source", "%q is not a source (want file, http, redis or stripe)", c.Entitlements.Source)
 	}
-	for _, p := range []*string{&c.Entitlements.File.Path, &c.Entitlements.Stripe.Customers} {
+	if t := c.Server.TLS; (t.CertFile == "") != (t.KeyFile == "") || (t.ClientCAFile != "" && t.CertFile == "") {
+		fail("server.tls", "set cert_file and key_file together (client_ca_file needs both)")
+	}
+	for _, p := range []*string{&c.Entitlements.File.Path, &c.Entitlements.Stripe.Customers,
+		&c.Server.TLS.CertFile, &c.Server.TLS.KeyFile, &c.Server.TLS.ClientCAFile} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(filepath.Dir(name), *p)
 		}

@@ -92,7 +92,7 @@ func New(version string, cacheLen func() int) *Metrics {
 		Help: "Always 1; the version label says which build is running.",
 	}, []string{"version"})
 	info.WithLabelValues(version).Set(1)
-	for _, f := range []string{"config", "entitlements"} {
+	for _, f := range []string{"config", "entitlements", "tls"} {
 		for _, r := range []string{"ok", "error"} {
 			m.reloads.WithLabelValues(f, r)
 		}
