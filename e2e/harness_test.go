@@ -400,7 +400,9 @@ func (s *jwtSigner) sign(claims map[string]any) string {
 	sig := make([]byte, 64) // JWS ES256: r || s, 32 bytes each
 	r.FillBytes(sig[:32])
 	sg.FillBytes(sig[32:])
-	return signing + "." + b64(sig)
+	tok := signing + "." + b64(sig)
+	rememberSecret(tok)
+	return tok
 }
 
 // ---------------------------------------------------------------------------
