@@ -1,12 +1,63 @@
 package main
 
 import (
-	"errors"
+	"context"
+	"fmt"
 	"log/slog"
+	"os"
+	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/tollgate-authz/tollgate/entitlement"
+	redissource "github.com/tollgate-authz/tollgate/entitlement/redis"
+	"github.com/tollgate-authz/tollgate/quota"
 )
 
+// openRedis builds the redis source and, while serving, a subscriber that
+// drops a subject from the cache the moment any writer publishes a change.
 func (p *pipeline) openRedis(log *slog.Logger) (entitlement.Source, error) {
-	return nil, errors.New("entitlements.source: redis is not wired yet")
+	rc := p.cfg.Entitlements.Redis
+	opts := quota.RedisOptions(rc.Address)
+	opts.Username, opts.DB = rc.Username, rc.DB
+	if rc.PasswordEnv != "" {
+		opts.Password = os.Getenv(rc.PasswordEnv)
+	}
+	client := redis.NewClient(opts)
+	src, err := redissource.New(redissource.Options{
+		Client: client, Prefix: rc.Prefix, Channel: rc.Channel, Timeout: rc.Timeout,
+		Observer: redisObserver{p}, Logger: log,
+	})
+	if err != nil {
+		client.Close()
+		return nil, fmt.Errorf("entitlements.redis: %w", err)
+	}
+	p.closers = append(p.closers, func() { _ = client.Close() })
+	p.describe = "redis at " + rc.Address
+	p.watchers = append(p.watchers, func(ctx context.Context) {
+		_ = src.Subscribe(ctx,
+			func(subject string, digests []string) {
+				p.metrics.Invalidated("pubsub")
+				p.cache.InvalidateSubject(subject)
+				for _, d := range digests {
+					p.cache.InvalidateKey(d)
+				}
+			},
+			// Messages published while the subscription was down are lost:
+			// start from a clean cache whenever it (re)connects.
+			func() { p.cache.Purge() })
+	})
+	return src, nil
+}
+
+// redisObserver feeds the redis source's lookups to metrics.
+type redisObserver struct{ p *pipeline }
+
+func (o redisObserver) Call(_, outcome string, d time.Duration) {
+	o.p.metrics.SourceCall("redis", outcome, d)
+	switch outcome {
+	case "ok", "not_found", "canceled":
+	default:
+		o.p.metrics.SourceError("redis")
+	}
 }

@@ -105,8 +105,8 @@ func build(cfg *config.Config, log *slog.Logger, quotas authz.Quotas) (*pipeline
 	p.source = src
 	cc := cfg.Entitlements.Cache
 	var counted entitlement.Source = observedSource{src, cfg.Entitlements.Source, p.metrics}
-	if cfg.Entitlements.Source == "http" {
-		counted = src // the http source reports finer outcomes itself
+	if cfg.Entitlements.Source == "http" || cfg.Entitlements.Source == "redis" {
+		counted = src // these sources report finer outcomes themselves
 	}
 	p.cache = cache.New(counted, cache.Options{
 		MaxEntries: cc.MaxEntries, TTL: cc.TTL, NegativeTTL: cc.NegativeTTL,

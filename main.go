@@ -35,6 +35,8 @@ commands:
   check     --config FILE --method M --path P [-H 'k: v']...
                                               decide one request offline and print the decision
   hash-key  KEY | -                           print the SHA-256 digest to store for an API key
+  entitlements set|get|delete --redis ADDR --subject S ...
+                                              write, read or delete a record in the redis source
   version                                     print the version
 `
 
@@ -55,6 +57,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = cmdValidate(rest, stdout)
 	case "check":
 		err = cmdCheck(ctx, rest, stdout)
+	case "entitlements":
+		err = cmdEntitlements(ctx, rest, stdin, stdout)
 	case "hash-key":
 		err = cmdHashKey(rest, stdin, stdout)
 	case "version", "--version", "-v":

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/tollgate-authz/tollgate/identity"
+	"github.com/tollgate-authz/tollgate/internal/redistest"
 )
 
 // billingService is an in-test billing service speaking the http source's
@@ -205,4 +207,41 @@ func TestHTTPSourceThroughServer(t *testing.T) {
 			t.Errorf("cache entries = %s, want 200 (max_entries)", got)
 		}
 	})
+}
+
+// TestRedisSourceReplicasSeeWritesAtOnce runs two servers on the redis
+// source with a one-hour TTL: a write with `tollgate entitlements set`
+// reaches both through pub/sub, so a customer who pays is let in at once.
+func TestRedisSourceReplicasSeeWritesAtOnce(t *testing.T) {
+	rs := redistest.Start(t)
+	set := func(status string) {
+		t.Helper()
+		var out strings.Builder
+		err := cmdEntitlements(context.Background(), []string{"set", "--redis", rs.Addr(), "--subject", "globex",
+			"--plan", "pro", "--status", status, "--api-key-sha256", identity.HashKey("demo-pastdue-key")}, nil, &out)
+		if err != nil {
+			t.Fatalf("entitlements set: %v", err)
+		}
+	}
+	set("past_due")
+	dir := demoDir(t, "127.0.0.1:0")
+	cfg := filepath.Join(dir, "tollgate.yaml")
+	raw, _ := os.ReadFile(cfg)
+	s := strings.Replace(string(raw), "  source: file\n", "  source: redis\n  redis: {address: "+rs.Addr()+"}\n", 1)
+	s = strings.Replace(s, "    ttl: 30s\n", "    ttl: 1h\n", 1)
+	writeFile(t, cfg, s)
+	replicas := []*server{startServe(t, cfg), startServe(t, cfg)}
+	key := map[string]string{"x-api-key": "demo-pastdue-key"}
+	for i, r := range replicas {
+		if got := code(r.check(t, "GET", "/v1/search", key)); got != "payment_failed" {
+			t.Fatalf("replica %d before paying: %s", i, got)
+		}
+	}
+	set("active")
+	for i, r := range replicas {
+		waitFor(t, func() bool { return code(r.check(t, "GET", "/v1/search", key)) == "ok" })
+		if v := metricValue(t, r, `tollgate_entitlement_invalidations_total{via="pubsub"}`); v == "" || v == "0" {
+			t.Errorf("replica %d: pub/sub invalidation not counted", i)
+		}
+	}
 }

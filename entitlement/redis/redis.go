@@ -1,0 +1,365 @@
+package redissource
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tollgate-authz/tollgate/entitlement"
+)
+
+// Defaults for zero Options fields.
+const (
+	DefaultPrefix      = "tollgate:ent:"
+	DefaultChannel     = "tollgate:invalidate"
+	DefaultTimeout     = 50 * time.Millisecond
+	DefaultHealthCheck = time.Second
+)
+
+// MaxRecordBytes bounds a stored record. A record is a few hundred bytes; a
+// larger value is a fault, not an answer.
+const MaxRecordBytes = 64 << 10
+
+// envoyTimeout is Envoy's default ext_authz timeout: a lookup must end well
+// before it.
+const envoyTimeout = 200 * time.Millisecond
+
+// Options configure a Source. Only Client is required.
+type Options struct {
+	// Client reaches Redis (*redis.Client, *redis.FailoverClient, ...). For
+	// lookups to respect Timeout it must have ContextTimeoutEnabled; fail-fast
+	// settings like quota.RedisOptions suit it.
+	Client redis.UniversalClient
+	// Prefix starts every key; default "tollgate:ent:". In Redis Cluster it
+	// must hold a hash tag, such as "{tollgate:ent}:".
+	Prefix string
+	// Channel carries invalidations; default "tollgate:invalidate".
+	Channel string
+	// Timeout bounds each lookup; default 50ms, and under Envoy's 200 ms.
+	// Writes (Put, Get, Delete) use the caller's context only.
+	Timeout time.Duration
+	// HealthCheck is how long Subscribe waits in silence before it pings
+	// Redis; after three silent intervals it drops the connection and
+	// subscribes afresh. Default 1s.
+	HealthCheck time.Duration
+	// Observer, when set, is told about every lookup.
+	Observer Observer
+	// Logger gets subscription losses and recoveries. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Observer is told about lookups, for metrics. Calls come from many
+// goroutines at once; implementations must be safe for that, and fast.
+type Observer interface {
+	// Call reports one Lookup: kind is "subject" or "api_key", outcome one
+	// of Outcomes, d the time it took.
+	Call(kind, outcome string, d time.Duration)
+}
+
+// Lookup outcomes, as reported to Observer.Call and in LookupError.Outcome.
+const (
+	OutcomeOK       = "ok"        // a valid record
+	OutcomeNotFound = "not_found" // no record, or no index entry
+	OutcomeInvalid  = "invalid"   // a value that is not a valid record, or a key of the wrong type
+	OutcomeTimeout  = "timeout"   // no answer within the timeout
+	OutcomeError    = "error"     // connection refused or reset, any other Redis error
+	OutcomeCanceled = "canceled"  // the caller gave up first
+)
+
+// Outcomes lists every lookup outcome, for pre-creating metric series.
+var Outcomes = []string{OutcomeOK, OutcomeNotFound, OutcomeInvalid, OutcomeTimeout, OutcomeError, OutcomeCanceled}
+
+var (
+	// ErrUnavailable matches every error Lookup returns other than
+	// entitlement.ErrNotFound: Redis gave no usable answer.
+	ErrUnavailable = errors.New("entitlements redis unavailable")
+	// ErrInvalidRecord: a stored value is not a valid record.
+	ErrInvalidRecord = errors.New("invalid record")
+)
+
+// LookupError is every failure of Lookup. It matches ErrUnavailable and its
+// cause with errors.Is, and never entitlement.ErrNotFound. It does not name
+// the key looked up (an API-key digest is a credential's fingerprint).
+type LookupError struct {
+	Kind    string // "subject" or "api_key"
+	Outcome string // one of Outcomes
+	Err     error
+}
+
+func (e *LookupError) Error() string {
+	return "entitlements redis: lookup by " + e.Kind + ": " + e.Err.Error()
+}
+
+// Unwrap lets errors.Is match ErrUnavailable and the cause.
+func (e *LookupError) Unwrap() []error { return []error{ErrUnavailable, e.Err} }
+
+// Source reads entitlements from Redis and writes them (Put, Delete).
+type Source struct {
+	client      redis.UniversalClient
+	prefix      string
+	subjectPfx  string // prefix + "subject:"
+	keyPfx      string // prefix + "key:"
+	keySetPfx   string // prefix + "subject-keys:"
+	channel     string
+	timeout     time.Duration
+	healthCheck time.Duration
+	obs         Observer
+	log         *slog.Logger
+}
+
+var _ entitlement.Source = (*Source)(nil)
+
+// New checks opts and builds a Source. It does not call Redis.
+func New(opts Options) (*Source, error) {
+	if opts.Client == nil {
+		return nil, errors.New("redissource: a Redis client is required")
+	}
+	if opts.Prefix == "" {
+		opts.Prefix = DefaultPrefix
+	}
+	if opts.Channel == "" {
+		opts.Channel = DefaultChannel
+	}
+	if opts.Timeout == 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	if opts.HealthCheck <= 0 {
+		opts.HealthCheck = DefaultHealthCheck
+	}
+	if opts.Timeout < 0 || opts.Timeout >= envoyTimeout {
+		return nil, fmt.Errorf("redissource: timeout %v must be positive and under Envoy's %v ext_authz timeout", opts.Timeout, envoyTimeout)
+	}
+	if opts.Observer == nil {
+		opts.Observer = nopObserver{}
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	return &Source{
+		client:      opts.Client,
+		prefix:      opts.Prefix,
+		subjectPfx:  opts.Prefix + "subject:",
+		keyPfx:      opts.Prefix + "key:",
+		keySetPfx:   opts.Prefix + "subject-keys:",
+		channel:     opts.Channel,
+		timeout:     opts.Timeout,
+		healthCheck: opts.HealthCheck,
+		obs:         opts.Observer,
+		log:         opts.Logger,
+	}, nil
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Call(string, string, time.Duration) {}
+
+// Channel is the invalidation channel.
+func (s *Source) Channel() string { return s.channel }
+
+func (s *Source) recordKey(subject string) string { return s.subjectPfx + subject }
+func (s *Source) indexKey(digest string) string   { return s.keyPfx + digest }
+func (s *Source) keySetKey(subject string) string { return s.keySetPfx + subject }
+
+// Lookup implements entitlement.Source.
+func (s *Source) Lookup(ctx context.Context, key entitlement.Key) (*entitlement.Entitlement, error) {
+	id, ok := normalize(key)
+	if !ok {
+		// Nothing can be stored under an empty id or a malformed digest.
+		return nil, entitlement.ErrNotFound
+	}
+	kind := key.Kind.String()
+	start := time.Now()
+	rctx := ctx
+	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > s.timeout {
+		var cancel context.CancelFunc
+		rctx, cancel = context.WithTimeout(ctx, s.timeout)
+		defer cancel()
+	}
+
+	var (
+		body    string
+		subject string
+		err     error
+	)
+	if key.Kind == entitlement.BySubject {
+		subject = id
+		body, err = s.client.Get(rctx, s.recordKey(id)).Result()
+	} else {
+		subject, body, err = s.byKey(rctx, id)
+	}
+	switch {
+	case errors.Is(err, redis.Nil):
+		s.obs.Call(kind, OutcomeNotFound, time.Since(start))
+		return nil, entitlement.ErrNotFound
+	case err != nil:
+		return nil, s.fail(kind, start, s.classify(ctx, err), err)
+	}
+	ent, err := decode(body, subject)
+	if err != nil {
+		return nil, s.fail(kind, start, OutcomeInvalid, fmt.Errorf("%w: %w", ErrInvalidRecord, err))
+	}
+	s.obs.Call(kind, OutcomeOK, time.Since(start))
+	return ent, nil
+}
+
+// byKey resolves a digest and reads its record in one round trip. It
+// returns redis.Nil when the index entry or the record is missing.
+func (s *Source) byKey(ctx context.Context, digest string) (subject, body string, err error) {
+	res, err := lookupByKeyScript.Run(ctx, s.client, []string{s.indexKey(digest)}, s.subjectPfx).StringSlice()
+	if err != nil {
+		return "", "", err
+	}
+	if len(res) != 2 {
+		return "", "", redis.Nil
+	}
+	return res[0], res[1], nil
+}
+
+// lookupByKeyScript: KEYS[1] the index entry; ARGV[1] the record key prefix.
+// Returns {} when either is missing, else {subject, record}.
+var lookupByKeyScript = redis.NewScript(`
+local subject = redis.call('GET', KEYS[1])
+if not subject then return {} end
+local rec = redis.call('GET', ARGV[1] .. subject)
+if not rec then return {} end
+return {subject, rec}
+`)
+
+func (s *Source) fail(kind string, start time.Time, outcome string, cause error) error {
+	s.obs.Call(kind, outcome, time.Since(start))
+	if outcome == OutcomeTimeout {
+		if !errors.Is(cause, context.DeadlineExceeded) {
+			cause = fmt.Errorf("%w (%w)", context.DeadlineExceeded, cause)
+		}
+		cause = fmt.Errorf("no answer within %v: %w", s.timeout, cause)
+	}
+	return &LookupError{Kind: kind, Outcome: outcome, Err: cause}
+}
+
+// classify names a failed round trip's outcome. A caller that gave up says
+// nothing about Redis; a timeout does.
+func (s *Source) classify(parent context.Context, err error) string {
+	if perr := parent.Err(); perr != nil && !errors.Is(perr, context.DeadlineExceeded) {
+		return OutcomeCanceled
+	}
+	var ne net.Error
+	if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout() {
+		return OutcomeTimeout
+	}
+	if strings.Contains(err.Error(), "WRONGTYPE") {
+		return OutcomeInvalid
+	}
+	return OutcomeError
+}
+
+// normalize checks a key and returns its id as stored: digests lower-case.
+func normalize(key entitlement.Key) (string, bool) {
+	switch key.Kind {
+	case entitlement.BySubject:
+		return key.ID, key.ID != ""
+	case entitlement.ByAPIKey:
+		if !validDigest(key.ID) {
+			return "", false
+		}
+		return strings.ToLower(key.ID), true
+	}
+	return "", false
+}
+
+// validDigest reports whether d is 64 hex digits (either case).
+func validDigest(d string) bool {
+	if len(d) != 64 {
+		return false
+	}
+	_, err := hex.DecodeString(d)
+	return err == nil
+}
+
+// record is the stored JSON: the http source's contract. Unknown fields are
+// ignored, so writers can add fields before tollgate reads them.
+type record struct {
+	Subject      string           `json:"subject"`
+	Plan         string           `json:"plan"`
+	Status       string           `json:"status"`
+	Features     []string         `json:"features,omitempty"`
+	Quotas       map[string]int64 `json:"quotas,omitempty"`
+	Credits      *int64           `json:"credits,omitempty"`
+	PeriodStart  time.Time        `json:"period_start,omitzero"`
+	PeriodEnd    time.Time        `json:"period_end,omitzero"`
+	PastDueSince time.Time        `json:"past_due_since,omitzero"`
+}
+
+// decode parses and checks a stored record. Errors name the JSON field and
+// never echo the value.
+func decode(body, subject string) (*entitlement.Entitlement, error) {
+	if len(body) > MaxRecordBytes {
+		return nil, fmt.Errorf("record larger than %d KiB", MaxRecordBytes>>10)
+	}
+	var r record
+	if err := json.Unmarshal([]byte(body), &r); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			return nil, fmt.Errorf("%q: want %s, got a JSON %s", te.Field, te.Type, te.Value)
+		}
+		var pe *time.ParseError
+		if errors.As(err, &pe) {
+			return nil, fmt.Errorf("a time is not RFC 3339: %w", err)
+		}
+		var se *json.SyntaxError
+		if errors.As(err, &se) {
+			return nil, fmt.Errorf("malformed JSON at byte %d: %w", se.Offset, err)
+		}
+		return nil, fmt.Errorf("malformed JSON: %w", err)
+	}
+	e := &entitlement.Entitlement{
+		Subject:      r.Subject,
+		Plan:         r.Plan,
+		Status:       entitlement.Status(r.Status),
+		Features:     r.Features,
+		Quotas:       r.Quotas,
+		Credits:      r.Credits,
+		PeriodStart:  r.PeriodStart,
+		PeriodEnd:    r.PeriodEnd,
+		PastDueSince: r.PastDueSince,
+	}
+	if err := validate(e); err != nil {
+		return nil, err
+	}
+	if e.Subject != subject {
+		// Serving another subject's record would grant the wrong plan.
+		return nil, errors.New(`"subject" is not the subject the key names`)
+	}
+	return e, nil
+}
+
+// validate checks what a record must hold. Errors name the JSON field.
+func validate(e *entitlement.Entitlement) error {
+	switch {
+	case e.Subject == "":
+		return errors.New(`"subject" is required`)
+	case e.Plan == "":
+		return errors.New(`"plan" is required`)
+	case e.Status == "":
+		return errors.New(`"status" is required`)
+	case !e.Status.Valid():
+		return fmt.Errorf(`"status": %q is not a subscription status (want one of active, trialing, past_due, unpaid, canceled, incomplete, incomplete_expired, paused)`, e.Status)
+	case e.Credits != nil && *e.Credits < 0:
+		return errors.New(`"credits" must not be negative`)
+	case !e.PeriodStart.IsZero() && !e.PeriodEnd.IsZero() && e.PeriodEnd.Before(e.PeriodStart):
+		return errors.New(`"period_end" is before "period_start"`)
+	}
+	for q, n := range e.Quotas {
+		if n < 0 {
+			return fmt.Errorf(`"quotas.%s" must not be negative`, q)
+		}
+	}
+	return nil
+}
