@@ -2,6 +2,7 @@ package authz
 
 import (
 	"strings"
+	"unicode/utf8"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -80,11 +81,23 @@ func (r *request) host() string {
 	return h
 }
 
-// pathOnly is the path without its query string, which may hold secrets.
+// maxShownPath bounds how much of a path a body or log line repeats.
+const maxShownPath = 512
+
+// pathOnly is the path for bodies and logs: without its query string, which
+// may hold secrets, and cut to maxShownPath bytes (on a rune boundary) so a
+// huge path is not echoed back in bulk.
 func (r *request) pathOnly() string {
 	p := r.path()
 	if i := strings.IndexAny(p, "?#"); i >= 0 {
-		return p[:i]
+		p = p[:i]
+	}
+	if len(p) > maxShownPath {
+		cut := maxShownPath
+		for cut > 0 && !utf8.RuneStart(p[cut]) {
+			cut--
+		}
+		p = p[:cut] + "…"
 	}
 	return p
 }
