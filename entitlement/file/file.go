@@ -12,8 +12,6 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	yaml "go.yaml.in/yaml/v3"
@@ -62,8 +60,7 @@ type index struct {
 type Source struct {
 	path string
 	opts Options
-	idx  atomic.Pointer[index]
-	mu   sync.Mutex // serialises reloads
+	idx  *watch.Value[index]
 }
 
 var _ entitlement.Source = (*Source)(nil)
@@ -71,11 +68,11 @@ var _ entitlement.Source = (*Source)(nil)
 // Open loads path. The first load must succeed: there is no last good data yet.
 func Open(path string, opts Options) (*Source, error) {
 	s := &Source{path: path, opts: opts}
-	idx, err := s.load()
+	idx, err := watch.NewValue(s.load, opts.OnReload, path)
 	if err != nil {
 		return nil, err
 	}
-	s.idx.Store(idx)
+	s.idx = idx
 	return s, nil
 }
 
@@ -100,23 +97,10 @@ func (s *Source) Len() int { return len(s.idx.Load().bySubject) }
 
 // Reload reads the file again. On any error the previous data stays in force
 // and the error, which names file, line and field, is returned.
-func (s *Source) Reload() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	idx, err := s.load()
-	if err == nil {
-		s.idx.Store(idx)
-	}
-	if s.opts.OnReload != nil {
-		s.opts.OnReload(err)
-	}
-	return err
-}
+func (s *Source) Reload() error { return s.idx.Reload() }
 
 // Watch reloads the file whenever it changes, until ctx ends.
-func (s *Source) Watch(ctx context.Context, every time.Duration) {
-	watch.File(ctx, s.path, every, func() { _ = s.Reload() })
-}
+func (s *Source) Watch(ctx context.Context, every time.Duration) { s.idx.Watch(ctx, every) }
 
 func (s *Source) load() (*index, error) {
 	data, err := os.ReadFile(s.path)

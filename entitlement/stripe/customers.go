@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	yaml "go.yaml.in/yaml/v3"
@@ -60,8 +59,7 @@ type MapOptions struct {
 type Map struct {
 	path string
 	opts MapOptions
-	idx  atomic.Pointer[mapIndex]
-	mu   sync.Mutex // serialises reloads and replaces
+	idx  *watch.Value[mapIndex]
 }
 
 // NewMap builds a map from records held in memory, for example read from
@@ -71,9 +69,8 @@ func NewMap(customers []Customer) (*Map, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Map{}
-	m.idx.Store(idx)
-	return m, nil
+	v, _ := watch.NewValue(func() (*mapIndex, error) { return idx, nil }, nil)
+	return &Map{idx: v}, nil
 }
 
 // OpenMap reads a credential map file (YAML, or JSON, which is YAML):
@@ -86,18 +83,16 @@ func NewMap(customers []Customer) (*Map, error) {
 // The first load must succeed; later reloads that fail keep the last good map.
 func OpenMap(path string, opts MapOptions) (*Map, error) {
 	m := &Map{path: path, opts: opts}
-	idx, err := m.load()
+	idx, err := watch.NewValue(m.load, opts.OnReload, path)
 	if err != nil {
 		return nil, err
 	}
-	m.idx.Store(idx)
+	m.idx = idx
 	return m, nil
 }
 
 // Replace swaps in a new set of records. On error the old map stays in force.
 func (m *Map) Replace(customers []Customer) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	idx, err := buildIndex("customers", customers, nil)
 	if err != nil {
 		return err
@@ -112,21 +107,14 @@ func (m *Map) Reload() error {
 	if m.path == "" {
 		return errors.New("stripe customer map: not read from a file")
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	idx, err := m.load()
-	if err == nil {
-		m.idx.Store(idx)
-	}
-	if m.opts.OnReload != nil {
-		m.opts.OnReload(err)
-	}
-	return err
+	return m.idx.Reload()
 }
 
 // Watch reloads the file whenever it changes, until ctx ends.
 func (m *Map) Watch(ctx context.Context, every time.Duration) {
-	watch.File(ctx, m.path, every, func() { _ = m.Reload() })
+	if m.path != "" {
+		m.idx.Watch(ctx, every)
+	}
 }
 
 // Resolve finds the subject and Stripe customer a key names.

@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sync/atomic"
 	"time"
 
 	"github.com/tollgate-authz/tollgate/internal/watch"
@@ -30,20 +29,19 @@ type material struct {
 
 // Reloader holds the current TLS material.
 type Reloader struct {
-	files    Files
-	cur      atomic.Pointer[material]
-	onReload func(error)
+	files Files
+	cur   *watch.Value[material]
 }
 
 // New loads the files once; this first load must succeed. onReload (may be
 // nil) is told the outcome of every later reload.
 func New(f Files, onReload func(error)) (*Reloader, error) {
-	r := &Reloader{files: f, onReload: onReload}
-	m, err := r.load()
+	r := &Reloader{files: f}
+	cur, err := watch.NewValue(r.load, onReload, f.CertFile, f.KeyFile, f.ClientCAFile)
 	if err != nil {
 		return nil, err
 	}
-	r.cur.Store(m)
+	r.cur = cur
 	return r, nil
 }
 
@@ -67,26 +65,10 @@ func (r *Reloader) load() (*material, error) {
 }
 
 // Reload reads the files again; on error the current material stays.
-func (r *Reloader) Reload() error {
-	m, err := r.load()
-	if err == nil {
-		r.cur.Store(m)
-	}
-	if r.onReload != nil {
-		r.onReload(err)
-	}
-	return err
-}
+func (r *Reloader) Reload() error { return r.cur.Reload() }
 
 // Watch reloads when any of the files changes, until ctx ends.
-func (r *Reloader) Watch(ctx context.Context, every time.Duration) {
-	for _, f := range []string{r.files.CertFile, r.files.KeyFile, r.files.ClientCAFile} {
-		if f != "" {
-			go watch.File(ctx, f, every, func() { _ = r.Reload() })
-		}
-	}
-	<-ctx.Done()
-}
+func (r *Reloader) Watch(ctx context.Context, every time.Duration) { r.cur.Watch(ctx, every) }
 
 // Config returns a server tls.Config that always uses the current material.
 func (r *Reloader) Config() *tls.Config {
