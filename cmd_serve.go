@@ -26,6 +26,7 @@ import (
 	"github.com/tollgate-authz/tollgate/config"
 	"github.com/tollgate-authz/tollgate/entitlement"
 	"github.com/tollgate-authz/tollgate/entitlement/file"
+	"github.com/tollgate-authz/tollgate/internal/overload"
 	"github.com/tollgate-authz/tollgate/internal/tlsreload"
 	"github.com/tollgate-authz/tollgate/internal/watch"
 	"github.com/tollgate-authz/tollgate/metrics"
@@ -177,8 +178,19 @@ func (p *pipeline) serve(ctx context.Context, log *slog.Logger) error {
 		return fmt.Errorf("admin listener: %w", err)
 	}
 
+	limiter := overload.New(cfg.Server.MaxInFlight)
+	p.metrics.ShedCounter(limiter.Shed)
+	checkMethod := "/" + authv3.Authorization_ServiceDesc.ServiceName + "/Check"
 	gopts := []grpc.ServerOption{
 		grpc.MaxConcurrentStreams(cfg.Server.MaxConcurrentStreams),
+		// Over max_in_flight a Check is answered 503 at once, not queued.
+		grpc.UnaryInterceptor(limiter.UnaryInterceptor(func(_ context.Context, method string, req any) (any, bool) {
+			cr, ok := req.(*authv3.CheckRequest)
+			if !ok || method != checkMethod {
+				return nil, false
+			}
+			return p.server.Shed(cr), true
+		})),
 		// Envoy keeps one long-lived connection per worker; allow its pings.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	}

@@ -55,6 +55,10 @@ type Server struct {
 	ShutdownDelay time.Duration `yaml:"shutdown_delay"`
 	// MaxConcurrentStreams per gRPC connection; Envoy multiplexes Checks on one.
 	MaxConcurrentStreams uint32 `yaml:"max_concurrent_streams"`
+	// MaxInFlight bounds Checks being decided at once across all
+	// connections; over it a Check is shed at once with 503 and
+	// Retry-After. 0 means the default, 4096; -1 means no bound.
+	MaxInFlight int `yaml:"max_in_flight"`
 	// TLS serves gRPC over TLS, and with ClientCAFile over mutual TLS.
 	TLS struct {
 		CertFile     string `yaml:"cert_file"`
@@ -217,6 +221,9 @@ func (c *Config) defaults() {
 	def(&c.Server.AdminAddress, "127.0.0.1:9090")
 	defDur(&c.Server.DrainTimeout, 10*time.Second)
 	defDur(&c.Server.EnvoyTimeout, 200*time.Millisecond)
+	if c.Server.MaxInFlight == 0 {
+		c.Server.MaxInFlight = 4096
+	}
 	if c.Server.MaxConcurrentStreams == 0 {
 		c.Server.MaxConcurrentStreams = 1024
 	}

@@ -199,6 +199,14 @@ func (m *Metrics) QuotaPolicies(p map[string]string) {
 	}
 }
 
+// ShedCounter exposes how many Checks were shed for being over max_in_flight.
+func (m *Metrics) ShedCounter(shed func() int64) {
+	m.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "tollgate_checks_shed_total",
+		Help: "Checks answered 503 at once because more than server.max_in_flight were being decided.",
+	}, func() float64 { return float64(shed()) }))
+}
+
 // Invalidated counts one invalidation request arriving by via.
 func (m *Metrics) Invalidated(via string) { m.invalid.WithLabelValues(via).Inc() }
 
