@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -136,6 +137,15 @@ func flightKey(k entitlement.Key) string {
 // when the first caller gives up: the answer is worth caching for the rest.
 func (c *Cache) fetch(ctx context.Context, key entitlement.Key) result {
 	gen := c.gen.Load()
+	// A caller can miss the cache just before another flight stores the
+	// key, then start this flight just after that one ended: look again, so
+	// the source is asked once however the callers interleave.
+	if en, ok := c.lru.Peek(key); ok && c.opts.Now().Before(en.expires) {
+		if en.ent == nil {
+			return result{outcome: NegativeHit, err: entitlement.ErrNotFound}
+		}
+		return result{ent: en.ent, outcome: Hit}
+	}
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.Timeout)
 	ent, err := c.src.Lookup(fctx, key)
 	cancel()
@@ -159,9 +169,12 @@ func (c *Cache) fetch(ctx context.Context, key entitlement.Key) result {
 	return result{outcome: Error, err: err}
 }
 
-// store keeps e unless an invalidation happened since the fetch began.
+// store keeps e unless an invalidation happened since the fetch began. The
+// key is copied: its ID may be a substring of a whole request (see
+// authz.DecodeCheckRequest), which the cache must not keep alive.
 func (c *Cache) store(gen uint64, key entitlement.Key, e *entry) {
 	if c.gen.Load() == gen {
+		key.ID = strings.Clone(key.ID)
 		c.lru.Add(key, e)
 	}
 }
