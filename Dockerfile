@@ -15,7 +15,7 @@ COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
 ARG VERSION=dev
-RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/tollgate .
+RUN CGO_ENABLED=0 go build -tags vtprotobuf -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/tollgate .
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/tollgate /tollgate

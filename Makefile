@@ -13,8 +13,10 @@ export GOTOOLCHAIN := $(shell sed -n 's/^toolchain //p' go.mod)
 
 all: build
 
+# -tags vtprotobuf: go-control-plane's generated fast marshalling for the
+# responses (see BENCHMARKS.md).
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/tollgate .
+	CGO_ENABLED=0 $(GO) build -tags vtprotobuf -trimpath -ldflags '$(LDFLAGS)' -o bin/tollgate .
 
 run: build
 	./bin/tollgate serve --config examples/tollgate.yaml
@@ -69,8 +71,12 @@ fuzz:
 		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 	done
 
-bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+# Go benchmarks, then the load harness (tollgate vs a do-nothing ext_authz
+# server, and through Envoy), then the latency plot. Not part of make test.
+bench: tools
+	$(GO) test -run '^$$' -bench . -benchmem -tags vtprotobuf ./...
+	$(GO) run ./bench -out bin/bench-results.json
+	python3 scripts/plot_bench.py bin/bench-results.json bin/bench-latency.svg
 
 clean:
 	rm -rf bin

@@ -2,6 +2,7 @@ package authz
 
 import (
 	"encoding/json"
+	"strconv"
 	"testing"
 	"unicode/utf8"
 )
@@ -43,4 +44,12 @@ func FuzzAppendJSONString(f *testing.F) {
 			t.Fatalf("round trip: %q became %q", s, back)
 		}
 	})
+}
+
+func TestAppendQuotedIsQuote(t *testing.T) {
+	for _, s := range []string{"", "requests", "burst-1_x", "a\"b", `a\b`, "tab\t", "é", "\x7f", "\u2028"} {
+		if got, want := string(appendQuoted(nil, s)), strconv.Quote(s); got != want {
+			t.Errorf("appendQuoted(%q) = %s, want %s", s, got, want)
+		}
+	}
 }

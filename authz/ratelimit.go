@@ -2,7 +2,6 @@ package authz
 
 import (
 	"strconv"
-	"strings"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -16,43 +15,67 @@ func retryAfter(reset, now time.Time) int64 {
 	return max(s, 1)
 }
 
-// rateLimitHeaders describes the subject's quotas to the client with the
+// rateLimitFields describes the subject's quotas to the client with the
 // IETF RateLimit-Policy and RateLimit fields (draft-ietf-httpapi-ratelimit-headers):
 //
 //	RateLimit-Policy: "requests";q=1000;w=2592000
 //	RateLimit: "requests";r=742;t=86400
 //
 // q is the limit, w the window in seconds, r what remains and t the seconds
-// until the window resets. Credits are not a rate limit and are left out.
-func rateLimitHeaders(d *policy.Decision, now time.Time) []*corev3.HeaderValueOption {
-	var pol, cur strings.Builder
+// until the window resets. Credits are not a rate limit and are left out:
+// with nothing else, both are "". Both values share one allocation.
+func rateLimitFields(d *policy.Decision, now time.Time) (policyField, rateLimit string) {
+	var pbuf, cbuf [128]byte
+	pol, cur := pbuf[:0], cbuf[:0]
 	for i := range d.Spends {
 		sp := &d.Spends[i]
 		if sp.Credits {
 			continue
 		}
-		if pol.Len() > 0 {
-			pol.WriteString(", ")
-			cur.WriteString(", ")
+		if len(pol) > 0 {
+			pol = append(pol, ", "...)
+			cur = append(cur, ", "...)
 		}
-		name := strconv.Quote(sp.Quota)
-		pol.WriteString(name)
-		pol.WriteString(";q=")
-		pol.WriteString(strconv.FormatInt(sp.Limit, 10))
-		pol.WriteString(";w=")
-		pol.WriteString(strconv.FormatInt(int64(sp.Reset.Sub(sp.Start)/time.Second), 10))
-		cur.WriteString(name)
-		cur.WriteString(";r=")
-		cur.WriteString(strconv.FormatInt(max(sp.Limit-d.Used[i], 0), 10))
-		cur.WriteString(";t=")
-		cur.WriteString(strconv.FormatInt(retryAfter(sp.Reset, now), 10))
+		pol = appendQuoted(pol, sp.Quota)
+		pol = append(pol, ";q="...)
+		pol = strconv.AppendInt(pol, sp.Limit, 10)
+		pol = append(pol, ";w="...)
+		pol = strconv.AppendInt(pol, int64(sp.Reset.Sub(sp.Start)/time.Second), 10)
+		cur = appendQuoted(cur, sp.Quota)
+		cur = append(cur, ";r="...)
+		cur = strconv.AppendInt(cur, max(sp.Limit-d.Used[i], 0), 10)
+		cur = append(cur, ";t="...)
+		cur = strconv.AppendInt(cur, retryAfter(sp.Reset, now), 10)
 	}
-	if pol.Len() == 0 {
+	if len(pol) == 0 {
+		return "", ""
+	}
+	both := string(append(pol, cur...))
+	return both[:len(pol)], both[len(pol):]
+}
+
+// appendQuoted is strconv.AppendQuote, quick for the names a quota may
+// have ([a-z0-9_-], see policy.validQuotaName): they need no escaping.
+func appendQuoted(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
+			return strconv.AppendQuote(b, s)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
+// rateLimitHeaders is rateLimitFields as headers, nil when there are none.
+func rateLimitHeaders(d *policy.Decision, now time.Time) []*corev3.HeaderValueOption {
+	pol, cur := rateLimitFields(d, now)
+	if pol == "" {
 		return nil
 	}
 	return []*corev3.HeaderValueOption{
-		overwrite("ratelimit-policy", pol.String()),
-		overwrite("ratelimit", cur.String()),
+		overwrite("ratelimit-policy", pol),
+		overwrite("ratelimit", cur),
 	}
 }
 

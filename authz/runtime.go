@@ -7,6 +7,7 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/grpc/codes"
 
 	"github.com/tollgate-authz/tollgate/identity"
@@ -54,8 +55,10 @@ type template struct {
 	typeURI  string
 	title    string
 	grpcCode codes.Code
-	headers  []*corev3.HeaderValueOption // shared, never modified
-	grpc     []*corev3.HeaderValueOption // headers for a gRPC client, see grpcdeny.go
+	// httpStatus, headers and grpc are shared by every denial, never modified.
+	httpStatus *typev3.HttpStatus
+	headers    []*corev3.HeaderValueOption
+	grpc       []*corev3.HeaderValueOption // headers for a gRPC client, see grpcdeny.go
 }
 
 var titles = map[policy.Code]string{
@@ -120,6 +123,7 @@ func NewRuntime(p *policy.Policy, chain identity.Chain, opts Options) (*Runtime,
 			title:    titles[c],
 			grpcCode: grpcCodes[c],
 		}
+		t.httpStatus = &typev3.HttpStatus{Code: typev3.StatusCode(t.status)}
 		t.headers = []*corev3.HeaderValueOption{
 			overwrite("content-type", "application/problem+json"),
 			overwrite("cache-control", "no-store"),

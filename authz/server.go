@@ -7,12 +7,12 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
-	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -35,6 +35,8 @@ type Quotas interface {
 
 // Observer is told about every decision, for metrics.
 type Observer interface {
+	// ObserveCheck is told each decision. r is valid only during the call:
+	// it is reused by the next Check.
 	ObserveCheck(r *Result)
 	// ObserveQuota is told the outcome of each spend: allowed, exhausted or error.
 	ObserveQuota(quota, outcome string)
@@ -112,50 +114,74 @@ func (s *Server) Check(ctx context.Context, cr *authv3.CheckRequest) (resp *auth
 	return resp, nil
 }
 
-// Decide runs one Check and also returns its Result.
+// checkState is one Check's working memory: the request view, the Result
+// and room for the quota spends. It is pooled, because every one of these
+// would otherwise escape to the heap (the request through the identity
+// interface, the Result through the Observer) on every Check. Nothing in it
+// outlives Decide.
+type checkState struct {
+	r      request
+	res    Result
+	spends [maxSpends]policy.Spend
+	items  [maxSpends]quota.Item
+	used   [maxSpends]int64
+}
+
+var checkStates = sync.Pool{New: func() any { return new(checkState) }}
+
+// Decide runs one Check and also returns its Result. The response shares
+// messages with other responses (templates, constant metadata values):
+// read it, never modify it.
 func (s *Server) Decide(ctx context.Context, cr *authv3.CheckRequest) (resp *authv3.CheckResponse, res Result) {
 	start := s.now()
 	rt := s.rt.Load()
-	r := newRequest(cr)
+	st := checkStates.Get().(*checkState)
+	st.r = newRequest(cr)
+	r, sr := &st.r, &st.res
 	defer func() {
 		if p := recover(); p != nil {
 			s.log.Error("panic in Check", "panic", p, "request_id", r.requestID)
-			res = Result{RequestID: r.requestID, Code: policy.EntitlementsUnavailable}
+			*sr = Result{RequestID: r.requestID, Code: policy.EntitlementsUnavailable}
 			d := policy.Decision{Code: policy.EntitlementsUnavailable}
-			resp = rt.deny(&r, &d, &res)
+			resp = rt.deny(r, &d, sr)
 		}
+		res = *sr
+		// Drop the references to this request before the state is reused.
+		st.r, st.res = request{}, Result{}
+		checkStates.Put(st)
 	}()
 
-	res.RequestID, res.now = r.requestID, start
-	d := s.decide(ctx, rt, &r, &res, start)
-	res.Code = d.Code
+	sr.RequestID, sr.now = r.requestID, start
+	d := s.decide(ctx, rt, st, start)
+	sr.Code = d.Code
 	if d.Route != nil {
-		res.Route = d.Route.Name
+		sr.Route = d.Route.Name
 	}
 	if e := d.Entitlement; e != nil {
-		res.Subject, res.Plan = e.Subject, e.Plan
+		sr.Subject, sr.Plan = e.Subject, e.Plan
 	}
 
 	switch {
 	case d.Allowed():
-		res.Allowed, res.Status = true, 200
-		resp = rt.allow(&r, &d, &res)
+		sr.Allowed, sr.Status = true, 200
+		resp = rt.allow(r, &d, sr)
 	case rt.opts.Shadow:
-		res.Allowed, res.Shadow, res.Status = true, true, rt.status.Status(d.Code)
-		resp = rt.allow(&r, &d, &res)
+		sr.Allowed, sr.Shadow, sr.Status = true, true, rt.status.Status(d.Code)
+		resp = rt.allow(r, &d, sr)
 	default:
-		res.Status = rt.status.Status(d.Code)
-		resp = rt.deny(&r, &d, &res)
+		sr.Status = rt.status.Status(d.Code)
+		resp = rt.deny(r, &d, sr)
 	}
-	res.Duration = s.now().Sub(start)
+	sr.Duration = s.now().Sub(start)
 	if s.obs != nil {
-		s.obs.ObserveCheck(&res)
+		s.obs.ObserveCheck(sr)
 	}
-	s.logDecision(ctx, rt, &r, &res)
+	s.logDecision(ctx, rt, r, sr)
 	return resp, res
 }
 
-func (s *Server) decide(ctx context.Context, rt *Runtime, r *request, res *Result, now time.Time) policy.Decision {
+func (s *Server) decide(ctx context.Context, rt *Runtime, st *checkState, now time.Time) policy.Decision {
+	r, res := &st.r, &st.res
 	route := rt.policy.Match(&policy.Request{
 		Host: r.host(), Method: r.method(), Path: r.path(), ContextExtensions: r.contextExtensions(),
 	})
@@ -188,7 +214,7 @@ func (s *Server) decide(ctx context.Context, rt *Runtime, r *request, res *Resul
 	}
 	d := rt.policy.Decide(route, ent, now)
 	if d.Allowed() {
-		s.spend(ctx, rt, r, &d, now)
+		s.spend(ctx, rt, st, &d, now)
 	}
 	return d
 }
@@ -198,14 +224,13 @@ const maxSpends = 4
 
 // spend charges the request's quotas and credits, all or nothing. A refused
 // request consumes nothing.
-func (s *Server) spend(ctx context.Context, rt *Runtime, r *request, d *policy.Decision, now time.Time) {
-	var sbuf [maxSpends]policy.Spend
-	spends := rt.policy.Spends(d.Route, d.Entitlement, now, r, r.contextExtensions(), sbuf[:0])
+func (s *Server) spend(ctx context.Context, rt *Runtime, st *checkState, d *policy.Decision, now time.Time) {
+	r := &st.r
+	spends := rt.policy.Spends(d.Route, d.Entitlement, now, r, r.contextExtensions(), st.spends[:0])
 	if len(spends) == 0 {
 		return
 	}
-	var ibuf [maxSpends]quota.Item
-	items := ibuf[:0]
+	items := st.items[:0]
 	for i := range spends {
 		sp := &spends[i]
 		items = append(items, quota.Item{
@@ -213,7 +238,12 @@ func (s *Server) spend(ctx context.Context, rt *Runtime, r *request, d *policy.D
 			FailOpen: sp.FailOpen,
 		})
 	}
-	used := make([]int64, len(items))
+	used := st.used[:]
+	if len(items) > len(used) {
+		used = make([]int64, len(items))
+	}
+	used = used[:len(items)]
+	clear(used)
 	denied, err := s.quotas.Spend(ctx, d.Entitlement.Subject, items, used)
 	d.Spends, d.Used, d.Denied = spends, used, denied
 	switch {
@@ -241,15 +271,43 @@ func (s *Server) observeQuota(spends []policy.Spend, outcome string) {
 
 var okStatus = &rpcstatus.Status{}
 
+// allowResponse is an OK CheckResponse and every message it points to, in
+// one allocation rather than one per message. Its parts are never shared.
+type allowResponse struct {
+	resp authv3.CheckResponse
+	ok   authv3.CheckResponse_OkResponse
+	http authv3.OkHttpResponse
+	set  [2]*corev3.HeaderValueOption // trusted headers upstream
+	rl   [2]*corev3.HeaderValueOption // RateLimit fields to the client
+	hdrs headerBlock
+	md   metadataBlock
+}
+
+// headerBlock holds the header messages of one response.
+type headerBlock struct {
+	opts [4]corev3.HeaderValueOption
+	vals [4]corev3.HeaderValue
+	n    int
+}
+
+// overwrite is the package's overwrite, built in the block.
+func (b *headerBlock) overwrite(k, v string) *corev3.HeaderValueOption {
+	o, hv := &b.opts[b.n], &b.vals[b.n]
+	b.n++
+	hv.Key, hv.Value = k, v
+	o.Header, o.AppendAction = hv, corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+	return o
+}
+
 // allow builds the OK response: trusted headers upstream with explicit
 // overwrite, and every client-sent header with our prefix removed.
 func (rt *Runtime) allow(r *request, d *policy.Decision, res *Result) *authv3.CheckResponse {
-	ok := &authv3.OkHttpResponse{}
+	a := new(allowResponse)
+	ok := &a.http
 	if res.Subject != "" {
-		ok.Headers = []*corev3.HeaderValueOption{
-			overwrite(rt.opts.SubjectHeader, res.Subject),
-			overwrite(rt.opts.PlanHeader, res.Plan),
-		}
+		a.set[0] = a.hdrs.overwrite(rt.opts.SubjectHeader, res.Subject)
+		a.set[1] = a.hdrs.overwrite(rt.opts.PlanHeader, res.Plan)
+		ok.Headers = a.set[:]
 	}
 	r.eachHeaderName(func(name string) {
 		if len(name) >= len(rt.lowerPfx) && strings.EqualFold(name[:len(rt.lowerPfx)], rt.lowerPfx) {
@@ -262,13 +320,26 @@ func (rt *Runtime) allow(r *request, d *policy.Decision, res *Result) *authv3.Ch
 		}
 	})
 	if len(d.Spends) > 0 && !res.Shadow {
-		ok.ResponseHeadersToAdd = rateLimitHeaders(d, res.now)
+		if pol, cur := rateLimitFields(d, res.now); pol != "" {
+			a.rl[0] = a.hdrs.overwrite("ratelimit-policy", pol)
+			a.rl[1] = a.hdrs.overwrite("ratelimit", cur)
+			ok.ResponseHeadersToAdd = a.rl[:]
+		}
 	}
-	return &authv3.CheckResponse{
-		Status:          okStatus,
-		HttpResponse:    &authv3.CheckResponse_OkResponse{OkResponse: ok},
-		DynamicMetadata: metadata(res),
-	}
+	a.ok.OkResponse = ok
+	a.resp.Status = okStatus
+	a.resp.HttpResponse = &a.ok
+	a.resp.DynamicMetadata = a.md.fill(res)
+	return &a.resp
+}
+
+// denyResponse is a refusal and the messages it points to, in one allocation.
+type denyResponse struct {
+	resp   authv3.CheckResponse
+	status rpcstatus.Status
+	denied authv3.CheckResponse_DeniedResponse
+	http   authv3.DeniedHttpResponse
+	md     metadataBlock
 }
 
 // deny builds the refusal: problem+json with the members that apply.
@@ -283,24 +354,23 @@ func (rt *Runtime) deny(r *request, d *policy.Decision, res *Result) *authv3.Che
 		// UNKNOWN and send the JSON as grpc-message: see grpcdeny.go.
 		headers, body = t.grpc, msg
 	} else {
-		headers, body = t.headers, string(rt.problem(r, d, t, detail, res.now))
+		headers, body = t.headers, rt.problem(r, d, t, detail, res.now)
 	}
 	if sp, _ := d.DeniedSpend(); sp != nil {
 		headers = append(append([]*corev3.HeaderValueOption(nil), headers...), quotaDenialHeaders(d, sp, res.now)...)
 	}
-	return &authv3.CheckResponse{
-		Status: &rpcstatus.Status{Code: int32(t.grpcCode), Message: msg},
-		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
-			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(t.status)},
-			Headers: headers,
-			Body:    body,
-		}},
-		DynamicMetadata: metadata(res),
-	}
+	x := new(denyResponse)
+	x.status.Code, x.status.Message = int32(t.grpcCode), msg
+	x.http.Status, x.http.Headers, x.http.Body = t.httpStatus, headers, body
+	x.denied.DeniedResponse = &x.http
+	x.resp.Status = &x.status
+	x.resp.HttpResponse = &x.denied
+	x.resp.DynamicMetadata = x.md.fill(res)
+	return &x.resp
 }
 
 // problem renders RFC 9457 problem details; members appear in a fixed order.
-func (rt *Runtime) problem(r *request, d *policy.Decision, t *template, detail string, now time.Time) []byte {
+func (rt *Runtime) problem(r *request, d *policy.Decision, t *template, detail string, now time.Time) string {
 	o := jsonObject{b: make([]byte, 0, 512)}
 	o.str("type", t.typeURI)
 	o.str("title", t.title)
@@ -332,7 +402,7 @@ func (rt *Runtime) problem(r *request, d *policy.Decision, t *template, detail s
 	if d.Entitlement != nil {
 		o.strIf("upgrade_url", d.UpgradeURL)
 	}
-	return o.bytes()
+	return string(o.bytes())
 }
 
 // detail is one human sentence saying what happened and what to do.
@@ -393,28 +463,61 @@ func statusOf(e *entitlement.Entitlement) entitlement.Status {
 	return e.Status
 }
 
-// metadata is what Envoy puts in dynamic metadata under
-// envoy.filters.http.ext_authz, for its access log.
-func metadata(res *Result) *structpb.Struct {
-	decision := "deny"
+// metadataBlock is a response's dynamic metadata and its values, allocated
+// with the response.
+type metadataBlock struct {
+	st   structpb.Struct
+	vals [3]structpb.Value // route, subject, plan
+	strs [3]structpb.Value_StringValue
+}
+
+// Values every response shares; a shared message is never modified.
+var (
+	allowValue  = structpb.NewStringValue("allow")
+	denyValue   = structpb.NewStringValue("deny")
+	shadowValue = structpb.NewBoolValue(true)
+	codeValues  = func() []*structpb.Value {
+		vs := make([]*structpb.Value, len(policy.Codes))
+		for _, c := range policy.Codes {
+			vs[c] = structpb.NewStringValue(c.String())
+		}
+		return vs
+	}()
+)
+
+// fill sets what Envoy puts in dynamic metadata under
+// envoy.filters.http.ext_authz, for its access log, and returns it.
+func (m *metadataBlock) fill(res *Result) *structpb.Struct {
+	decision := denyValue
 	if res.Allowed && !res.Shadow {
-		decision = "allow"
+		decision = allowValue
 	}
-	f := map[string]*structpb.Value{
-		"decision": structpb.NewStringValue(decision),
-		"code":     structpb.NewStringValue(res.Code.String()),
+	var code *structpb.Value
+	if int(res.Code) < len(codeValues) {
+		code = codeValues[res.Code]
+	} else {
+		code = structpb.NewStringValue(res.Code.String())
 	}
+	f := make(map[string]*structpb.Value, 6)
+	f["decision"], f["code"] = decision, code
 	if res.Route != "" {
-		f["route"] = structpb.NewStringValue(res.Route)
+		f["route"] = m.str(0, res.Route)
 	}
 	if res.Subject != "" {
-		f["subject"] = structpb.NewStringValue(res.Subject)
-		f["plan"] = structpb.NewStringValue(res.Plan)
+		f["subject"] = m.str(1, res.Subject)
+		f["plan"] = m.str(2, res.Plan)
 	}
 	if res.Shadow {
-		f["shadow"] = structpb.NewBoolValue(true)
+		f["shadow"] = shadowValue
 	}
-	return &structpb.Struct{Fields: f}
+	m.st.Fields = f
+	return &m.st
+}
+
+func (m *metadataBlock) str(i int, s string) *structpb.Value {
+	m.strs[i].StringValue = s
+	m.vals[i].Kind = &m.strs[i]
+	return &m.vals[i]
 }
 
 // logDecision writes denials always and allows at the sampled rate. It never

@@ -13,5 +13,6 @@
 //     already in flight: its answer is not stored.
 //
 // Costs: a hit is one LRU lookup under the LRU's mutex and a clock read; a
-// miss adds the source call. All methods are safe for concurrent use.
+// miss adds the source call, and a copy of the key (which may be a
+// substring of a whole request). All methods are safe for concurrent use.
 package cache

@@ -71,6 +71,7 @@ type Request struct {
 // Policy is a compiled Spec.
 type Policy struct {
 	routes        []*Route
+	index         *routeIndex // nil for a few routes: a scan is quicker
 	plans         map[string]*Plan
 	defaultRoute  *Route // nil when the default is deny
 	grace         time.Duration
@@ -153,6 +154,10 @@ func Compile(spec Spec) (*Policy, []error) {
 		}
 		r.PlansWithFeature = p.featureOwners[r.Feature]
 		p.routes = append(p.routes, r)
+	}
+
+	if len(p.routes) >= indexMinRoutes {
+		p.index = newRouteIndex(p.routes)
 	}
 
 	switch spec.Default {
@@ -256,12 +261,90 @@ func (p *Policy) Match(req *Request) *Route {
 		path = path[:i]
 	}
 	host := hostOnly(req.Host)
+	if p.index != nil {
+		if i := p.index.first(p.routes, host, req.Method, path, req.ContextExtensions); i >= 0 {
+			return p.routes[i]
+		}
+		return p.defaultRoute
+	}
 	for _, r := range p.routes {
 		if r.matches(host, req.Method, path, req.ContextExtensions) {
 			return r
 		}
 	}
 	return p.defaultRoute
+}
+
+// indexMinRoutes is where the index starts to beat a scan even when an
+// early route matches (BenchmarkMatchIndexVsScan).
+const indexMinRoutes = 8
+
+// routeIndex finds the candidate routes for a path without trying every
+// route. Each route's path match starts with a literal: the exact path, the
+// prefix, a pattern's text before its first wildcard, or "" for a route
+// that matches any path. A route can match only a path that starts with
+// its literal, so Match looks up the path's own prefixes, one for each
+// length some literal has, and tries only the routes found, in file order.
+type routeIndex struct {
+	lens  []int            // the literals' lengths, ascending
+	byLit map[string][]int // literal → indexes of its routes, ascending
+}
+
+func newRouteIndex(routes []*Route) *routeIndex {
+	x := &routeIndex{byLit: map[string][]int{}}
+	for i, r := range routes {
+		lit := r.literal()
+		if _, ok := x.byLit[lit]; !ok && !slices.Contains(x.lens, len(lit)) {
+			x.lens = append(x.lens, len(lit))
+		}
+		x.byLit[lit] = append(x.byLit[lit], i)
+	}
+	slices.Sort(x.lens)
+	return x
+}
+
+// first is the index of the first route that matches, or -1.
+func (x *routeIndex) first(routes []*Route, host, method, path string, ext map[string]string) int {
+	best := -1
+	for _, l := range x.lens {
+		if l > len(path) {
+			break
+		}
+		for _, i := range x.byLit[path[:l]] {
+			if best >= 0 && i > best {
+				break // an earlier route already matched
+			}
+			if routes[i].matches(host, method, path, ext) {
+				best = i
+				break
+			}
+		}
+	}
+	return best
+}
+
+// literal is the text every path this route matches starts with.
+func (r *Route) literal() string {
+	switch {
+	case !r.hasPath:
+		return ""
+	case r.exact != "":
+		return r.exact
+	case r.prefix != "":
+		return r.prefix
+	}
+	var b strings.Builder
+	for i, sg := range r.pattern {
+		if sg.kind != segLiteral {
+			break
+		}
+		if i > 0 {
+			b.WriteByte('/')
+		}
+		b.WriteString(sg.lit)
+	}
+	// A path always starts with "/": the pattern's segments follow it.
+	return "/" + b.String()
 }
 
 func (r *Route) matches(host, method, path string, ext map[string]string) bool {

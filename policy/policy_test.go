@@ -257,3 +257,113 @@ func BenchmarkMatch1000Routes(b *testing.B) {
 		}
 	}
 }
+
+// spec1000 is 1,000 routes, each with its own path prefix, quota and
+// feature plan, as a large API would declare them.
+func spec1000() Spec {
+	spec := Spec{Plans: Plans{{Name: "p", Features: []string{"f"}, Quotas: map[string]QuotaSpec{
+		"requests": {Limit: 1000, Period: "month"},
+		"burst":    {Limit: 10, Period: "second", Scope: "all"},
+	}}}}
+	for i := range 1000 {
+		spec.Routes = append(spec.Routes, RouteSpec{
+			Name:    "r" + strings.Repeat("x", i%7) + string(rune('a'+i%26)) + strconv.Itoa(i),
+			Match:   MatchSpec{Method: StringList{"GET"}, Path: PathSpec{Prefix: "/v1/r" + strconv.Itoa(i)}},
+			Feature: "f",
+			Quota:   "requests",
+		})
+	}
+	return spec
+}
+
+// BenchmarkDecide1000Routes is the whole policy evaluation of a request
+// whose route is the last of 1,000: Match, Decide and Spends.
+func BenchmarkDecide1000Routes(b *testing.B) {
+	p := mustCompile(b, spec1000())
+	req := &Request{Method: "GET", Path: "/v1/r999/x?y=1", Host: "api.example.com"}
+	e := &entitlement.Entitlement{Subject: "acme", Plan: "p", Status: entitlement.StatusActive}
+	now := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+	var buf [4]Spend
+	b.ReportAllocs()
+	for b.Loop() {
+		r := p.Match(req)
+		d := p.Decide(r, e, now)
+		if !d.Allowed() {
+			b.Fatal(d.Code)
+		}
+		if sp := p.Spends(r, e, now, nil, nil, buf[:0]); len(sp) != 2 {
+			b.Fatal(len(sp))
+		}
+	}
+}
+
+// TestRouteIndexMatchesScan: with the index, Match picks the route a scan
+// of every route in order picks.
+func TestRouteIndexMatchesScan(t *testing.T) {
+	big := spec1000()
+	big.Routes = append(big.Routes, demoSpec().Routes...)
+	big.Plans = append(big.Plans, demoSpec().Plans...)
+	for name, spec := range map[string]Spec{"demo": demoSpec(), "1000 routes": big} {
+		p := mustCompile(t, spec)
+		scan := func(req *Request) *Route {
+			path, _, _ := strings.Cut(req.Path, "?")
+			for _, r := range p.routes {
+				if r.matches(hostOnly(req.Host), req.Method, path, req.ContextExtensions) {
+					return r
+				}
+			}
+			return p.defaultRoute
+		}
+		p.index = newRouteIndex(p.routes) // also for the few demo routes
+		paths := []string{"", "/", "/healthz", "/healthz/x", "/v1/search", "/v1/search/deep?q=1", "/v1/searchable",
+			"/v1/chat", "/v2/models/gpt/chat", "/v2/models//chat", "/v2/models", "/f", "/f/a/b", "/v1/r1", "/v1/r10",
+			"/v1/r100/x", "/v1/r999", "/v1/r9999", "/v1/r", "/x", "v1/r5"}
+		for _, path := range paths {
+			for _, method := range []string{"GET", "POST"} {
+				for _, host := range []string{"api.example.com", "a.files.example.com", "admin.example.com:443"} {
+					for _, ext := range []map[string]string{nil, {"tier": "beta"}} {
+						req := &Request{Host: host, Method: method, Path: path, ContextExtensions: ext}
+						if got, want := p.Match(req), scan(req); got != want {
+							t.Errorf("%s: %s %s%s %v: index gives %v, scan %v", name, method, host, path, ext, got, want)
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+func TestRouteLiteral(t *testing.T) {
+	p := mustCompile(t, demoSpec())
+	want := map[string]string{"health": "/healthz", "search": "/v1/search", "beta-chat": "/v2/models", "files": "/f", "admin": ""}
+	for _, r := range p.routes {
+		if w, ok := want[r.Name]; ok && r.literal() != w {
+			t.Errorf("%s: literal %q, want %q", r.Name, r.literal(), w)
+		}
+	}
+}
+
+// BenchmarkMatchIndexVsScan finds where the index starts to pay: the
+// request matches the last of n routes.
+func BenchmarkMatchIndexVsScan(b *testing.B) {
+	for _, n := range []int{4, 8, 16, 64} {
+		spec := spec1000()
+		spec.Routes = spec.Routes[:n]
+		p := mustCompile(b, spec)
+		req := &Request{Method: "GET", Path: "/v1/r" + strconv.Itoa(n-1) + "/x?y=1", Host: "api.example.com"}
+		idx := newRouteIndex(p.routes)
+		for _, mode := range []string{"scan", "index"} {
+			b.Run(strconv.Itoa(n)+"/"+mode, func(b *testing.B) {
+				p.index = nil
+				if mode == "index" {
+					p.index = idx
+				}
+				for b.Loop() {
+					if p.Match(req) == nil {
+						b.Fatal("no match")
+					}
+				}
+			})
+		}
+	}
+}

@@ -42,6 +42,10 @@ func NewMemory(now func() time.Time) *Memory {
 	return m
 }
 
+// maxItems is how many items a Spend looks up only once (on the stack);
+// beyond it, counters are looked up again to apply the spend.
+const maxItems = 8
+
 // Spend implements Store.
 func (m *Memory) Spend(_ context.Context, group string, items []Item, used []int64) (int, error) {
 	sh := &m.shards[maphash.String(m.seed, group)%memShards]
@@ -49,11 +53,18 @@ func (m *Memory) Spend(_ context.Context, group string, items []Item, used []int
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	sh.sweep(now)
+	var found [maxItems]*counter // each item's live counter, nil if none
 	denied := -1
 	for i, it := range items {
 		c := sh.counters[it.Key]
+		if c != nil && !now.Before(c.reset) {
+			c = nil // expired: the window starts over
+		}
+		if i < maxItems {
+			found[i] = c
+		}
 		var u int64
-		if c != nil && now.Before(c.reset) {
+		if c != nil {
 			u = c.used
 		}
 		used[i] = u
@@ -65,8 +76,18 @@ func (m *Memory) Spend(_ context.Context, group string, items []Item, used []int
 		return denied, nil
 	}
 	for i, it := range items {
-		c := sh.counters[it.Key]
-		if c == nil || !now.Before(c.reset) {
+		var c *counter
+		if i < maxItems {
+			c = found[i]
+		}
+		if c == nil {
+			// Not found above, or not remembered: look again, for a counter
+			// an earlier item with the same key has just started.
+			if c = sh.counters[it.Key]; c != nil && !now.Before(c.reset) {
+				c = nil
+			}
+		}
+		if c == nil {
 			c = &counter{reset: it.Reset}
 			sh.counters[it.Key] = c
 		}

@@ -1,0 +1,180 @@
+package authz_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+
+	"github.com/tollgate-authz/tollgate/authz"
+	"github.com/tollgate-authz/tollgate/cache"
+	"github.com/tollgate-authz/tollgate/config"
+	"github.com/tollgate-authz/tollgate/entitlement/file"
+	"github.com/tollgate-authz/tollgate/identity"
+	"github.com/tollgate-authz/tollgate/policy"
+	"github.com/tollgate-authz/tollgate/quota"
+)
+
+// benchSubjects is how many subjects the generated entitlements hold, as in
+// the load harness (bench/).
+const benchSubjects = 10000
+
+// benchConfig is a production-shaped config: quotas on every route, a
+// scope-all rate limit, and limits no benchmark reaches.
+const benchConfig = `
+entitlements:
+  file: {path: entitlements.yaml}
+log: {allow_sample_rate: 0}
+identity:
+  - api_key: {header: x-api-key}
+billing:
+  upgrade_url: https://billing.example.com/upgrade
+plans:
+  free:
+    features: [search]
+    quotas:
+      requests: {limit: 1000000000000, period: month}
+      burst: {limit: 1000000000000, period: second, scope: all}
+  pro:
+    features: [search, chat]
+    quotas:
+      requests: {limit: 1000000000000, period: month}
+      burst: {limit: 1000000000000, period: second, scope: all}
+routes:
+  - name: search
+    match: {method: GET, path: {prefix: /v1/search}}
+    feature: search
+    quota: requests
+  - name: chat
+    match: {method: POST, path: {prefix: /v1/chat}}
+    feature: chat
+    quota: requests
+`
+
+// writeBenchConfig writes benchConfig and an entitlements file with n
+// subjects, sub-N with API key key-N, alternately free and pro.
+func writeBenchConfig(b *testing.B, n int) string {
+	b.Helper()
+	dir := b.TempDir()
+	var ents strings.Builder
+	ents.WriteString("subjects:\n")
+	for i := range n {
+		plan := "free"
+		if i%2 == 1 {
+			plan = "pro"
+		}
+		fmt.Fprintf(&ents, "  - {id: sub-%d, plan: %s, status: active, api_key_sha256: [%s]}\n", i, plan, identity.HashKey(fmt.Sprintf("key-%d", i)))
+	}
+	if err := os.WriteFile(filepath.Join(dir, "entitlements.yaml"), []byte(ents.String()), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	path := filepath.Join(dir, "tollgate.yaml")
+	if err := os.WriteFile(path, []byte(benchConfig), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	return path
+}
+
+// benchQuotaServer serves benchConfig with a memory quota store. cacheOpts
+// tunes the entitlement cache.
+func benchQuotaServer(b *testing.B, cacheOpts cache.Options) *authz.Server {
+	b.Helper()
+	cfg, err := config.Load(writeBenchConfig(b, benchSubjects))
+	if err != nil {
+		b.Fatal(err)
+	}
+	src, err := file.Open(cfg.Entitlements.File.Path, file.Options{Check: cfg.Policy.CheckEntitlement})
+	if err != nil {
+		b.Fatal(err)
+	}
+	rt, err := cfg.Runtime()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return authz.NewServer(rt, authz.Deps{
+		Entitlements: cache.New(src, cacheOpts),
+		Quotas:       quota.NewMemory(nil),
+		Log:          slog.New(slog.NewJSONHandler(io.Discard, nil)),
+	})
+}
+
+func envoyReq(method, path, key string) *authv3.CheckRequest {
+	return req(method, path, map[string]string{
+		"x-api-key": key, "x-request-id": "0b9c4d3e-5f7a-4b1c-9d2e-3f4a5b6c7d8e",
+		"user-agent": "bench", "accept": "*/*", "x-forwarded-proto": "http",
+	})
+}
+
+// BenchmarkCheckQuota is a cache hit on a route that spends two counters
+// (the route's monthly quota and a per-second limit), the common production
+// shape, with the real memory store and clock.
+func BenchmarkCheckQuota(b *testing.B) {
+	srv := benchQuotaServer(b, cache.Options{})
+	ctx := context.Background()
+	cr := envoyReq("GET", "/v1/search?q=x", "key-1")
+	srv.Check(ctx, cr) // warm the cache
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, res := srv.Decide(ctx, cr); res.Code != policy.OK {
+			b.Fatal(res.Code)
+		}
+	}
+}
+
+// BenchmarkCheckMiss is a Check whose entitlement lookup misses the cache
+// every time and reads the file source (10,000 subjects): the cost of the
+// first request of a key, or of each request after its TTL.
+func BenchmarkCheckMiss(b *testing.B) {
+	var tick atomic.Int64
+	t0 := time.Now()
+	// Every reading of the cache's clock is a minute later: every entry
+	// has expired by the next lookup.
+	clock := func() time.Time { return t0.Add(time.Duration(tick.Add(1)) * time.Minute) }
+	srv := benchQuotaServer(b, cache.Options{Now: clock})
+	ctx := context.Background()
+	reqs := make([]*authv3.CheckRequest, 64)
+	for i := range reqs {
+		reqs[i] = envoyReq("GET", "/v1/search?q=x", fmt.Sprintf("key-%d", i*97%benchSubjects))
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		_, res := srv.Decide(ctx, reqs[i%len(reqs)])
+		if res.Code != policy.OK || res.Cache != cache.Miss {
+			b.Fatal(res.Code, res.Cache)
+		}
+		i++
+	}
+}
+
+// BenchmarkCheckParallel is BenchmarkCheckQuota from every core, over many
+// subjects: what contention on the cache and quota locks costs.
+func BenchmarkCheckParallel(b *testing.B) {
+	srv := benchQuotaServer(b, cache.Options{})
+	ctx := context.Background()
+	reqs := make([]*authv3.CheckRequest, 1024)
+	for i := range reqs {
+		reqs[i] = envoyReq("GET", "/v1/search?q=x", fmt.Sprintf("key-%d", i))
+		srv.Check(ctx, reqs[i])
+	}
+	var next atomic.Int64
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		i := int(next.Add(1)) * 131
+		for pb.Next() {
+			if _, res := srv.Decide(ctx, reqs[i%len(reqs)]); res.Code != policy.OK {
+				b.Error(res.Code)
+				return
+			}
+			i++
+		}
+	})
+}

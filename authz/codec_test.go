@@ -1,0 +1,306 @@
+package authz_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/test/bufconn"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/tollgate-authz/tollgate/authz"
+	"github.com/tollgate-authz/tollgate/cache"
+)
+
+// envoyShaped is a CheckRequest as Envoy sends it: peers, time, the HTTP
+// request with its headers, context extensions and metadata.
+func envoyShaped() *authv3.CheckRequest {
+	sock := func(a string, p uint32) *corev3.Address {
+		return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+			Address: a, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: p},
+		}}}
+	}
+	cr := req("GET", "/v1/search?q=tolls", map[string]string{
+		"x-api-key": "demo-free-key", "x-request-id": "7b8c1e0a-5f8e-4d8e-9a51-3c5b2b1f0a11",
+		"user-agent": "curl/8.5.0", "accept": "*/*", "x-forwarded-proto": "http", ":scheme": "http",
+	})
+	a := cr.Attributes
+	a.Source = &authv3.AttributeContext_Peer{Address: sock("10.0.0.7", 51234), Principal: "spiffe://example.org/client"}
+	a.Destination = &authv3.AttributeContext_Peer{Address: sock("10.0.0.2", 8080)}
+	a.Request.Time = timestamppb.New(time.Date(2026, 11, 24, 12, 0, 0, 5, time.UTC))
+	h := a.Request.Http
+	h.Id, h.Scheme, h.Protocol, h.Size = "1234567890", "http", "HTTP/1.1", 42
+	a.ContextExtensions = map[string]string{"virtual_host": "api", "tier": "beta"}
+	a.MetadataContext = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+		authz.JWTNamespace: {Fields: map[string]*structpb.Value{"jwt_payload": structpb.NewStructValue(&structpb.Struct{
+			Fields: map[string]*structpb.Value{"sub": structpb.NewStringValue("acme")},
+		})}},
+	}}
+	return cr
+}
+
+// pipePeer has a Unix-socket peer, as with a pipe listener.
+func pipePeer() *authv3.CheckRequest {
+	cr := req("GET", "/", nil)
+	cr.Attributes.Source = &authv3.AttributeContext_Peer{Address: &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: "/run/x.sock"}}}}
+	return cr
+}
+
+// withRaw moves the headers to header_map, as encode_raw_headers: true does.
+func withRaw(cr *authv3.CheckRequest) *authv3.CheckRequest {
+	cr = proto.Clone(cr).(*authv3.CheckRequest)
+	h := cr.Attributes.Request.Http
+	h.HeaderMap = &corev3.HeaderMap{}
+	for k, v := range h.Headers {
+		h.HeaderMap.Headers = append(h.HeaderMap.Headers, &corev3.HeaderValue{Key: k, RawValue: []byte(v)})
+	}
+	h.HeaderMap.Headers = append(h.HeaderMap.Headers, &corev3.HeaderValue{Key: "x-empty"}, &corev3.HeaderValue{Key: "x-old", Value: "v"})
+	h.Headers = nil
+	return cr
+}
+
+// noJWT is cr without JWT metadata, as Envoy sends it when jwt_authn does not run.
+func noJWT(cr *authv3.CheckRequest) *authv3.CheckRequest {
+	cr.Attributes.MetadataContext = &corev3.Metadata{}
+	return cr
+}
+
+func marshal(t testing.TB, m proto.Message) []byte {
+	t.Helper()
+	b, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// wire helpers for hand-made inputs.
+func tagged(num protowire.Number, typ protowire.Type, v []byte) []byte {
+	return append(protowire.AppendTag(nil, num, typ), v...)
+}
+
+func lenField(num protowire.Number, payload []byte) []byte {
+	return tagged(num, protowire.BytesType, protowire.AppendBytes(nil, payload))
+}
+
+// inHTTP wraps HttpRequest bytes into a whole CheckRequest.
+func inHTTP(http []byte) []byte {
+	return lenField(1, lenField(4, lenField(2, http)))
+}
+
+// sameAsProto checks that DecodeCheckRequest gives what proto.Unmarshal gives.
+func sameAsProto(t *testing.T, b []byte) {
+	t.Helper()
+	var want, got authv3.CheckRequest
+	werr := proto.Unmarshal(b, &want)
+	gerr := authz.DecodeCheckRequest(b, &got)
+	if (werr == nil) != (gerr == nil) {
+		t.Fatalf("error = %v, proto.Unmarshal's = %v", gerr, werr)
+	}
+	if werr != nil {
+		return
+	}
+	if !proto.Equal(&got, &want) {
+		t.Fatalf("decoded\n%v\nproto.Unmarshal\n%v", &got, &want)
+	}
+	// proto.Equal does not tell a nil raw_value from an empty one, but
+	// the request view does.
+	wh, gh := want.GetAttributes().GetRequest().GetHttp().GetHeaderMap().GetHeaders(), got.GetAttributes().GetRequest().GetHttp().GetHeaderMap().GetHeaders()
+	for i := range wh {
+		if (wh[i].RawValue == nil) != (gh[i].RawValue == nil) {
+			t.Fatalf("header %d: raw_value nil = %v, proto.Unmarshal's = %v", i, gh[i].RawValue == nil, wh[i].RawValue == nil)
+		}
+	}
+}
+
+func TestDecodeCheckRequestMatchesProto(t *testing.T) {
+	shaped := envoyShaped()
+	withUnknown := marshal(t, shaped)
+	withUnknown = append(withUnknown, tagged(99, protowire.VarintType, protowire.AppendVarint(nil, 7))...)
+	tests := []struct {
+		name string
+		b    []byte
+	}{
+		{"empty", nil},
+		{"envoy shaped", marshal(t, shaped)},
+		{"raw headers", marshal(t, withRaw(shaped))},
+		{"fixture", marshal(t, fixture(t, "free_search_headers.json"))},
+		{"raw fixture", marshal(t, fixture(t, "free_search_header_map.json"))},
+		{"jwt fixture", marshal(t, fixture(t, "jwt_claim.json"))},
+		{"unknown top-level field", withUnknown},
+		{"unknown field in http", inHTTP(tagged(77, protowire.Fixed32Type, []byte{1, 2, 3, 4}))},
+		{"body and query go to the runtime", inHTTP(append(lenField(11, []byte("{}")), lenField(7, []byte("q=1"))...))},
+		{"http twice merges", append(inHTTP(lenField(2, []byte("GET"))), inHTTP(lenField(4, []byte("/x")))...)},
+		{"repeated scalar: last wins", inHTTP(append(lenField(4, []byte("/a")), lenField(4, []byte("/b"))...))},
+		{"duplicate header key: last wins", inHTTP(append(lenField(3, append(lenField(1, []byte("k")), lenField(2, []byte("1"))...)), lenField(3, append(lenField(1, []byte("k")), lenField(2, []byte("2"))...))...))},
+		{"header entry without key", inHTTP(lenField(3, lenField(2, []byte("v"))))},
+		{"header entry with an extra field", inHTTP(lenField(3, append(lenField(1, []byte("k")), tagged(3, protowire.VarintType, []byte{1})...)))},
+		{"invalid UTF-8 in a header", inHTTP(lenField(3, append(lenField(1, []byte("k")), lenField(2, []byte{0xff})...)))},
+		{"invalid UTF-8 in the path", inHTTP(lenField(4, []byte{'/', 0xfe}))},
+		{"path as a varint", inHTTP(tagged(4, protowire.VarintType, []byte{5}))},
+		{"size as bytes", inHTTP(lenField(9, []byte("x")))},
+		{"attributes as a varint", tagged(1, protowire.VarintType, []byte{1})},
+		{"truncated", marshal(t, shaped)[:40]},
+		{"bad tag", []byte{0x00}},
+		{"raw_value empty", inHTTP(lenField(13, lenField(1, append(lenField(1, []byte("k")), lenField(3, nil)...))))},
+		{"time with unknown field", lenField(1, lenField(4, lenField(1, tagged(5, protowire.VarintType, []byte{1}))))},
+		{"negative size", inHTTP(tagged(9, protowire.VarintType, protowire.AppendVarint(nil, ^uint64(0))))},
+		{"group in http", inHTTP(append(tagged(20, protowire.StartGroupType, nil), tagged(20, protowire.EndGroupType, nil)...))},
+		{"stray end group", inHTTP(tagged(20, protowire.EndGroupType, nil))},
+		{"pipe peer", marshal(t, pipePeer())},
+		{"socket then pipe", append(marshal(t, envoyShaped()), marshal(t, pipePeer())...)},
+		{"named port", lenField(1, lenField(1, lenField(1, lenField(1, lenField(4, []byte("http"))))))},
+		{"port twice", lenField(1, lenField(1, lenField(1, lenField(1, append(tagged(3, protowire.VarintType, []byte{1}), tagged(3, protowire.VarintType, []byte{2})...)))))},
+		{"peer labels and unknown field", lenField(1, lenField(2, append(lenField(3, append(lenField(1, []byte("k")), lenField(2, []byte("v"))...)), tagged(9, protowire.VarintType, []byte{1})...)))},
+		{"socket address extras", lenField(1, lenField(1, lenField(1, lenField(1, append(lenField(5, []byte("r")), tagged(6, protowire.VarintType, []byte{1})...)))))},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) { sameAsProto(t, tt.b) })
+	}
+}
+
+func FuzzDecodeCheckRequest(f *testing.F) {
+	f.Add(marshal(f, envoyShaped()))
+	f.Add(marshal(f, withRaw(envoyShaped())))
+	f.Add(inHTTP(lenField(3, append(lenField(1, []byte("k")), lenField(2, []byte("v"))...))))
+	f.Fuzz(func(t *testing.T, b []byte) { sameAsProto(t, b) })
+}
+
+// TestCodecRoundTrip: whatever the codec encodes (with vtprotobuf's methods
+// under -tags vtprotobuf, or the runtime without), the runtime decodes to
+// the same message; and the codec decodes what the runtime encodes.
+func TestCodecRoundTrip(t *testing.T) {
+	srv, _ := demo(t, nil)
+	var c authz.Codec
+	for _, cr := range []*authv3.CheckRequest{
+		req("GET", "/v1/search", map[string]string{"x-api-key": "demo-free-key", "x-tollgate-plan": "x"}),
+		req("POST", "/v1/chat", map[string]string{"x-api-key": "demo-free-key", "x-request-id": "r1"}),
+		req("GET", "/v1/search", nil),
+		envoyShaped(),
+	} {
+		resp, err := srv.Check(context.Background(), cr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := c.Marshal(resp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got authv3.CheckResponse
+		if err := proto.Unmarshal(data.Materialize(), &got); err != nil {
+			t.Fatal(err)
+		}
+		if !proto.Equal(&got, resp) {
+			t.Errorf("round trip:\n%v\nwant\n%v", &got, resp)
+		}
+		var back authv3.CheckRequest
+		if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(marshal(t, cr))}, &back); err != nil {
+			t.Fatal(err)
+		}
+		if !proto.Equal(&back, cr) {
+			t.Errorf("request round trip:\n%v\nwant\n%v", &back, cr)
+		}
+	}
+	// Other messages go to the standard codec.
+	st := &structpb.Struct{Fields: map[string]*structpb.Value{"a": structpb.NewBoolValue(true)}}
+	data, err := c.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(data.Materialize(), marshal(t, st)) {
+		t.Error("a Struct is not encoded as the runtime encodes it")
+	}
+	if c.Name() != "proto" {
+		t.Errorf("name %q", c.Name())
+	}
+}
+
+// BenchmarkDecodeCheckRequest compares the runtime with the fast path on
+// an Envoy-shaped request, with headers and with raw headers.
+func BenchmarkDecodeCheckRequest(b *testing.B) {
+	for _, in := range []struct {
+		name string
+		cr   *authv3.CheckRequest
+	}{{"headers", envoyShaped()}, {"header_map", withRaw(envoyShaped())}, {"headers_no_jwt", noJWT(envoyShaped())}} {
+		data := marshal(b, in.cr)
+		for _, dec := range []struct {
+			name string
+			fn   func([]byte, *authv3.CheckRequest) error
+		}{
+			{"proto", func(b []byte, m *authv3.CheckRequest) error { return proto.Unmarshal(b, m) }},
+			{"fast", authz.DecodeCheckRequest},
+		} {
+			b.Run(fmt.Sprintf("%s/%s", in.name, dec.name), func(b *testing.B) {
+				b.ReportAllocs()
+				b.SetBytes(int64(len(data)))
+				for b.Loop() {
+					var cr authv3.CheckRequest
+					if err := dec.fn(data, &cr); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkMarshalCheckResponse is the codec encoding an allow with quota
+// headers and metadata (vtprotobuf's methods under -tags vtprotobuf).
+func BenchmarkMarshalCheckResponse(b *testing.B) {
+	srv := benchQuotaServer(b, cache.Options{})
+	resp, _ := srv.Check(context.Background(), envoyReq("GET", "/v1/search?q=x", "key-1"))
+	var c authz.Codec
+	b.ReportAllocs()
+	for b.Loop() {
+		data, err := c.Marshal(resp)
+		if err != nil {
+			b.Fatal(err)
+		}
+		data.Free()
+	}
+}
+
+// TestCodecOverGRPC serves Check with the codec installed as serve installs
+// it, and gets over the wire what the handler returns.
+func TestCodecOverGRPC(t *testing.T) {
+	srv, _ := demo(t, nil)
+	lis := bufconn.Listen(1 << 20)
+	gs := grpc.NewServer(grpc.ForceServerCodecV2(authz.Codec{}))
+	authv3.RegisterAuthorizationServer(gs, srv)
+	go func() { _ = gs.Serve(lis) }()
+	defer gs.Stop()
+	cc, err := grpc.NewClient("passthrough:///bufnet",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	client := authv3.NewAuthorizationClient(cc)
+	for _, cr := range []*authv3.CheckRequest{
+		envoyShaped(),
+		withRaw(envoyShaped()),
+		req("POST", "/v1/chat", map[string]string{"x-api-key": "demo-free-key", "x-request-id": "r1"}),
+		req("GET", "/nowhere", nil),
+	} {
+		got, err := client.Check(context.Background(), cr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := srv.Check(context.Background(), cr)
+		if !proto.Equal(got, want) {
+			t.Errorf("over gRPC:\n%v\nwant\n%v", got, want)
+		}
+	}
+}
