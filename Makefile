@@ -38,6 +38,7 @@ vet:
 
 unit:
 	$(GO) test -race -count=1 ./...
+	$(GO) test -race -count=1 -tags vtprotobuf ./authz/
 
 vulncheck:
 	scripts/vulncheck.sh
@@ -62,7 +63,7 @@ e2e: tools envoy-validate
 # Each fuzz target for FUZZTIME (default 30s). `make test` runs their seed
 # corpora (testdata/fuzz) as ordinary tests.
 FUZZTIME ?= 30s
-FUZZ_TARGETS := ./authz:FuzzCheckRequest ./authz:FuzzAppendJSONString ./config:FuzzParse ./entitlement/file:FuzzParse
+FUZZ_TARGETS := ./authz:FuzzCheckRequest ./authz:FuzzDecodeCheckRequest ./authz:FuzzAppendJSONString ./config:FuzzParse ./entitlement/file:FuzzParse
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \

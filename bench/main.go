@@ -705,8 +705,13 @@ func printReport(w io.Writer, rep *Report) {
 	}
 }
 
-// writeResults writes the JSON report and a CSV of every run.
+// writeResults writes the JSON report and a CSV of every run. Each run
+// keeps its percentiles; the whole latency curve is kept for the merged
+// runs only, which is what the plot draws.
 func writeResults(path string, rep *Report) error {
+	for _, m := range rep.all {
+		m.Lat.Quantiles = nil
+	}
 	b, err := json.MarshalIndent(rep, "", "  ")
 	if err != nil {
 		return err
