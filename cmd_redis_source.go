@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -26,7 +25,7 @@ func (p *pipeline) openRedis(log *slog.Logger) (entitlement.Source, error) {
 	client := redis.NewClient(opts)
 	src, err := redissource.New(redissource.Options{
 		Client: client, Prefix: rc.Prefix, Channel: rc.Channel, Timeout: rc.Timeout,
-		Observer: redisObserver{p}, Logger: log,
+		Observer: sourceObserver{p.metrics, "redis"}, Logger: log,
 	})
 	if err != nil {
 		client.Close()
@@ -48,16 +47,4 @@ func (p *pipeline) openRedis(log *slog.Logger) (entitlement.Source, error) {
 			func() { p.cache.Purge() })
 	})
 	return src, nil
-}
-
-// redisObserver feeds the redis source's lookups to metrics.
-type redisObserver struct{ p *pipeline }
-
-func (o redisObserver) Call(_, outcome string, d time.Duration) {
-	o.p.metrics.SourceCall("redis", outcome, d)
-	switch outcome {
-	case "ok", "not_found", "canceled":
-	default:
-		o.p.metrics.SourceError("redis")
-	}
 }

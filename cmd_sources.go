@@ -150,7 +150,8 @@ func (o observedSource) Lookup(ctx context.Context, k entitlement.Key) (*entitle
 	return e, err
 }
 
-// sourceObserver feeds the http source's breaker state to metrics.
+// sourceObserver feeds a source's own call outcomes (and the http source's
+// breaker state) to metrics.
 type sourceObserver struct {
 	m    *metrics.Metrics
 	name string

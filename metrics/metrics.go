@@ -171,24 +171,16 @@ func (m *Metrics) SourceCall(source, outcome string, d time.Duration) {
 
 // BreakerState records a source's circuit-breaker state.
 func (m *Metrics) BreakerState(source, state string) {
-	for _, s := range []string{"closed", "open", "half_open"} {
-		v := 0.0
-		if s == state {
-			v = 1
-		}
+	oneHot(state, []string{"closed", "open", "half_open"}, func(s string, v float64) {
 		m.breaker.WithLabelValues(source, s).Set(v)
-	}
+	})
 }
 
 // QuotaStoreMode records the quota store's mode.
 func (m *Metrics) QuotaStoreMode(mode string) {
-	for _, s := range []string{"memory", "redis_primary", "redis_degraded"} {
-		v := 0.0
-		if s == mode {
-			v = 1
-		}
+	oneHot(mode, []string{"memory", "redis_primary", "redis_degraded"}, func(s string, v float64) {
 		m.qsMode.WithLabelValues(s).Set(v)
-	}
+	})
 }
 
 // QuotaPolicies records each quota's failure policy (quota name → closed/open).
@@ -221,4 +213,15 @@ func (m *Metrics) Reloaded(file string, err error, unixTime float64) {
 	}
 	m.reloads.WithLabelValues(file, "ok").Inc()
 	m.lastOK.WithLabelValues(file).Set(unixTime)
+}
+
+// oneHot sets 1 for the current state and 0 for every other.
+func oneHot(current string, all []string, set func(state string, v float64)) {
+	for _, s := range all {
+		v := 0.0
+		if s == current {
+			v = 1
+		}
+		set(s, v)
+	}
 }
