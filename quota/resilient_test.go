@@ -151,8 +151,20 @@ func TestRedisRestartDuringLoad(t *testing.T) {
 	small := []Item{{Key: "small", Cost: 1, Limit: localLimit, Reset: reset, FailOpen: true}}
 
 	type tally struct{ ok, refused, unavailable, other atomic.Int64 }
-	var phase atomic.Int32  // 0 healthy, 1 redis down, 2 redis back
+	var phase atomic.Int32  // 0 healthy, 1 redis down, 2 redis restarting and back
 	var tallies [3][3]tally // [phase][closed, open, small]
+	// Each spend holds gate for reading from its phase load to its tally, and
+	// the phase changes under the write lock, so a spend tallied as "down"
+	// ran wholly between the end of the kill and the start of the restart.
+	var gate sync.RWMutex
+	setPhase := func(p int32, during func()) {
+		gate.Lock()
+		defer gate.Unlock()
+		if during != nil {
+			during()
+		}
+		phase.Store(p)
+	}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for w := range 8 {
@@ -166,6 +178,7 @@ func TestRedisRestartDuringLoad(t *testing.T) {
 					return
 				default:
 				}
+				gate.RLock()
 				p := phase.Load()
 				kind, group, items := (w+i)%2, "acme", closed
 				if kind == 1 {
@@ -187,6 +200,7 @@ func TestRedisRestartDuringLoad(t *testing.T) {
 					tl.other.Add(1)
 					t.Errorf("unexpected error: %v", err)
 				}
+				gate.RUnlock()
 				time.Sleep(20 * time.Microsecond)
 			}
 		}()
@@ -217,8 +231,7 @@ func TestRedisRestartDuringLoad(t *testing.T) {
 	}
 	st0 := leased.Stats()
 
-	srv.Kill()
-	phase.Store(1)
+	setPhase(1, srv.Kill)
 	took := waitFor("degraded after kill", 2*time.Second, func() bool { return r.Mode() == ModeDegraded })
 	t.Logf("degraded %v after the kill", took)
 	time.Sleep(300 * time.Millisecond)
@@ -229,9 +242,9 @@ func TestRedisRestartDuringLoad(t *testing.T) {
 		t.Errorf("local count of the small fail-open item = %d, want its limit %d", got, localLimit)
 	}
 
+	setPhase(2, nil)
 	srv.Restart()
 	restarted := time.Now()
-	phase.Store(2)
 	took = waitFor("back to primary after restart", 3*time.Second, func() bool { return r.Mode() == ModePrimary })
 	t.Logf("primary %v after the restart", took)
 	st1 := leased.Stats()
