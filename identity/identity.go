@@ -90,7 +90,9 @@ func (ch Chain) Extract(r Request) Credential {
 // form in which tollgate holds, compares and looks up keys.
 func HashKey(key string) string {
 	sum := sha256.Sum256([]byte(key))
-	return hex.EncodeToString(sum[:])
+	var buf [2 * sha256.Size]byte
+	hex.Encode(buf[:], sum[:])
+	return string(buf[:])
 }
 
 // HeaderKey reads an API key from a header.

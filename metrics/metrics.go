@@ -4,6 +4,10 @@
 package metrics
 
 import (
+	"maps"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,9 +28,11 @@ type Metrics struct {
 	srcErr   *prometheus.CounterVec
 	reloads  *prometheus.CounterVec
 	quotas   *prometheus.CounterVec
+	quotaBy  children[*[len(quotaOutcomes)]prometheus.Counter]
 	invalid  *prometheus.CounterVec
 	srcCalls *prometheus.CounterVec
 	srcLat   *prometheus.HistogramVec
+	srcBy    children[*sourceSeries]
 	breaker  *prometheus.GaugeVec
 	qsMode   *prometheus.GaugeVec
 	qPolicy  *prometheus.GaugeVec
@@ -158,15 +164,85 @@ func (m *Metrics) ObserveCheck(r *authz.Result) {
 	}
 }
 
-// ObserveQuota implements authz.Observer.
+// quotaOutcomes are the outcomes ObserveQuota is told of.
+var quotaOutcomes = [...]string{"allowed", "exhausted", "error"}
+
+// ObserveQuota implements authz.Observer. It runs for every spend, so the
+// series of a quota are looked up once and held (see children).
 func (m *Metrics) ObserveQuota(quota, outcome string) {
-	m.quotas.WithLabelValues(quota, outcome).Inc()
+	i := slices.Index(quotaOutcomes[:], outcome)
+	if i < 0 {
+		m.quotas.WithLabelValues(quota, outcome).Inc()
+		return
+	}
+	m.quotaBy.get(quota, func() *[len(quotaOutcomes)]prometheus.Counter {
+		var cs [len(quotaOutcomes)]prometheus.Counter
+		for j, o := range quotaOutcomes {
+			cs[j] = m.quotas.WithLabelValues(quota, o)
+		}
+		return &cs
+	})[i].Inc()
+}
+
+// sourceOutcomes are the outcomes SourceCall is told of.
+var sourceOutcomes = [...]string{"ok", "not_found", "error"}
+
+// sourceSeries are one source's call counters (by sourceOutcomes) and its
+// call-time histogram.
+type sourceSeries struct {
+	calls   [len(sourceOutcomes)]prometheus.Counter
+	latency prometheus.Observer
 }
 
 // SourceCall records one entitlement source call.
 func (m *Metrics) SourceCall(source, outcome string, d time.Duration) {
-	m.srcCalls.WithLabelValues(source, outcome).Inc()
-	m.srcLat.WithLabelValues(source).Observe(d.Seconds())
+	s := m.srcBy.get(source, func() *sourceSeries {
+		s := &sourceSeries{latency: m.srcLat.WithLabelValues(source)}
+		for j, o := range sourceOutcomes {
+			s.calls[j] = m.srcCalls.WithLabelValues(source, o)
+		}
+		return s
+	})
+	if i := slices.Index(sourceOutcomes[:], outcome); i >= 0 {
+		s.calls[i].Inc()
+	} else {
+		m.srcCalls.WithLabelValues(source, outcome).Inc()
+	}
+	s.latency.Observe(d.Seconds())
+}
+
+// children holds the series of a metric vector by one label value (a quota
+// or source name, from config: a bounded set). A read is a plain map lookup,
+// without the hashing and the vector's lock that WithLabelValues takes on
+// every call; a new label value copies the map.
+type children[T any] struct {
+	mu sync.Mutex
+	m  atomic.Pointer[map[string]T]
+}
+
+// get returns the series for label, made by mk the first time.
+func (c *children[T]) get(label string, mk func() T) T {
+	if m := c.m.Load(); m != nil {
+		if v, ok := (*m)[label]; ok {
+			return v
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := c.m.Load()
+	if old != nil {
+		if v, ok := (*old)[label]; ok {
+			return v
+		}
+	}
+	next := make(map[string]T, 1)
+	if old != nil {
+		next = maps.Clone(*old)
+	}
+	v := mk()
+	next[label] = v
+	c.m.Store(&next)
+	return v
 }
 
 // BreakerState records a source's circuit-breaker state.

@@ -3,6 +3,7 @@ package quota
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 )
 
@@ -22,8 +23,53 @@ type Item struct {
 }
 
 // Key builds the counter key for a subject's quota in the window starting at start.
+// The window start is written as 20060102T150405 in UTC. Key runs on every
+// spend, so it writes the digits itself into one allocation rather than
+// going through time.Format and a concatenation.
 func Key(subject, quota string, start time.Time) string {
-	return subject + "\x00" + quota + "\x00" + start.UTC().Format("20060102T150405")
+	var b strings.Builder
+	b.Grow(len(subject) + len(quota) + 2 + len(keyStampLayout))
+	b.WriteString(subject)
+	b.WriteByte(0)
+	b.WriteString(quota)
+	b.WriteByte(0)
+	var stamp [len(keyStampLayout)]byte
+	b.Write(appendKeyStamp(stamp[:0], start))
+	return b.String()
+}
+
+// keyStampLayout is the layout of a window start inside a key.
+const keyStampLayout = "20060102T150405"
+
+// appendKeyStamp appends t in UTC as keyStampLayout. Years outside 0–9999
+// are written by time.Format, which is what the layout means for them.
+func appendKeyStamp(b []byte, t time.Time) []byte {
+	t = t.UTC()
+	year, month, day := t.Date()
+	if year < 0 || year > 9999 {
+		return t.AppendFormat(b, keyStampLayout)
+	}
+	hour, minute, sec := t.Clock()
+	b = appendDigits(b, year, 4)
+	b = appendDigits(b, int(month), 2)
+	b = appendDigits(b, day, 2)
+	b = append(b, 'T')
+	b = appendDigits(b, hour, 2)
+	b = appendDigits(b, minute, 2)
+	return appendDigits(b, sec, 2)
+}
+
+// appendDigits appends v, 0 ≤ v < 10^width, zero-padded to width digits.
+func appendDigits(b []byte, v, width int) []byte {
+	n := len(b)
+	for range width {
+		b = append(b, 0)
+	}
+	for i := len(b) - 1; i >= n; i-- {
+		b[i] = byte('0' + v%10)
+		v /= 10
+	}
+	return b
 }
 
 // Store spends on counters.

@@ -1,0 +1,42 @@
+package quota
+
+import (
+	"testing"
+	"time"
+)
+
+func TestKey(t *testing.T) {
+	est := time.FixedZone("EST", -5*3600)
+	cases := []struct {
+		name  string
+		start time.Time
+		want  string
+	}{
+		{"utc", time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC), "acme\x00requests\x0020260301T000000"},
+		{"every digit", time.Date(2019, 12, 31, 23, 59, 58, 999, time.UTC), "acme\x00requests\x0020191231T235958"},
+		{"another zone is written in UTC", time.Date(2026, 3, 1, 21, 30, 5, 0, est), "acme\x00requests\x0020260302T023005"},
+		{"a short year is padded", time.Date(987, 6, 5, 4, 3, 2, 0, time.UTC), "acme\x00requests\x0009870605T040302"},
+		{"the zero time", time.Time{}, "acme\x00requests\x0000010101T000000"},
+		{"a five-digit year", time.Date(12345, 1, 2, 3, 4, 5, 0, time.UTC), "acme\x00requests\x00123450102T030405"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := Key("acme", "requests", c.start)
+			if got != c.want {
+				t.Errorf("Key = %q, want %q", got, c.want)
+			}
+			// The layout is time.Format's, whatever the year.
+			if want := "acme\x00requests\x00" + c.start.UTC().Format(keyStampLayout); got != want {
+				t.Errorf("Key = %q, time.Format gives %q", got, want)
+			}
+		})
+	}
+}
+
+func BenchmarkKey(b *testing.B) {
+	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = Key("d2a84f4b8b650937ec8f73cd8be2c74add5a911ba64df27458ed8229da804a26", "requests", start)
+	}
+}
