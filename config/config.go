@@ -5,7 +5,6 @@
 package config
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net/url"
@@ -13,8 +12,6 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
-
-	yaml "go.yaml.in/yaml/v3"
 
 	"github.com/tollgate-authz/tollgate/authz"
 	"github.com/tollgate-authz/tollgate/identity"
@@ -267,23 +264,17 @@ func Load(path string) (*Config, error) {
 // Parse is Load for bytes already read; name is used in errors and to
 // resolve relative paths.
 func Parse(name string, data []byte) (*Config, error) {
-	if len(bytes.TrimSpace(data)) == 0 {
-		return nil, fmt.Errorf("%s: the file is empty", name)
-	}
 	var c Config
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil {
-		return nil, yamlpos.Errors(name, err)
+	yd, err := yamlpos.Decode(name, data, &c, "")
+	if err != nil {
+		return nil, err
 	}
-	var root yaml.Node
-	_ = yaml.Unmarshal(data, &root)
 	c.Path = name
 	c.defaults()
 
 	var errs []error
 	fail := func(path, msg string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s:%d: %s: %s", name, yamlpos.Line(&root, path), path, fmt.Sprintf(msg, args...)))
+		errs = append(errs, yd.Errorf(path, msg, args...))
 	}
 
 	if err := checkAddress(c.Server.GRPCAddress, true); err != nil {

@@ -5,7 +5,6 @@
 package file
 
 import (
-	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -13,8 +12,6 @@ import (
 	"os"
 	"strings"
 	"time"
-
-	yaml "go.yaml.in/yaml/v3"
 
 	"github.com/tollgate-authz/tollgate/entitlement"
 	"github.com/tollgate-authz/tollgate/internal/watch"
@@ -113,22 +110,14 @@ func (s *Source) load() (*index, error) {
 // parse decodes and validates an entitlements document. name is used in errors.
 func parse(name string, data []byte, check func(*entitlement.Entitlement) (string, error)) (*index, error) {
 	// An empty file is far more likely a write caught half way, or a botched
-	// deploy, than a wish to lock every customer out: refuse it.
+	// deploy, than a wish to lock every customer out: Decode refuses it.
 	// ("subjects: []" says "no subjects" on purpose.)
-	if len(bytes.TrimSpace(data)) == 0 {
-		return nil, fmt.Errorf("%s: the file is empty (write \"subjects: []\" for no subjects)", name)
-	}
 	var doc Document
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&doc); err != nil {
-		return nil, yamlpos.Errors(name, err)
+	yd, err := yamlpos.Decode(name, data, &doc, `write "subjects: []" for no subjects`)
+	if err != nil {
+		return nil, err
 	}
-	var root yaml.Node
-	_ = yaml.Unmarshal(data, &root)
-	fail := func(path, msg string, args ...any) error {
-		return fmt.Errorf("%s:%d: %s: %s", name, yamlpos.Line(&root, path), path, fmt.Sprintf(msg, args...))
-	}
+	fail := yd.Errorf
 
 	idx := &index{
 		bySubject: make(map[string]*entitlement.Entitlement, len(doc.Subjects)),

@@ -1,7 +1,6 @@
 package stripesource
 
 import (
-	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -11,8 +10,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	yaml "go.yaml.in/yaml/v3"
 
 	"github.com/tollgate-authz/tollgate/entitlement"
 	"github.com/tollgate-authz/tollgate/internal/watch"
@@ -65,7 +62,7 @@ type Map struct {
 // NewMap builds a map from records held in memory, for example read from
 // the team's own user database. Replace swaps in new records later.
 func NewMap(customers []Customer) (*Map, error) {
-	idx, err := buildIndex("customers", customers, nil)
+	idx, err := buildIndex(yamlpos.Named("customers"), customers)
 	if err != nil {
 		return nil, err
 	}
@@ -93,7 +90,7 @@ func OpenMap(path string, opts MapOptions) (*Map, error) {
 
 // Replace swaps in a new set of records. On error the old map stays in force.
 func (m *Map) Replace(customers []Customer) error {
-	idx, err := buildIndex("customers", customers, nil)
+	idx, err := buildIndex(yamlpos.Named("customers"), customers)
 	if err != nil {
 		return err
 	}
@@ -171,30 +168,19 @@ func (m *Map) load() (*mapIndex, error) {
 // parseMap decodes and validates a credential map file. name is used in errors.
 func parseMap(name string, data []byte) (*mapIndex, error) {
 	// An empty file is more likely a half-written file than a wish to lock
-	// everyone out; "customers: []" says so on purpose.
-	if len(bytes.TrimSpace(data)) == 0 {
-		return nil, fmt.Errorf("%s: the file is empty (write \"customers: []\" for no customers)", name)
-	}
+	// everyone out: Decode refuses it. "customers: []" says so on purpose.
 	var doc mapDocument
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&doc); err != nil {
-		return nil, yamlpos.Errors(name, err)
+	yd, err := yamlpos.Decode(name, data, &doc, `write "customers: []" for no customers`)
+	if err != nil {
+		return nil, err
 	}
-	var root yaml.Node
-	_ = yaml.Unmarshal(data, &root)
-	return buildIndex(name, doc.Customers, &root)
+	return buildIndex(yd, doc.Customers)
 }
 
-// buildIndex validates records and indexes them. root, when not nil, lets
-// errors name the line; otherwise they name the record's position.
-func buildIndex(name string, customers []Customer, root *yaml.Node) (*mapIndex, error) {
-	fail := func(path, msg string, args ...any) error {
-		if root != nil {
-			return fmt.Errorf("%s:%d: %s: %s", name, yamlpos.Line(root, path), path, fmt.Sprintf(msg, args...))
-		}
-		return fmt.Errorf("%s: %s: %s", name, path, fmt.Sprintf(msg, args...))
-	}
+// buildIndex validates records and indexes them. Errors name the line when
+// the records were read from YAML, otherwise only the record's position.
+func buildIndex(yd *yamlpos.Doc, customers []Customer) (*mapIndex, error) {
+	fail := yd.Errorf
 	idx := &mapIndex{
 		bySubject:  make(map[string]*Customer, len(customers)),
 		byDigest:   make(map[string]*Customer, len(customers)),

@@ -1,5 +1,7 @@
 // Package yamlpos finds where a field of a YAML document was written, so that
-// validation errors can name the file, the line and the field.
+// validation errors can name the file, the line and the field. Decode reads a
+// file strictly and gives a Doc whose Errorf does the naming; Line and Errors
+// are the parts it is built from.
 package yamlpos
 
 import (
