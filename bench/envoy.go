@@ -1,172 +1,59 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	yaml "go.yaml.in/yaml/v3"
+	"github.com/tollgate-authz/tollgate/internal/envoytest"
 )
 
 // The Envoy measurement: the same HTTP load through Envoy with ext_authz
 // calling tollgate, and through Envoy with ext_authz disabled on the route.
 // The difference is what tollgate adds to a request as a client sees it.
 
-// envoyConfig renders the repo's envoy.yaml with ports chosen by the
-// kernel, tollgate and the upstream at the given addresses, and, when
-// authz is false, ext_authz disabled on every route (as envoy.yaml does
-// for /healthz). Nothing else changes: the access log, path normalisation
-// and the ext_authz settings are the shipped ones.
-func envoyConfig(repo, tollgate, upstream string, authz bool) ([]byte, error) {
+// startEnvoy runs Envoy from the repo's envoy.yaml on the server CPUs, with
+// tollgate and the upstream at the given addresses and, when authz is
+// false, ext_authz disabled on every route (as envoy.yaml does for
+// /healthz). Nothing else changes: the access log, path normalisation and
+// the ext_authz settings are the shipped ones.
+func startEnvoy(repo, dir, bin, name, tollgate, upstream string, authz bool) (*envoytest.Envoy, error) {
 	src, err := os.ReadFile(filepath.Join(repo, "envoy.yaml"))
 	if err != nil {
 		return nil, err
 	}
-	var root map[string]any
-	if err := yaml.Unmarshal(src, &root); err != nil {
-		return nil, fmt.Errorf("envoy.yaml: %w", err)
-	}
-	var out []byte
-	err = func() (err error) {
-		defer func() {
-			if r := recover(); r != nil {
-				err = fmt.Errorf("envoy.yaml does not have the expected shape: %v", r)
-			}
-		}()
-		mapAt(root, "admin", "address", "socket_address")["port_value"] = 0
-		sr := mapAt(root, "static_resources")
-		listener := listAt(sr, "listeners")[0].(map[string]any)
-		mapAt(listener, "address", "socket_address")["port_value"] = 0
-		hcm := mapAt(findNamed(listAt(listAt(listener, "filter_chains")[0].(map[string]any), "filters"),
-			"envoy.filters.network.http_connection_manager"), "typed_config")
-		if !authz {
-			vh := listAt(mapAt(hcm, "route_config"), "virtual_hosts")[0].(map[string]any)
-			for _, r := range listAt(vh, "routes") {
-				r.(map[string]any)["typed_per_filter_config"] = map[string]any{
-					"envoy.filters.http.ext_authz": map[string]any{
-						"@type":    "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
-						"disabled": true,
-					},
-				}
-			}
-		}
-		clusters := listAt(sr, "clusters")
-		for name, addr := range map[string]string{"tollgate": tollgate, "upstream": upstream} {
-			c := findNamed(clusters, name)
-			ep := listAt(listAt(mapAt(c, "load_assignment"), "endpoints")[0].(map[string]any), "lb_endpoints")[0].(map[string]any)
-			sa := mapAt(ep, "endpoint", "address", "socket_address")
-			host, port, err := net.SplitHostPort(addr)
-			if err != nil {
-				return err
-			}
-			p, _ := strconv.Atoi(port)
-			sa["address"], sa["port_value"] = host, p
-		}
-		out, err = yaml.Marshal(root)
-		return err
-	}()
-	return out, err
-}
-
-type envoyProc struct {
-	*proc
-	listen string
-	admin  string
-}
-
-// startEnvoy runs Envoy with one worker (so one gRPC connection to
-// tollgate, as in a sidecar) on the server CPUs.
-func startEnvoy(dir, bin, name string, cfg []byte) (*envoyProc, error) {
-	cfgPath := filepath.Join(dir, name+".yaml")
-	if err := os.WriteFile(cfgPath, cfg, 0o600); err != nil {
-		return nil, err
-	}
-	adminFile := filepath.Join(dir, name+"-admin-address")
-	p, err := start(name, filepath.Join(dir, name+".log"), bin, nil,
-		"-c", cfgPath,
-		"--base-id", strconv.Itoa(20000+rand.IntN(1<<20)),
-		"--disable-hot-restart",
-		"--concurrency", "1",
-		"--log-level", "warn",
-		"--admin-address-path", adminFile)
+	cfg, _, err := envoytest.Derive(src, envoytest.Changes{Tollgate: tollgate, Upstream: upstream, NoAuthz: !authz})
 	if err != nil {
 		return nil, err
 	}
-	e := &envoyProc{proc: p}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if p.exited() {
-			return nil, fmt.Errorf("envoy exited: %v\n%s", p.err, p.tail())
-		}
-		if time.Now().After(deadline) {
-			p.stop()
-			return nil, fmt.Errorf("envoy not ready in time:\n%s", p.tail())
-		}
-		if e.admin == "" {
-			if b, err := os.ReadFile(adminFile); err == nil && len(bytes.TrimSpace(b)) > 0 {
-				e.admin = strings.TrimSpace(string(b))
-			}
-		}
-		if e.admin != "" && httpOK("http://"+e.admin+"/ready") {
-			break
-		}
-		time.Sleep(25 * time.Millisecond)
+	e, err := envoytest.Start(envoytest.Options{
+		Bin: bin, Config: cfg, Dir: dir, Name: name,
+		BaseID: 20000, LogLevel: "warn", Ready: 30 * time.Second,
+		Command: func(bin string, args ...string) *exec.Cmd { return command(bin, nil, args...) },
+	})
+	if err != nil {
+		return nil, err
 	}
-	var ls struct {
-		ListenerStatuses []struct {
-			LocalAddress struct {
-				SocketAddress struct {
-					Address   string `json:"address"`
-					PortValue int    `json:"port_value"`
-				} `json:"socket_address"`
-			} `json:"local_address"`
-		} `json:"listener_statuses"`
-	}
-	body, err := httpGet("http://" + e.admin + "/listeners?format=json")
-	if err == nil {
-		err = json.Unmarshal(body, &ls)
-	}
-	if err != nil || len(ls.ListenerStatuses) == 0 {
-		p.stop()
-		return nil, fmt.Errorf("envoy /listeners: %v %s", err, body)
-	}
-	sa := ls.ListenerStatuses[0].LocalAddress.SocketAddress
-	e.listen = net.JoinHostPort(sa.Address, strconv.Itoa(sa.PortValue))
+	track(e.Child)
 	return e, nil
 }
 
-// adminClient ignores any proxy settings: everything here is loopback.
-var adminClient = &http.Client{Transport: &http.Transport{Proxy: nil}, Timeout: 5 * time.Second}
-
-func httpGet(url string) ([]byte, error) {
-	resp, err := adminClient.Get(url)
-	if err != nil {
-		return nil, err
+// envoyPath finds Envoy (see envoytest.Find): "" when there is none.
+func envoyPath(repo string) (string, error) {
+	p, err := envoytest.Find(repo)
+	if errors.Is(err, envoytest.ErrNotFound) {
+		return "", nil
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err == nil && resp.StatusCode != 200 {
-		err = fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	return b, err
-}
-
-func httpOK(url string) bool {
-	_, err := httpGet(url)
-	return err == nil
+	return p, err
 }
 
 // startUpstream is the API behind Envoy: a tiny Go server that answers
@@ -223,131 +110,17 @@ func runHTTP(ctx context.Context, addr string, spec LoadSpec, reqs []HTTPRequest
 	}
 	wg.Wait()
 
-	var (
-		next    atomic.Uint64
-		late    atomic.Int64
-		stop    atomic.Bool
-		workers = make([]*worker, spec.Streams)
-	)
-	start := time.Now()
-	measureFrom := start.Add(spec.Warmup)
-	measureTo := measureFrom.Add(spec.Duration)
-	var due chan time.Time
-	if spec.Rate > 0 {
-		due = make(chan time.Time, spec.Streams*256)
-		go dispatch(ctx, due, spec.Rate, start, measureTo, &stop, &late, measureFrom)
-	}
-	for i := range workers {
-		w := &worker{hist: NewHistogram(), byKind: make([]int64, numKinds)}
-		workers[i] = w
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for !stop.Load() {
-				sent := time.Now()
-				if due != nil {
-					t, ok := <-due
-					if !ok {
-						return
-					}
-					sent = t
-				} else if sent.After(measureTo) {
-					return
-				}
-				r := &reqs[next.Add(1)%uint64(len(reqs))]
-				status, err := do(r)
-				done := time.Now()
-				if sent.Before(measureFrom) || done.After(measureTo) {
-					continue
-				}
-				if err != nil || status != 200 {
-					w.errors++
-					if ctx.Err() != nil {
-						return
-					}
-					continue
-				}
-				w.hist.Record(done.Sub(sent))
-				w.byKind[r.Kind]++
+	newSend := func(int) send {
+		return func(n uint64) (Kind, bool, error) {
+			r := &reqs[n%uint64(len(reqs))]
+			status, err := do(r)
+			if err == nil && status != http.StatusOK {
+				err = fmt.Errorf("status %d", status)
 			}
-		}()
-	}
-	sleepUntil(ctx, measureFrom)
-	cli0 := selfCPU()
-	t0 := time.Now()
-	sleepUntil(ctx, measureTo)
-	cli1 := selfCPU()
-	elapsed := time.Since(t0)
-	stop.Store(true)
-	wg.Wait()
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	m := &Measurement{Spec: spec, Elapsed: elapsed.Seconds(), ByKind: map[string]int64{}, Late: late.Load(), hist: NewHistogram()}
-	for _, w := range workers {
-		m.hist.Merge(w.hist)
-		m.Errors += w.errors
-		for k, n := range w.byKind {
-			m.ByKind[Kind(k).String()] += n
+			return r.Kind, true, err
 		}
 	}
-	m.Requests = m.hist.Count()
-	m.Throughput = float64(m.Requests) / elapsed.Seconds()
-	m.Lat = m.hist.Summary()
-	m.ClientCPU = cli1 - cli0
-	return m, nil
-}
-
-// envoyPath finds Envoy: $ENVOY, then .tools/bin/envoy, then PATH.
-func envoyPath(repo string) string {
-	if p := os.Getenv("ENVOY"); p != "" {
-		return p
-	}
-	if p := filepath.Join(repo, ".tools", "bin", "envoy"); fileExists(p) {
-		return p
-	}
-	if p, err := exec.LookPath("envoy"); err == nil {
-		return p
-	}
-	return ""
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
-}
-
-// YAML tree helpers. They panic on an unexpected shape; envoyConfig recovers.
-
-func mapAt(m map[string]any, path ...string) map[string]any {
-	cur := m
-	for _, k := range path {
-		next, ok := cur[k].(map[string]any)
-		if !ok {
-			if cur[k] != nil {
-				panic(fmt.Sprintf("%s is %T, not a mapping", k, cur[k]))
-			}
-			next = map[string]any{}
-			cur[k] = next
-		}
-		cur = next
-	}
-	return cur
-}
-
-func listAt(m map[string]any, key string) []any {
-	l, ok := m[key].([]any)
-	if !ok || len(l) == 0 {
-		panic(fmt.Sprintf("%s is missing or empty", key))
-	}
-	return l
-}
-
-func findNamed(l []any, name string) map[string]any {
-	for _, x := range l {
-		if m, ok := x.(map[string]any); ok && m["name"] == name {
-			return m
-		}
-	}
-	panic(fmt.Sprintf("nothing named %s", name))
+	// Only the harness's CPU time: Envoy's and the servers' are not read.
+	sample := func() cpuTimes { return cpuTimes{client: selfCPU()} }
+	return drive(ctx, spec, newSend, sample)
 }

@@ -165,13 +165,44 @@ func runGRPC(ctx context.Context, addr string, pid int, spec LoadSpec, reqs []en
 			return nil, fmt.Errorf("%s: first Check: %w", addr, err)
 		}
 	}
+	newSend := func(stream int) send {
+		cc := conns[stream%len(conns)]
+		var msg rawMsg
+		return func(n uint64) (Kind, bool, error) {
+			e := &reqs[n%uint64(len(reqs))]
+			msg.b = e.b
+			cctx, cancel := context.WithTimeout(ctx, spec.Timeout)
+			err := cc.Invoke(cctx, checkMethod, &msg, &msg)
+			cancel()
+			return e.kind, !checkKinds || decisionFits(e.kind, &msg), err
+		}
+	}
+	// CPU time of the server, the harness and the machine.
+	sample := func() cpuTimes { return cpuTimes{procCPU(pid), selfCPU(), machineCPU()} }
+	return drive(ctx, spec, newSend, sample)
+}
 
+// A send makes request n (to be taken modulo the requests) and reports
+// its kind, whether the answer is the one the kind expects, and whether it
+// failed.
+type send func(n uint64) (k Kind, fits bool, err error)
+
+// cpuTimes are CPU seconds used so far by the server (0 when unknown), by
+// the harness, and by the whole machine (0 when not measured).
+type cpuTimes struct{ server, client, machine float64 }
+
+// drive runs spec's load with one goroutine per stream, each sending with
+// its own send from newSend: a closed loop, or at spec.Rate an open loop.
+// It measures latency, and CPU time from sample, over the window after the
+// warm-up only.
+func drive(ctx context.Context, spec LoadSpec, newSend func(stream int) send, sample func() cpuTimes) (*Measurement, error) {
 	var (
-		next    atomic.Uint64
-		late    atomic.Int64
-		stop    atomic.Bool
-		wg      sync.WaitGroup
-		workers = make([]*worker, spec.Streams)
+		next     atomic.Uint64
+		late     atomic.Int64
+		stop     atomic.Bool
+		measured atomic.Int64
+		wg       sync.WaitGroup
+		workers  = make([]*worker, spec.Streams)
 	)
 	start := time.Now()
 	measureFrom := start.Add(spec.Warmup)
@@ -181,15 +212,13 @@ func runGRPC(ctx context.Context, addr string, pid int, spec LoadSpec, reqs []en
 		due = make(chan time.Time, spec.Streams*256)
 		go dispatch(ctx, due, spec.Rate, start, measureTo, &stop, &late, measureFrom)
 	}
-	var measured atomic.Int64
 	for i := range workers {
 		w := &worker{hist: NewHistogram(), byKind: make([]int64, numKinds)}
 		workers[i] = w
-		cc := conns[i%len(conns)]
+		call := newSend(i)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var msg rawMsg
 			for !stop.Load() {
 				sent := time.Now()
 				if due != nil {
@@ -201,11 +230,7 @@ func runGRPC(ctx context.Context, addr string, pid int, spec LoadSpec, reqs []en
 				} else if sent.After(measureTo) {
 					return
 				}
-				e := &reqs[next.Add(1)%uint64(len(reqs))]
-				msg.b = e.b
-				cctx, cancel := context.WithTimeout(ctx, spec.Timeout)
-				err := cc.Invoke(cctx, checkMethod, &msg, &msg)
-				cancel()
+				kind, fits, err := call(next.Add(1))
 				done := time.Now()
 				if sent.Before(measureFrom) || done.After(measureTo) {
 					continue
@@ -218,8 +243,8 @@ func runGRPC(ctx context.Context, addr string, pid int, spec LoadSpec, reqs []en
 					continue
 				}
 				w.hist.Record(done.Sub(sent))
-				w.byKind[e.kind]++
-				if checkKinds && !decisionFits(e.kind, &msg) {
+				w.byKind[kind]++
+				if !fits {
 					w.mismatched++
 				}
 				if spec.MaxReqs > 0 && measured.Add(1) >= spec.MaxReqs {
@@ -229,14 +254,18 @@ func runGRPC(ctx context.Context, addr string, pid int, spec LoadSpec, reqs []en
 		}()
 	}
 
-	// CPU time over the measured window only.
 	sleepUntil(ctx, measureFrom)
-	srv0, cli0, all0 := procCPU(pid), selfCPU(), machineCPU()
+	cpu0 := sample()
 	t0 := time.Now()
-	for time.Now().Before(measureTo) && !stop.Load() && ctx.Err() == nil {
-		time.Sleep(10 * time.Millisecond)
+	if spec.MaxReqs > 0 {
+		// The request cap can end the window early: watch for it.
+		for time.Now().Before(measureTo) && !stop.Load() && ctx.Err() == nil {
+			time.Sleep(10 * time.Millisecond)
+		}
+	} else {
+		sleepUntil(ctx, measureTo)
 	}
-	srv1, cli1, all1 := procCPU(pid), selfCPU(), machineCPU()
+	cpu1 := sample()
 	elapsed := time.Since(t0)
 	stop.Store(true)
 	wg.Wait()
@@ -256,14 +285,12 @@ func runGRPC(ctx context.Context, addr string, pid int, spec LoadSpec, reqs []en
 	m.Requests = m.hist.Count()
 	m.Throughput = float64(m.Requests) / elapsed.Seconds()
 	m.Lat = m.hist.Summary()
-	if pid != 0 {
-		m.ServerCPU = srv1 - srv0
-		if m.Requests > 0 {
-			m.ServerCPUPerCheck = m.ServerCPU / float64(m.Requests) * 1e6
-		}
+	m.ServerCPU = cpu1.server - cpu0.server
+	if m.Requests > 0 {
+		m.ServerCPUPerCheck = m.ServerCPU / float64(m.Requests) * 1e6
 	}
-	m.ClientCPU = cli1 - cli0
-	m.OtherCPU = max(all1-all0-m.ServerCPU-m.ClientCPU, 0)
+	m.ClientCPU = cpu1.client - cpu0.client
+	m.OtherCPU = max(cpu1.machine-cpu0.machine-m.ServerCPU-m.ClientCPU, 0)
 	return m, nil
 }
 

@@ -36,6 +36,8 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/tollgate-authz/tollgate/internal/envoytest"
 )
 
 type options struct {
@@ -277,7 +279,7 @@ func run(ctx context.Context, o options) error {
 	fmt.Fprintln(os.Stderr, "bench: starting tollgate and the floor server")
 	var tg *server
 	if o.target != "" {
-		tg = &server{proc: &proc{name: "tollgate", pid0: o.targetPID}, addr: o.target}
+		tg = &server{targetPID: o.targetPID, addr: o.target}
 	} else if tg, err = startTollgate(dir, "tollgate", bin, cfg, nil); err != nil {
 		return err
 	}
@@ -375,7 +377,9 @@ func run(ctx context.Context, o options) error {
 	if o.envoy {
 		eb := o.envoyBin
 		if eb == "" {
-			eb = envoyPath(o.repo)
+			if eb, err = envoyPath(o.repo); err != nil {
+				return err
+			}
 		}
 		if eb == "" {
 			rep.Notes = append(rep.Notes, "Envoy not measured: no Envoy binary (make tools)")
@@ -505,7 +509,7 @@ func runEnvoy(ctx context.Context, o options, dir, bin, tollgate, floor string) 
 	defer stopUp()
 	type cfg struct {
 		name string
-		e    *envoyProc
+		e    *envoytest.Envoy
 	}
 	var cfgs []cfg
 	for _, c := range []struct {
@@ -513,15 +517,11 @@ func runEnvoy(ctx context.Context, o options, dir, bin, tollgate, floor string) 
 		authz  bool
 		server string
 	}{{"no_ext_authz", false, tollgate}, {"ext_authz", true, tollgate}, {"ext_authz_floor", true, floor}} {
-		y, err := envoyConfig(o.repo, c.server, up, c.authz)
+		e, err := startEnvoy(o.repo, dir, bin, "envoy-"+c.name, c.server, up, c.authz)
 		if err != nil {
 			return nil, err
 		}
-		e, err := startEnvoy(dir, bin, "envoy-"+c.name, y)
-		if err != nil {
-			return nil, err
-		}
-		defer e.stop()
+		defer e.Stop()
 		cfgs = append(cfgs, cfg{c.name, e})
 	}
 	reqs := genRequests(20_000, o.subjects, Mix{}, 2) // allowed only: both paths reach the upstream
@@ -533,7 +533,7 @@ func runEnvoy(ctx context.Context, o options, dir, bin, tollgate, floor string) 
 		for k := range cfgs {
 			c := cfgs[(k+round-1)%len(cfgs)]
 			fmt.Fprintf(os.Stderr, "bench: Envoy %s, round %d/%d\n", c.name, round, o.envoyRounds)
-			m, err := runHTTP(ctx, c.e.listen, spec, reqs)
+			m, err := runHTTP(ctx, c.e.Listen, spec, reqs)
 			if err != nil {
 				return nil, err
 			}

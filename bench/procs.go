@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,22 +11,14 @@ import (
 	"sync"
 	"syscall"
 	"time"
-)
 
-// proc is a child process the harness started; it is stopped by its PID.
-type proc struct {
-	name string
-	pid0 int // the PID of a process started elsewhere (-target-pid)
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
-	err  error
-}
+	"github.com/tollgate-authz/tollgate/internal/proc"
+)
 
 // procs is every child started, so that an interrupted run stops them all.
 var procs struct {
 	sync.Mutex
-	list []*proc
+	list []*proc.Child
 }
 
 // serverEnv is added to every child's environment (-gogc).
@@ -39,116 +29,63 @@ var pinning struct {
 	client, server string
 }
 
-// start runs bin with args, on the server CPUs when pinning, with its
-// stdout and stderr in logPath.
-func start(name, logPath, bin string, env []string, args ...string) (*proc, error) {
-	lf, err := os.Create(logPath)
-	if err != nil {
-		return nil, err
-	}
+// command runs bin with args on the server CPUs when pinning, with
+// serverEnv and env added to the environment.
+func command(bin string, env []string, args ...string) *exec.Cmd {
 	if pinning.server != "" {
 		args = append([]string{"-c", pinning.server, bin}, args...)
 		bin = "taskset"
 	}
 	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = lf, lf
 	if env = append(append([]string(nil), serverEnv...), env...); len(env) > 0 {
 		cmd.Env = append(os.Environ(), env...)
 	}
-	if err := cmd.Start(); err != nil {
-		lf.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
+	return cmd
+}
+
+// start runs bin with args (see command), with its stdout and stderr in
+// logPath.
+func start(name, logPath, bin string, env []string, args ...string) (*proc.Child, error) {
+	p, err := proc.Start(name, logPath, command(bin, env, args...))
+	if err != nil {
+		return nil, err
 	}
-	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		lf.Close()
-		close(p.done)
-	}()
-	procs.Lock()
-	procs.list = append(procs.list, p)
-	procs.Unlock()
+	track(p)
 	return p, nil
 }
 
-func (p *proc) pid() int {
-	if p.cmd == nil {
-		return p.pid0
-	}
-	return p.cmd.Process.Pid
+// track adds p to the children stopAll stops.
+func track(p *proc.Child) {
+	procs.Lock()
+	procs.list = append(procs.list, p)
+	procs.Unlock()
 }
 
-// stop sends SIGTERM to the process's PID, then SIGKILL after 5 s.
-func (p *proc) stop() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(5 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
+// stopAll stops every child, the last started first, each by its PID.
 func stopAll() {
 	procs.Lock()
 	defer procs.Unlock()
 	for i := len(procs.list) - 1; i >= 0; i-- {
-		procs.list[i].stop()
+		procs.list[i].Stop()
 	}
 	procs.list = nil
 }
 
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-func (p *proc) tail() string {
-	b, _ := os.ReadFile(p.log)
-	if len(b) > 3000 {
-		b = b[len(b)-3000:]
-	}
-	return string(b)
-}
-
-// waitLine waits for a line of the process's log that re matches.
-func (p *proc) waitLine(re *regexp.Regexp, timeout time.Duration) (string, error) {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		if p.exited() {
-			return "", fmt.Errorf("%s exited: %v\n%s", p.name, p.err, p.tail())
-		}
-		if f, err := os.Open(p.log); err == nil {
-			sc := bufio.NewScanner(f)
-			sc.Buffer(make([]byte, 64<<10), 1<<20)
-			for sc.Scan() {
-				if re.Match(sc.Bytes()) {
-					f.Close()
-					return sc.Text(), nil
-				}
-			}
-			f.Close()
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return "", fmt.Errorf("%s: no line matching %s in %s:\n%s", p.name, re, timeout, p.tail())
-}
-
 // server is a gRPC ext_authz server under test.
 type server struct {
-	*proc
-	addr  string // gRPC host:port
-	admin string // tollgate's admin host:port
-	floor bool   // a do-nothing server: every Check is allowed
+	*proc.Child        // nil for a server started elsewhere (-target)
+	targetPID   int    // the PID of a server started elsewhere (-target-pid)
+	addr        string // gRPC host:port
+	admin       string // tollgate's admin host:port
+	floor       bool   // a do-nothing server: every Check is allowed
+}
+
+// pid is the server's process, or 0 when unknown.
+func (s *server) pid() int {
+	if s.Child == nil {
+		return s.targetPID
+	}
+	return s.PID()
 }
 
 var servingRE = regexp.MustCompile(`"msg":"serving"`)
@@ -160,17 +97,12 @@ func startTollgate(dir, name, bin, cfg string, env []string) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	line, err := p.waitLine(servingRE, 30*time.Second)
-	if err != nil {
-		p.stop()
+	var l struct{ GRPC, Admin string }
+	if err := p.WaitJSON(servingRE, 30*time.Second, &l); err != nil {
+		p.Stop()
 		return nil, err
 	}
-	var l struct{ GRPC, Admin string }
-	if err := json.Unmarshal([]byte(line), &l); err != nil {
-		p.stop()
-		return nil, fmt.Errorf("tollgate serving line %q: %v", line, err)
-	}
-	return &server{proc: p, addr: l.GRPC, admin: l.Admin}, nil
+	return &server{Child: p, addr: l.GRPC, admin: l.Admin}, nil
 }
 
 var listeningRE = regexp.MustCompile(`^listening `)
@@ -194,12 +126,12 @@ func startFloorArgs(dir, name string, flags, env []string) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	line, err := p.waitLine(listeningRE, 10*time.Second)
+	line, err := p.WaitLine(listeningRE, 10*time.Second)
 	if err != nil {
-		p.stop()
+		p.Stop()
 		return nil, err
 	}
-	return &server{proc: p, addr: strings.TrimPrefix(line, "listening "), floor: true}, nil
+	return &server{Child: p, addr: strings.TrimPrefix(line, "listening "), floor: true}, nil
 }
 
 // procCPU is a process's user+system CPU time in seconds, from

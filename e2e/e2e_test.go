@@ -103,7 +103,7 @@ func TestDenialBodiesByteForByte(t *testing.T) {
 
 			// The same request, straight to tollgate's gRPC Check: Envoy must
 			// pass the server's body through unchanged.
-			headers := map[string]string{":method": c.method, ":path": c.path, ":authority": e.envoy.listen, "x-request-id": reqID}
+			headers := map[string]string{":method": c.method, ":path": c.path, ":authority": e.envoy.Listen, "x-request-id": reqID}
 			for k, v := range c.headers {
 				headers[k] = v
 			}
@@ -111,7 +111,7 @@ func TestDenialBodiesByteForByte(t *testing.T) {
 			defer cancel()
 			resp, err := authz.Check(ctx, &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
 				Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
-					Method: c.method, Path: c.path, Host: e.envoy.listen, Headers: headers, Protocol: "HTTP/1.1", Scheme: "http",
+					Method: c.method, Path: c.path, Host: e.envoy.Listen, Headers: headers, Protocol: "HTTP/1.1", Scheme: "http",
 				}},
 			}})
 			if err != nil {
@@ -135,7 +135,7 @@ func TestDenialBodiesByteForByte(t *testing.T) {
 
 			// And `tollgate check` with the same config and request prints
 			// the same body (pretty-printed: compare compacted).
-			args := []string{"check", "--config", e.tg.config, "--method", c.method, "--path", c.path, "--host", e.envoy.listen, "-H", "x-request-id: " + reqID}
+			args := []string{"check", "--config", e.tg.config, "--method", c.method, "--path", c.path, "--host", e.envoy.Listen, "-H", "x-request-id: " + reqID}
 			for k, v := range c.headers {
 				args = append(args, "-H", k+": "+v)
 			}
@@ -340,8 +340,8 @@ func TestTollgateDownFailsClosed(t *testing.T) {
 		if r := do(t, "GET", e.envoy.url("/v1/search"), "x-api-key: demo-free-key"); r.status != 200 {
 			t.Fatalf("with tollgate up: status %d, want 200", r.status)
 		}
-		e.tg.stop() // SIGTERM to its PID
-		if !e.tg.exited() {
+		e.tg.Stop() // SIGTERM to its PID
+		if !e.tg.Exited() {
 			t.Fatal("tollgate did not exit")
 		}
 		errors0 := e.envoy.stat(t, "http."+e.envoy.statPrefix+".ext_authz.error")
@@ -437,7 +437,7 @@ func TestFailureModeAllow(t *testing.T) {
 
 func TestGRPCClientGetsGRPCStatus(t *testing.T) {
 	e := sharedEnv(t)
-	conn, err := grpc.NewClient(e.envoy.listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(e.envoy.Listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}

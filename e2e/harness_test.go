@@ -10,8 +10,6 @@
 package e2e
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -21,7 +19,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -32,7 +29,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -40,6 +36,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/tollgate-authz/tollgate/internal/envoytest"
+	"github.com/tollgate-authz/tollgate/internal/proc"
 )
 
 var (
@@ -93,96 +92,19 @@ func testMain(m *testing.M) (int, error) {
 
 func envoyPath(t testing.TB) string {
 	t.Helper()
-	if p := os.Getenv("ENVOY"); p != "" {
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-		t.Fatalf("ENVOY=%s does not exist: run `make tools`", p)
-	}
-	if p := filepath.Join(repoRoot, ".tools", "bin", "envoy"); fileExists(p) {
-		return p
-	}
-	if p, err := exec.LookPath("envoy"); err == nil {
-		return p
-	}
-	t.Fatal("no envoy binary: set $ENVOY, or run `make tools` to install one at .tools/bin/envoy")
-	return ""
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
-}
-
-// ---------------------------------------------------------------------------
-// Processes. Every process is ours, started here, and stopped by its PID.
-
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	log  string // file with its stderr / log
-	done chan struct{}
-	err  error
-}
-
-func startProc(name, logPath string, bin string, args ...string) (*proc, error) {
-	lf, err := os.Create(logPath)
+	p, err := envoytest.Find(repoRoot)
 	if err != nil {
-		return nil, err
+		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = lf, lf
-	if err := cmd.Start(); err != nil {
-		lf.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		lf.Close()
-		close(p.done)
-	}()
-	return p, nil
-}
-
-// stop sends SIGTERM to the process's PID, then SIGKILL after a grace period.
-func (p *proc) stop() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(5 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-func (p *proc) tail() string {
-	b, _ := os.ReadFile(p.log)
-	if len(b) > 4000 {
-		b = b[len(b)-4000:]
-	}
-	return string(b)
+	return p
 }
 
 // ---------------------------------------------------------------------------
 // tollgate.
 
+// tollgate is our own process, started here and stopped by its PID.
 type tollgate struct {
-	*proc
+	*proc.Child
 	grpcAddr  string // host:port or unix:///path
 	adminAddr string
 	config    string
@@ -207,11 +129,16 @@ func tollgateConfig(dir, grpcAddr string) (string, error) {
 	if err := os.WriteFile(entsPath, ents, 0o600); err != nil {
 		return "", err
 	}
-	server := mapAt(cfg, "server")
+	server, _ := cfg["server"].(map[string]any)
+	ent, _ := cfg["entitlements"].(map[string]any)
+	file, _ := ent["file"].(map[string]any)
+	if server == nil || file == nil {
+		return "", fmt.Errorf("examples/tollgate.yaml has no server or entitlements.file mapping")
+	}
 	server["grpc_address"] = grpcAddr
 	server["admin_address"] = "127.0.0.1:0"
 	server["drain_timeout"] = "2s"
-	mapAt(cfg, "entitlements", "file")["path"] = entsPath
+	file["path"] = entsPath
 
 	routes, _ := cfg["routes"].([]any)
 	// Same path as the search route, but Envoy's route for x-tier: beta sends
@@ -246,37 +173,16 @@ func startTollgate(dir, grpcAddr string) (*tollgate, error) {
 	if err != nil {
 		return nil, err
 	}
-	p, err := startProc("tollgate", filepath.Join(dir, "tollgate.log"), tollgateBin, "serve", "--config", cfgPath)
+	p, err := proc.Start("tollgate", filepath.Join(dir, "tollgate.log"), exec.Command(tollgateBin, "serve", "--config", cfgPath))
 	if err != nil {
 		return nil, err
 	}
-	deadline := time.Now().Add(15 * time.Second)
-	for time.Now().Before(deadline) {
-		if p.exited() {
-			return nil, fmt.Errorf("tollgate exited: %v\n%s", p.err, p.tail())
-		}
-		f, err := os.Open(p.log)
-		if err == nil {
-			sc := bufio.NewScanner(f)
-			for sc.Scan() {
-				if !servingRE.Match(sc.Bytes()) {
-					continue
-				}
-				var line struct{ GRPC, Admin string }
-				if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
-					f.Close()
-					p.stop()
-					return nil, fmt.Errorf("tollgate serving line %q: %v", sc.Text(), err)
-				}
-				f.Close()
-				return &tollgate{proc: p, grpcAddr: line.GRPC, adminAddr: line.Admin, config: cfgPath}, nil
-			}
-			f.Close()
-		}
-		time.Sleep(20 * time.Millisecond)
+	var l struct{ GRPC, Admin string }
+	if err := p.WaitJSON(servingRE, 15*time.Second, &l); err != nil {
+		p.Stop()
+		return nil, err
 	}
-	p.stop()
-	return nil, fmt.Errorf("tollgate did not log \"serving\" in time:\n%s", p.tail())
+	return &tollgate{Child: p, grpcAddr: l.GRPC, adminAddr: l.Admin, config: cfgPath}, nil
 }
 
 // checks sums tollgate_checks_total by decision from the admin /metrics.
@@ -427,68 +333,25 @@ type envoyOpts struct {
 	stripTrusted bool
 }
 
+// envoy is a test Envoy, stopped by its PID.
 type envoy struct {
-	*proc
-	listen     string // host:port of the API listener
-	admin      string // host:port of the admin listener
+	*envoytest.Envoy
 	statPrefix string
 	accessLog  string
 }
 
-// envoyConfig renders the repo's envoy.yaml with the changes in o.
-func envoyConfig(dir string, o envoyOpts) (cfg []byte, statPrefix, accessLog string, err error) {
-	src, err := os.ReadFile(filepath.Join(repoRoot, "envoy.yaml"))
-	if err != nil {
-		return nil, "", "", err
+// changes say how o changes the repo's envoy.yaml, with the access log in
+// dir.
+func (o envoyOpts) changes(dir string) envoytest.Changes {
+	c := envoytest.Changes{
+		Tollgate:         o.tollgate,
+		Upstream:         o.upstream,
+		AccessLog:        filepath.Join(dir, "access.log"),
+		FailureModeAllow: o.failureModeAllow,
+		StripTrusted:     o.stripTrusted,
 	}
-	var root map[string]any
-	if err := yaml.Unmarshal(src, &root); err != nil {
-		return nil, "", "", fmt.Errorf("envoy.yaml: %w", err)
-	}
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("envoy.yaml does not have the expected shape: %v", r)
-		}
-	}()
-
-	// Ports: 0 everywhere; the admin address is written to a file and the
-	// listener's port read back from the admin API.
-	mapAt(root, "admin", "address", "socket_address")["port_value"] = 0
-	sr := mapAt(root, "static_resources")
-	listener := listAt(sr, "listeners")[0].(map[string]any)
-	mapAt(listener, "address", "socket_address")["port_value"] = 0
-
-	hcmFilter := findNamed(listAt(listAt(listener, "filter_chains")[0].(map[string]any), "filters"), "envoy.filters.network.http_connection_manager")
-	hcm := mapAt(hcmFilter, "typed_config")
-	statPrefix = hcm["stat_prefix"].(string)
-	if o.stripTrusted {
-		hcm["early_header_mutation_extensions"] = []any{map[string]any{
-			"name": "envoy.http.early_header_mutation.header_mutation",
-			"typed_config": map[string]any{
-				"@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
-				"mutations": []any{map[string]any{
-					"remove_on_match": map[string]any{"key_matcher": map[string]any{"prefix": "x-tollgate-"}},
-				}},
-			},
-		}}
-	}
-
-	// Access log to a file, with the shipped format.
-	accessLog = filepath.Join(dir, "access.log")
-	al := listAt(hcm, "access_log")[0].(map[string]any)
-	alc := mapAt(al, "typed_config")
-	al["name"] = "envoy.access_loggers.file"
-	al["typed_config"] = map[string]any{
-		"@type":      "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-		"path":       accessLog,
-		"log_format": alc["log_format"],
-	}
-
-	vh := listAt(mapAt(hcm, "route_config"), "virtual_hosts")[0].(map[string]any)
-	routes := listAt(vh, "routes")
-	var extra []any
 	if o.betaRoute {
-		extra = append(extra, map[string]any{
+		c.Routes = append(c.Routes, map[string]any{
 			"match": map[string]any{"prefix": "/v1/search", "headers": []any{
 				map[string]any{"name": "x-tier", "string_match": map[string]any{"exact": "beta"}},
 			}},
@@ -500,180 +363,88 @@ func envoyConfig(dir string, o envoyOpts) (cfg []byte, statPrefix, accessLog str
 		})
 	}
 	if o.grpcUpstream != "" {
-		extra = append(extra, map[string]any{
+		c.Routes = append(c.Routes, map[string]any{
 			"match": map[string]any{"prefix": "/grpc.health.v1.Health/"},
 			"route": map[string]any{"cluster": "grpc_upstream"},
 		})
-	}
-	// Before the shipped catch-all, which is last.
-	if len(extra) > 0 {
-		n := len(routes)
-		routes = append(append(append([]any{}, routes[:n-1]...), extra...), routes[n-1])
-		vh["routes"] = routes
-	}
-
-	filters := listAt(hcm, "http_filters")
-	extAuthz := mapAt(findNamed(filters, "envoy.filters.http.ext_authz"), "typed_config")
-	if o.failureModeAllow {
-		extAuthz["failure_mode_allow"] = true
-		extAuthz["failure_mode_allow_header_add"] = true
+		c.GRPCClusters = map[string]string{"grpc_upstream": o.grpcUpstream}
 	}
 	if o.jwt != nil {
-		optional := func(provider string) map[string]any {
-			// No JWT is fine (API keys still work); a bad one is refused.
-			return map[string]any{"requires_any": map[string]any{"requirements": []any{
-				map[string]any{"provider_name": provider},
-				map[string]any{"allow_missing": map[string]any{}},
-			}}}
-		}
-		provider := func(forward bool) map[string]any {
-			return map[string]any{
-				"issuer":              jwtIssuer,
-				"local_jwks":          map[string]any{"inline_string": o.jwt.jwks},
-				"payload_in_metadata": "jwt_payload",
-				"forward":             forward,
-			}
-		}
-		jwtFilter := map[string]any{
-			"name": "envoy.filters.http.jwt_authn",
-			"typed_config": map[string]any{
-				"@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
-				// "e2e" has jwt_authn's default forward: false, which strips
-				// the Authorization header once the JWT is verified;
-				// "e2e_forward" keeps it, so tollgate sees the JWT both as a
-				// Bearer token and as verified claims.
-				"providers": map[string]any{"e2e": provider(false), "e2e_forward": provider(true)},
-				"rules": []any{
-					map[string]any{
-						"match":    map[string]any{"prefix": "/", "headers": []any{map[string]any{"name": "x-jwt-forward", "present_match": true}}},
-						"requires": optional("e2e_forward"),
-					},
-					map[string]any{"match": map[string]any{"prefix": "/"}, "requires": optional("e2e")},
-				},
-			},
-		}
-		var out []any
-		for _, f := range filters {
-			if f.(map[string]any)["name"] == "envoy.filters.http.ext_authz" {
-				out = append(out, jwtFilter)
-			}
-			out = append(out, f)
-		}
-		hcm["http_filters"] = out
+		c.FiltersBeforeAuthz = []any{o.jwt.filter()}
 	}
-
-	clusters := listAt(sr, "clusters")
-	tgCluster := findNamed(clusters, "tollgate")
-	tgAddr := mapAt(listAt(listAt(mapAt(tgCluster, "load_assignment"), "endpoints")[0].(map[string]any), "lb_endpoints")[0].(map[string]any), "endpoint", "address")
-	if path, ok := strings.CutPrefix(o.tollgate, "unix://"); ok {
-		delete(tgAddr, "socket_address")
-		tgAddr["pipe"] = map[string]any{"path": path}
-	} else {
-		setSocket(mapAt(tgAddr, "socket_address"), o.tollgate)
-	}
-	up := findNamed(clusters, "upstream")
-	setSocket(mapAt(listAt(listAt(mapAt(up, "load_assignment"), "endpoints")[0].(map[string]any), "lb_endpoints")[0].(map[string]any), "endpoint", "address", "socket_address"), o.upstream)
-	if o.grpcUpstream != "" {
-		host, port := splitHostPort(o.grpcUpstream)
-		sr["clusters"] = append(clusters, map[string]any{
-			"name":                             "grpc_upstream",
-			"type":                             "STATIC",
-			"connect_timeout":                  "1s",
-			"typed_extension_protocol_options": tgCluster["typed_extension_protocol_options"], // HTTP/2
-			"load_assignment": map[string]any{"cluster_name": "grpc_upstream", "endpoints": []any{map[string]any{
-				"lb_endpoints": []any{map[string]any{"endpoint": map[string]any{"address": map[string]any{
-					"socket_address": map[string]any{"address": host, "port_value": port},
-				}}}},
-			}}},
-		})
-	}
-	cfg, err = yaml.Marshal(root)
-	return cfg, statPrefix, accessLog, err
+	return c
 }
 
+// filter is jwt_authn with s's key.
+func (s *jwtSigner) filter() map[string]any {
+	optional := func(provider string) map[string]any {
+		// No JWT is fine (API keys still work); a bad one is refused.
+		return map[string]any{"requires_any": map[string]any{"requirements": []any{
+			map[string]any{"provider_name": provider},
+			map[string]any{"allow_missing": map[string]any{}},
+		}}}
+	}
+	provider := func(forward bool) map[string]any {
+		return map[string]any{
+			"issuer":              jwtIssuer,
+			"local_jwks":          map[string]any{"inline_string": s.jwks},
+			"payload_in_metadata": "jwt_payload",
+			"forward":             forward,
+		}
+	}
+	return map[string]any{
+		"name": "envoy.filters.http.jwt_authn",
+		"typed_config": map[string]any{
+			"@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+			// "e2e" has jwt_authn's default forward: false, which strips
+			// the Authorization header once the JWT is verified;
+			// "e2e_forward" keeps it, so tollgate sees the JWT both as a
+			// Bearer token and as verified claims.
+			"providers": map[string]any{"e2e": provider(false), "e2e_forward": provider(true)},
+			"rules": []any{
+				map[string]any{
+					"match":    map[string]any{"prefix": "/", "headers": []any{map[string]any{"name": "x-jwt-forward", "present_match": true}}},
+					"requires": optional("e2e_forward"),
+				},
+				map[string]any{"match": map[string]any{"prefix": "/"}, "requires": optional("e2e")},
+			},
+		},
+	}
+}
+
+// startEnvoy runs Envoy from the repo's envoy.yaml with the changes in o.
 func startEnvoy(t testing.TB, dir string, o envoyOpts) (*envoy, error) {
 	t.Helper()
 	bin := envoyPath(t)
-	cfg, statPrefix, accessLog, err := envoyConfig(dir, o)
+	src, err := os.ReadFile(filepath.Join(repoRoot, "envoy.yaml"))
 	if err != nil {
 		return nil, err
 	}
-	cfgPath := filepath.Join(dir, "envoy.yaml")
-	if err := os.WriteFile(cfgPath, cfg, 0o600); err != nil {
-		return nil, err
-	}
-	adminFile := filepath.Join(dir, "envoy-admin-address")
-	p, err := startProc("envoy", filepath.Join(dir, "envoy.log"), bin,
-		"-c", cfgPath,
-		"--base-id", strconv.Itoa(10000+mrand.IntN(1<<20)),
-		"--disable-hot-restart",
-		"--concurrency", "1",
-		"--log-level", "info",
-		"--log-path", filepath.Join(dir, "envoy.log"),
-		"--admin-address-path", adminFile,
-		"--file-flush-interval-msec", "50", // access log lines appear promptly
-	)
+	c := o.changes(dir)
+	cfg, statPrefix, err := envoytest.Derive(src, c)
 	if err != nil {
 		return nil, err
 	}
-	e := &envoy{proc: p, statPrefix: statPrefix, accessLog: accessLog}
-	fail := func(format string, args ...any) (*envoy, error) {
-		p.stop()
-		return nil, fmt.Errorf(format+"\nenvoy log (%s):\n%s", append(args, p.log, p.tail())...)
+	e, err := envoytest.Start(envoytest.Options{
+		Bin: bin, Config: cfg, Dir: dir, Name: "envoy",
+		BaseID: 10000, LogLevel: "info", Ready: 20 * time.Second,
+		Args: []string{
+			"--log-path", filepath.Join(dir, "envoy.log"),
+			"--file-flush-interval-msec", "50", // access log lines appear promptly
+		},
+	})
+	if err != nil {
+		return nil, err
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for e.admin == "" || !e.ready() {
-		if p.exited() {
-			return fail("envoy exited: %v", p.err)
-		}
-		if time.Now().After(deadline) {
-			return fail("envoy not ready in time")
-		}
-		if e.admin == "" {
-			if b, err := os.ReadFile(adminFile); err == nil && len(bytes.TrimSpace(b)) > 0 {
-				e.admin = strings.TrimSpace(string(b))
-			}
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
-	var ls struct {
-		ListenerStatuses []struct {
-			LocalAddress struct {
-				SocketAddress struct {
-					Address   string `json:"address"`
-					PortValue int    `json:"port_value"`
-				} `json:"socket_address"`
-			} `json:"local_address"`
-		} `json:"listener_statuses"`
-	}
-	body, err := get("http://" + e.admin + "/listeners?format=json")
-	if err == nil {
-		err = json.Unmarshal([]byte(body), &ls)
-	}
-	if err != nil || len(ls.ListenerStatuses) == 0 {
-		return fail("envoy /listeners: %v %s", err, body)
-	}
-	sa := ls.ListenerStatuses[0].LocalAddress.SocketAddress
-	e.listen = net.JoinHostPort(sa.Address, strconv.Itoa(sa.PortValue))
-	return e, nil
+	return &envoy{Envoy: e, statPrefix: statPrefix, accessLog: c.AccessLog}, nil
 }
 
-func (e *envoy) ready() bool {
-	resp, err := noProxy.Get("http://" + e.admin + "/ready")
-	if err != nil {
-		return false
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, resp.Body)
-	return resp.StatusCode == 200
-}
-
-func (e *envoy) url(path string) string { return "http://" + e.listen + path }
+func (e *envoy) url(path string) string { return "http://" + e.Listen + path }
 
 // stat reads one counter from the admin /stats.
 func (e *envoy) stat(t testing.TB, name string) int64 {
 	t.Helper()
-	body := httpGet(t, "http://"+e.admin+"/stats?filter="+url.QueryEscape("^"+regexp.QuoteMeta(name)+"$"))
+	body := httpGet(t, "http://"+e.Admin+"/stats?filter="+url.QueryEscape("^"+regexp.QuoteMeta(name)+"$"))
 	for _, line := range strings.Split(body, "\n") {
 		if k, v, ok := strings.Cut(line, ": "); ok && k == name {
 			n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
@@ -684,7 +455,7 @@ func (e *envoy) stat(t testing.TB, name string) int64 {
 		}
 	}
 	t.Fatalf("envoy has no stat %s; its ext_authz stats are:\n%s", name,
-		httpGet(t, "http://"+e.admin+"/stats?filter=ext_authz"))
+		httpGet(t, "http://"+e.Admin+"/stats?filter=ext_authz"))
 	return 0
 }
 
@@ -744,14 +515,14 @@ func newEnv(t testing.TB, cleanup func(func()), tgAddr string, o envoyOpts, with
 		if e.tg, err = startTollgate(dir, tgAddr); err != nil {
 			return nil, err
 		}
-		cleanup(e.tg.stop)
+		cleanup(e.tg.Stop)
 		o.tollgate = e.tg.grpcAddr
 	}
 	o.upstream = e.upstream
 	if e.envoy, err = startEnvoy(t, dir, o); err != nil {
 		return nil, err
 	}
-	cleanup(e.envoy.stop)
+	cleanup(e.envoy.Stop)
 	return e, nil
 }
 
@@ -855,57 +626,4 @@ func eventually(d time.Duration, cond func() bool) bool {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// ---------------------------------------------------------------------------
-// YAML tree helpers. They panic on an unexpected shape; envoyConfig recovers.
-
-func mapAt(m map[string]any, path ...string) map[string]any {
-	cur := m
-	for _, k := range path {
-		next, ok := cur[k].(map[string]any)
-		if !ok {
-			if cur[k] != nil {
-				panic(fmt.Sprintf("%s is %T, not a mapping", k, cur[k]))
-			}
-			next = map[string]any{}
-			cur[k] = next
-		}
-		cur = next
-	}
-	return cur
-}
-
-func listAt(m map[string]any, key string) []any {
-	l, ok := m[key].([]any)
-	if !ok || len(l) == 0 {
-		panic(fmt.Sprintf("%s is missing or empty", key))
-	}
-	return l
-}
-
-func findNamed(l []any, name string) map[string]any {
-	for _, x := range l {
-		if m, ok := x.(map[string]any); ok && m["name"] == name {
-			return m
-		}
-	}
-	panic(fmt.Sprintf("nothing named %s", name))
-}
-
-func setSocket(sa map[string]any, hostport string) {
-	host, port := splitHostPort(hostport)
-	sa["address"], sa["port_value"] = host, port
-}
-
-func splitHostPort(hp string) (string, int) {
-	host, p, err := net.SplitHostPort(hp)
-	if err != nil {
-		panic(err)
-	}
-	port, err := strconv.Atoi(p)
-	if err != nil {
-		panic(err)
-	}
-	return host, port
 }
