@@ -13,8 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
+	"github.com/tollgate-authz/tollgate/config"
 	"github.com/tollgate-authz/tollgate/entitlement"
 	redissource "github.com/tollgate-authz/tollgate/entitlement/redis"
 	"github.com/tollgate-authz/tollgate/identity"
@@ -47,6 +46,7 @@ type redisFlags struct {
 	addr, username, passwordEnv, prefix, channel string
 	db                                           int
 	timeout                                      time.Duration
+	tls                                          config.RedisTLS
 }
 
 func (r *redisFlags) register(fs *flag.FlagSet) {
@@ -57,6 +57,11 @@ func (r *redisFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&r.prefix, "prefix", redissource.DefaultPrefix, "key prefix")
 	fs.StringVar(&r.channel, "channel", redissource.DefaultChannel, "invalidation channel")
 	fs.DurationVar(&r.timeout, "timeout", 5*time.Second, "bound on the whole command")
+	fs.BoolVar(&r.tls.Enabled, "tls", false, "connect with TLS (as the config's redis tls.enabled)")
+	fs.StringVar(&r.tls.CAFile, "tls-ca", "", "PEM CA file for the server's certificate (default: the system roots)")
+	fs.StringVar(&r.tls.CertFile, "tls-cert", "", "PEM client certificate, for a server that requires one")
+	fs.StringVar(&r.tls.KeyFile, "tls-key", "", "PEM key of --tls-cert")
+	fs.StringVar(&r.tls.ServerName, "tls-server-name", "", "name to check in the server's certificate (default: the host of --redis)")
 }
 
 // open checks the connection flags and returns a source over a new client.
@@ -75,27 +80,19 @@ func (r *redisFlags) open(fs *flag.FlagSet) (*redissource.Source, func(), error)
 	if r.db < 0 {
 		return nil, nil, fmt.Errorf("%w: %s: --db must not be negative", errUsage, fs.Name())
 	}
-	var password string
-	if r.passwordEnv != "" {
-		v, ok := os.LookupEnv(r.passwordEnv)
-		password = strings.TrimSpace(v)
-		if !ok || password == "" {
-			return nil, nil, fmt.Errorf("%w: %s: --password-env: environment variable %s is unset or empty", errUsage, fs.Name(), r.passwordEnv)
-		}
+	if r.tls.CAFile != "" || r.tls.CertFile != "" || r.tls.KeyFile != "" || r.tls.ServerName != "" {
+		r.tls.Enabled = true // any --tls-* flag means TLS
 	}
-	c := redis.NewClient(&redis.Options{
-		Addr:                  r.addr,
-		Username:              r.username,
-		Password:              password,
-		DB:                    r.db,
-		DialTimeout:           r.timeout,
-		ReadTimeout:           r.timeout,
-		WriteTimeout:          r.timeout,
-		ContextTimeoutEnabled: true,
-		MaxRetries:            -1,
-		DialerRetries:         1,
-		DisableIdentity:       true,
-	})
+	if (r.tls.CertFile == "") != (r.tls.KeyFile == "") {
+		return nil, nil, fmt.Errorf("%w: %s: give --tls-cert and --tls-key together", errUsage, fs.Name())
+	}
+	conn, err := dialRedis(config.RedisConn{
+		Address: r.addr, Username: r.username, PasswordEnv: r.passwordEnv, DB: r.db, TLS: r.tls,
+	}, "redis", r.timeout, nil)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %s: %v", errUsage, fs.Name(), err)
+	}
+	c := conn.Client
 	src, err := redissource.New(redissource.Options{Client: c, Prefix: r.prefix, Channel: r.channel})
 	if err != nil {
 		_ = c.Close()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"os"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -19,6 +18,8 @@ import (
 type quotaStore struct {
 	authz.Quotas
 	close func() // hands leases back and closes connections
+	// watch, when not nil, reloads the Redis client certificate while serving.
+	watch func(ctx context.Context, every time.Duration)
 	mode  func() string
 	m     func() *metrics.Metrics
 }
@@ -42,17 +43,16 @@ func newQuotaStore(cfg *config.Config, metricsOf func() *metrics.Metrics, log *s
 		return &quotaStore{Quotas: mem, close: func() {}, mode: func() string { return "memory" }, m: metricsOf}, nil
 	}
 	rc := cfg.QuotaStore.Redis
-	opts := quota.RedisOptions(rc.Address)
-	opts.Username, opts.DB = rc.Username, rc.DB
-	if rc.PasswordEnv != "" {
-		opts.Password = os.Getenv(rc.PasswordEnv)
+	client, err := dialRedis(rc.RedisConn, "quota_store.redis", 0, tlsReloadLog(log, metricsOf, "quota_store.redis"))
+	if err != nil {
+		return nil, err
 	}
-	client := redis.NewClient(opts)
 	if log != nil {
 		redis.SetLogger(redisLog{log})
+		client.warm(log, "quota_store.redis")
 	}
 	leased := quota.NewLeased(quota.LeasedOptions{
-		Client: client, Prefix: rc.Prefix, LeaseSize: rc.LeaseSize, Timeout: rc.Timeout,
+		Client: client.Client, Prefix: rc.Prefix, LeaseSize: rc.LeaseSize, Timeout: rc.Timeout,
 	})
 	res := quota.NewResilient(leased, quota.NewMemory(nil), quota.ResilientOptions{
 		RetryEvery: rc.RetryEvery,
@@ -69,7 +69,7 @@ func newQuotaStore(cfg *config.Config, metricsOf func() *metrics.Metrics, log *s
 			}
 		},
 	})
-	return &quotaStore{Quotas: res, m: metricsOf, mode: func() string { return "redis_" + res.Mode() }, close: func() {
+	return &quotaStore{Quotas: res, m: metricsOf, watch: client.watch, mode: func() string { return "redis_" + res.Mode() }, close: func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 		defer cancel()
 		_ = leased.Release(ctx)

@@ -4,27 +4,26 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"os"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/tollgate-authz/tollgate/entitlement"
 	redissource "github.com/tollgate-authz/tollgate/entitlement/redis"
-	"github.com/tollgate-authz/tollgate/quota"
+	"github.com/tollgate-authz/tollgate/metrics"
 )
 
 // openRedis builds the redis source and, while serving, a subscriber that
 // drops a subject from the cache the moment any writer publishes a change.
 func (p *pipeline) openRedis(log *slog.Logger) (entitlement.Source, error) {
 	rc := p.cfg.Entitlements.Redis
-	opts := quota.RedisOptions(rc.Address)
-	opts.Username, opts.DB = rc.Username, rc.DB
-	if rc.PasswordEnv != "" {
-		opts.Password = os.Getenv(rc.PasswordEnv)
+	client, err := dialRedis(rc.RedisConn, "entitlements.redis", 0, tlsReloadLog(log, func() *metrics.Metrics { return p.metrics }, "entitlements.redis"))
+	if err != nil {
+		return nil, err
 	}
-	client := redis.NewClient(opts)
+	client.warm(log, "entitlements.redis")
+	if client.watch != nil {
+		p.watchers = append(p.watchers, func(ctx context.Context) { client.watch(ctx, p.cfg.Entitlements.File.PollInterval) })
+	}
 	src, err := redissource.New(redissource.Options{
-		Client: client, Prefix: rc.Prefix, Channel: rc.Channel, Timeout: rc.Timeout,
+		Client: client.Client, Prefix: rc.Prefix, Channel: rc.Channel, Timeout: rc.Timeout,
 		Observer: sourceObserver{p.metrics, "redis"}, Logger: log,
 	})
 	if err != nil {

@@ -63,6 +63,9 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	defer p.close()
 	m = p.metrics
 	qs.reportMode()
+	if qs.watch != nil {
+		p.watchers = append(p.watchers, func(ctx context.Context) { qs.watch(ctx, cfg.Entitlements.File.PollInterval) })
+	}
 	return p.serve(ctx, log)
 }
 

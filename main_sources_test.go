@@ -212,36 +212,65 @@ func TestHTTPSourceThroughServer(t *testing.T) {
 // TestRedisSourceReplicasSeeWritesAtOnce runs two servers on the redis
 // source with a one-hour TTL: a write with `tollgate entitlements set`
 // reaches both through pub/sub, so a customer who pays is let in at once.
+// It runs on a plain Redis and on one that speaks only mutual TLS.
 func TestRedisSourceReplicasSeeWritesAtOnce(t *testing.T) {
-	rs := redistest.Start(t)
-	set := func(status string) {
-		t.Helper()
-		var out strings.Builder
-		err := cmdEntitlements(context.Background(), []string{"set", "--redis", rs.Addr(), "--subject", "globex",
-			"--plan", "pro", "--status", status, "--api-key-sha256", identity.HashKey("demo-pastdue-key")}, nil, &out)
-		if err != nil {
-			t.Fatalf("entitlements set: %v", err)
-		}
+	cases := []struct {
+		name  string
+		start func(t *testing.T) *redistest.Server
+		flags func(f *redistest.TLSFiles) []string // the CLI's TLS flags
+		conf  func(f *redistest.TLSFiles) string   // the config's tls block
+	}{
+		{"plain", func(t *testing.T) *redistest.Server { return redistest.Start(t) },
+			func(*redistest.TLSFiles) []string { return nil },
+			func(*redistest.TLSFiles) string { return "" }},
+		{"mutual tls", func(t *testing.T) *redistest.Server { return redistest.StartTLS(t, true) },
+			func(f *redistest.TLSFiles) []string {
+				return []string{"--tls-ca", f.CAFile, "--tls-cert", f.CertFile, "--tls-key", f.KeyFile}
+			},
+			func(f *redistest.TLSFiles) string {
+				return fmt.Sprintf(", tls: {enabled: true, ca_file: %s, cert_file: %s, key_file: %s}", f.CAFile, f.CertFile, f.KeyFile)
+			}},
 	}
-	set("past_due")
-	dir := demoDir(t, "127.0.0.1:0")
-	cfg := filepath.Join(dir, "tollgate.yaml")
-	raw, _ := os.ReadFile(cfg)
-	s := strings.Replace(string(raw), "  source: file\n", "  source: redis\n  redis: {address: "+rs.Addr()+"}\n", 1)
-	s = strings.Replace(s, "    ttl: 30s\n", "    ttl: 1h\n", 1)
-	writeFile(t, cfg, s)
-	replicas := []*server{startServe(t, cfg), startServe(t, cfg)}
-	key := map[string]string{"x-api-key": "demo-pastdue-key"}
-	for i, r := range replicas {
-		if got := code(r.check(t, "GET", "/v1/search", key)); got != "payment_failed" {
-			t.Fatalf("replica %d before paying: %s", i, got)
-		}
-	}
-	set("active")
-	for i, r := range replicas {
-		waitFor(t, func() bool { return code(r.check(t, "GET", "/v1/search", key)) == "ok" })
-		if v := metricValue(t, r, `tollgate_entitlement_invalidations_total{via="pubsub"}`); v == "" || v == "0" {
-			t.Errorf("replica %d: pub/sub invalidation not counted", i)
-		}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			rs := c.start(t)
+			set := func(status string) {
+				t.Helper()
+				var out strings.Builder
+				args := append([]string{"set", "--redis", rs.Addr(), "--subject", "globex",
+					"--plan", "pro", "--status", status, "--api-key-sha256", identity.HashKey("demo-pastdue-key")}, c.flags(rs.TLS())...)
+				if err := cmdEntitlements(context.Background(), args, nil, &out); err != nil {
+					t.Fatalf("entitlements set: %v", err)
+				}
+			}
+			set("past_due")
+			dir := demoDir(t, "127.0.0.1:0")
+			cfg := filepath.Join(dir, "tollgate.yaml")
+			raw, _ := os.ReadFile(cfg)
+			s := strings.Replace(string(raw), "  source: file\n", "  source: redis\n  redis: {address: "+rs.Addr()+c.conf(rs.TLS())+"}\n", 1)
+			s = strings.Replace(s, "    ttl: 30s\n", "    ttl: 1h\n", 1)
+			// This test is about pub/sub, not speed: give a loaded CI
+			// machine running -race room for a first lookup over TLS.
+			s = strings.Replace(s, "    timeout: 50ms\n", "    timeout: 150ms\n", 1)
+			writeFile(t, cfg, s)
+			replicas := []*server{startServe(t, cfg), startServe(t, cfg)}
+			key := map[string]string{"x-api-key": "demo-pastdue-key"}
+			for i, r := range replicas {
+				if got := code(r.check(t, "GET", "/v1/search", key)); got != "payment_failed" {
+					t.Fatalf("replica %d before paying: %s", i, got)
+				}
+				// A write published before a replica subscribes is not
+				// delivered (the replica purges its cache on subscribing
+				// instead): wait, so the test proves the pub/sub path.
+				waitFor(t, func() bool { return strings.Contains(r.logs.String(), "subscribed to entitlement invalidations") })
+			}
+			set("active")
+			for i, r := range replicas {
+				waitFor(t, func() bool { return code(r.check(t, "GET", "/v1/search", key)) == "ok" })
+				if v := metricValue(t, r, `tollgate_entitlement_invalidations_total{via="pubsub"}`); v == "" || v == "0" {
+					t.Errorf("replica %d: pub/sub invalidation not counted", i)
+				}
+			}
+		})
 	}
 }

@@ -100,15 +100,33 @@ type HTTPSource struct {
 	} `yaml:"breaker"`
 }
 
+// RedisConn is how tollgate reaches a Redis server: the connection part of
+// the redis source and of the redis quota store.
+type RedisConn struct {
+	Address     string   `yaml:"address"`
+	Username    string   `yaml:"username"`
+	PasswordEnv string   `yaml:"password_env"`
+	DB          int      `yaml:"db"`
+	TLS         RedisTLS `yaml:"tls"`
+}
+
+// RedisTLS turns on TLS to Redis. Without CAFile the server's certificate is
+// checked against the system's roots; CertFile and KeyFile are a client
+// certificate for a server that requires one (reloaded when they change).
+type RedisTLS struct {
+	Enabled    bool   `yaml:"enabled"`
+	CAFile     string `yaml:"ca_file"`
+	CertFile   string `yaml:"cert_file"`
+	KeyFile    string `yaml:"key_file"`
+	ServerName string `yaml:"server_name"` // default: the host of address
+}
+
 // RedisSource is entitlement records shared in Redis.
 type RedisSource struct {
-	Address     string        `yaml:"address"`
-	Username    string        `yaml:"username"`
-	PasswordEnv string        `yaml:"password_env"`
-	DB          int           `yaml:"db"`
-	Prefix      string        `yaml:"prefix"`
-	Channel     string        `yaml:"channel"`
-	Timeout     time.Duration `yaml:"timeout"`
+	RedisConn `yaml:",inline"`
+	Prefix    string        `yaml:"prefix"`
+	Channel   string        `yaml:"channel"`
+	Timeout   time.Duration `yaml:"timeout"`
 }
 
 // StripeSource reads Stripe Billing.
@@ -155,14 +173,11 @@ type Headers struct {
 type QuotaStore struct {
 	Store string `yaml:"store"` // memory (default, per replica) or redis (shared)
 	Redis struct {
-		Address     string        `yaml:"address"`
-		Username    string        `yaml:"username"`
-		PasswordEnv string        `yaml:"password_env"`
-		DB          int           `yaml:"db"`
-		Prefix      string        `yaml:"prefix"`
-		LeaseSize   int64         `yaml:"lease_size"`
-		Timeout     time.Duration `yaml:"timeout"`
-		RetryEvery  time.Duration `yaml:"retry_every"`
+		RedisConn  `yaml:",inline"`
+		Prefix     string        `yaml:"prefix"`
+		LeaseSize  int64         `yaml:"lease_size"`
+		Timeout    time.Duration `yaml:"timeout"`
+		RetryEvery time.Duration `yaml:"retry_every"`
 	} `yaml:"redis"`
 }
 
@@ -339,8 +354,16 @@ func Parse(name string, data []byte) (*Config, error) {
 	if t := c.Server.TLS; (t.CertFile == "") != (t.KeyFile == "") || (t.ClientCAFile != "" && t.CertFile == "") {
 		fail("server.tls", "set cert_file and key_file together (client_ca_file needs both)")
 	}
+	if c.Entitlements.Source == "redis" {
+		checkRedisTLS("entitlements.redis.tls", c.Entitlements.Redis.TLS, fail)
+	}
+	if c.QuotaStore.Store == "redis" {
+		checkRedisTLS("quota_store.redis.tls", c.QuotaStore.Redis.TLS, fail)
+	}
+	et, qt := &c.Entitlements.Redis.TLS, &c.QuotaStore.Redis.TLS
 	for _, p := range []*string{&c.Entitlements.File.Path, &c.Entitlements.Stripe.Customers,
-		&c.Server.TLS.CertFile, &c.Server.TLS.KeyFile, &c.Server.TLS.ClientCAFile} {
+		&c.Server.TLS.CertFile, &c.Server.TLS.KeyFile, &c.Server.TLS.ClientCAFile,
+		&et.CAFile, &et.CertFile, &et.KeyFile, &qt.CAFile, &qt.CertFile, &qt.KeyFile} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(filepath.Dir(name), *p)
 		}
@@ -405,6 +428,22 @@ func Parse(name string, data []byte) (*Config, error) {
 		return nil, errors.Join(errs...)
 	}
 	return &c, nil
+}
+
+// checkRedisTLS refuses a TLS block whose files are set while TLS is off, or
+// a client certificate without its key.
+func checkRedisTLS(path string, t RedisTLS, fail func(path, msg string, args ...any)) {
+	if !t.Enabled {
+		for _, f := range []struct{ name, v string }{{"ca_file", t.CAFile}, {"cert_file", t.CertFile}, {"key_file", t.KeyFile}, {"server_name", t.ServerName}} {
+			if f.v != "" {
+				fail(path+"."+f.name, "is set but %s.enabled is false", path)
+			}
+		}
+		return
+	}
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		fail(path, "set cert_file and key_file together")
+	}
 }
 
 // checkAddress accepts host:port, and unix:///path where allowed.

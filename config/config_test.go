@@ -87,6 +87,13 @@ routes:
 		{"stripe key", "entitlements: {source: stripe, stripe: {customers: c.yaml}}\n", "entitlements.stripe.secret_key_env: is required"},
 		{"raised envoy timeout", "server: {envoy_timeout: 1s}\nentitlements: {source: http, http: {url: http://x, timeout: 300ms}, cache: {timeout: 400ms}}\nlog: {level: loud}\n", `log.level: "loud"`},
 		{"empty file", "\n", "t.yaml: the file is empty"},
+		{"comments only", "# nothing yet\n", "t.yaml: the file is empty"},
+		{"redis tls file without tls", base + "quota_store:\n  store: redis\n  redis:\n    address: r:6379\n    tls: {ca_file: ca.pem}\n",
+			"t.yaml:13: quota_store.redis.tls.ca_file: is set but quota_store.redis.tls.enabled is false"},
+		{"redis tls cert without key", base + "quota_store:\n  store: redis\n  redis:\n    address: r:6379\n    tls: {enabled: true, cert_file: c.pem}\n",
+			"t.yaml:13: quota_store.redis.tls: set cert_file and key_file together"},
+		{"redis source tls", "entitlements:\n  source: redis\n  redis: {address: r:6379, tls: {server_name: redis.internal}}\n",
+			"t.yaml:3: entitlements.redis.tls.server_name: is set but entitlements.redis.tls.enabled is false"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -113,5 +120,35 @@ func TestLoadMissingFile(t *testing.T) {
 	_, err := Load(filepath.Join(t.TempDir(), "nope.yaml"))
 	if err == nil || !os.IsNotExist(err) {
 		t.Errorf("err = %v, want not-exist", err)
+	}
+}
+
+func TestRedisTLSPathsAreRelativeToConfig(t *testing.T) {
+	doc := `entitlements:
+  source: redis
+  redis: {address: r:6379, tls: {enabled: true, ca_file: ca.pem, cert_file: /etc/tls/c.pem, key_file: k.pem}}
+quota_store:
+  store: redis
+  redis: {address: r:6379, tls: {enabled: true, ca_file: q/ca.pem}}
+`
+	c, err := Parse(filepath.Join("conf", "t.yaml"), []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name      string
+		got, want any
+	}{
+		{"source ca", c.Entitlements.Redis.TLS.CAFile, filepath.Join("conf", "ca.pem")},
+		{"absolute stays", c.Entitlements.Redis.TLS.CertFile, "/etc/tls/c.pem"},
+		{"source key", c.Entitlements.Redis.TLS.KeyFile, filepath.Join("conf", "k.pem")},
+		{"store ca", c.QuotaStore.Redis.TLS.CAFile, filepath.Join("conf", "q", "ca.pem")},
+		{"store enabled", c.QuotaStore.Redis.TLS.Enabled, true},
+		{"address through the shared block", c.QuotaStore.Redis.Address, "r:6379"},
+	}
+	for _, tt := range tests {
+		if tt.got != tt.want {
+			t.Errorf("%s = %v, want %v", tt.name, tt.got, tt.want)
+		}
 	}
 }

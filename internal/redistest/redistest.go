@@ -11,6 +11,8 @@ package redistest
 
 import (
 	"bufio"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -25,6 +27,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tollgate-authz/tollgate/internal/testcerts"
 )
 
 // startTimeout bounds how long Start and Restart wait for PING to answer.
@@ -37,6 +41,8 @@ type Server struct {
 	dir  string
 	port int
 
+	tls *TLSFiles // nil: plain TCP
+
 	mu     sync.Mutex
 	cmd    *exec.Cmd     // nil while killed
 	exited chan struct{} // closed when cmd has been reaped
@@ -47,11 +53,74 @@ type Server struct {
 // PID) when the test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	return startServer(t, nil)
+}
+
+// TLSFiles are the PEM files of a TLS server made by StartTLS: the CA that
+// signed both certificates, and a client certificate and key.
+type TLSFiles struct {
+	CAFile, CertFile, KeyFile string
+	// ServerName is the name in the server's certificate.
+	ServerName string
+	// Mutual is set when the server requires a client certificate.
+	Mutual bool
+}
+
+// StartTLS is Start with the server speaking only TLS, with a certificate
+// for "localhost" and 127.0.0.1 from a fresh CA. With mutual, it also
+// requires a client certificate from that CA (CertFile and KeyFile).
+func StartTLS(t testing.TB, mutual bool) *Server {
+	t.Helper()
+	dir := t.TempDir()
+	ca := testcerts.Issue(t, 1, nil, true, "tollgate test CA")
+	srv := testcerts.Issue(t, 2, ca, false, "localhost", "127.0.0.1")
+	cli := testcerts.Issue(t, 3, ca, false, "tollgate")
+	f := &TLSFiles{
+		CAFile: filepath.Join(dir, "ca.pem"), CertFile: filepath.Join(dir, "client.pem"), KeyFile: filepath.Join(dir, "client-key.pem"),
+		ServerName: "localhost", Mutual: mutual,
+	}
+	ca.WriteCert(t, f.CAFile)
+	srv.WriteCert(t, filepath.Join(dir, "server.pem"))
+	srv.WriteKey(t, filepath.Join(dir, "server-key.pem"))
+	cli.WriteCert(t, f.CertFile)
+	cli.WriteKey(t, f.KeyFile)
+	return startServer(t, f)
+}
+
+// TLS returns the TLS files of a server made by StartTLS, or nil.
+func (s *Server) TLS() *TLSFiles { return s.tls }
+
+// ClientTLS is a client tls.Config for a server made by StartTLS (nil for a
+// plain one): it trusts the CA and, for a mutual server, presents the
+// client certificate.
+func (s *Server) ClientTLS() *tls.Config {
+	if s.tls == nil {
+		return nil
+	}
+	pem, err := os.ReadFile(s.tls.CAFile)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pem)
+	c := &tls.Config{RootCAs: roots, ServerName: s.tls.ServerName, MinVersion: tls.VersionTLS12}
+	if s.tls.Mutual {
+		cert, err := tls.LoadX509KeyPair(s.tls.CertFile, s.tls.KeyFile)
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		c.Certificates = []tls.Certificate{cert}
+	}
+	return c
+}
+
+func startServer(t testing.TB, tlsFiles *TLSFiles) *Server {
+	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Fatalf("redis-server is not on PATH (%v): run scripts/install-redis.sh", err)
 	}
-	s := &Server{t: t, bin: bin, dir: t.TempDir()}
+	s := &Server{t: t, bin: bin, dir: t.TempDir(), tls: tlsFiles}
 	t.Cleanup(s.Kill)
 	// A free port can be taken between choosing it and redis binding it;
 	// try a few.
@@ -136,6 +205,7 @@ func (s *Server) Client() *redis.Client {
 		ReadTimeout:     time.Second,
 		WriteTimeout:    time.Second,
 		DisableIdentity: true,
+		TLSConfig:       s.ClientTLS(),
 	})
 	s.t.Cleanup(func() { _ = c.Close() })
 	return c
@@ -144,7 +214,7 @@ func (s *Server) Client() *redis.Client {
 // start launches the process on s.port and waits until it answers PING.
 func (s *Server) start() error {
 	logFile := filepath.Join(s.dir, "redis.log")
-	cmd := exec.Command(s.bin,
+	args := []string{
 		"--port", strconv.Itoa(s.port),
 		"--bind", "127.0.0.1",
 		"--save", "",
@@ -152,7 +222,18 @@ func (s *Server) start() error {
 		"--daemonize", "no",
 		"--dir", s.dir,
 		"--logfile", logFile,
-	)
+	}
+	if f := s.tls; f != nil {
+		dir := filepath.Dir(f.CAFile)
+		auth := "no"
+		if f.Mutual {
+			auth = "yes"
+		}
+		args = append(args[2:], "--port", "0", "--tls-port", strconv.Itoa(s.port),
+			"--tls-cert-file", filepath.Join(dir, "server.pem"), "--tls-key-file", filepath.Join(dir, "server-key.pem"),
+			"--tls-ca-cert-file", f.CAFile, "--tls-auth-clients", auth)
+	}
+	cmd := exec.Command(s.bin, args...)
 	if err := cmd.Start(); err != nil {
 		return err
 	}
@@ -177,7 +258,7 @@ func (s *Server) start() error {
 			return fmt.Errorf("redis-server exited on port %d: %s", s.port, tail(logFile))
 		default:
 		}
-		if ping(s.Addr()) == nil {
+		if s.ping() == nil {
 			return nil
 		}
 		if time.Now().After(deadline) {
@@ -189,8 +270,15 @@ func (s *Server) start() error {
 }
 
 // ping speaks just enough RESP to check the server is serving.
-func ping(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+func (s *Server) ping() error {
+	d := &net.Dialer{Timeout: 200 * time.Millisecond}
+	var c net.Conn
+	var err error
+	if s.tls != nil {
+		c, err = (&tls.Dialer{NetDialer: d, Config: s.ClientTLS()}).Dial("tcp", s.Addr())
+	} else {
+		c, err = d.Dial("tcp", s.Addr())
+	}
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 func TestKillRestart(t *testing.T) {
@@ -16,7 +18,7 @@ func TestKillRestart(t *testing.T) {
 	addr := s.Addr()
 
 	s.Kill()
-	if err := ping(addr); err == nil {
+	if err := s.ping(); err == nil {
 		t.Fatal("PING answered after Kill")
 	}
 	s.Kill() // killing a stopped server is a no-op
@@ -55,12 +57,59 @@ func TestServersAreSeparate(t *testing.T) {
 func TestPauseResume(t *testing.T) {
 	s := Start(t)
 	s.Pause()
-	if err := ping(s.Addr()); err == nil {
+	if err := s.ping(); err == nil {
 		t.Fatal("PING answered while paused")
 	}
 	s.Resume()
-	if err := ping(s.Addr()); err != nil {
+	if err := s.ping(); err != nil {
 		t.Fatalf("PING after Resume: %v", err)
 	}
 	s.Pause() // Kill at cleanup must also end a paused server
+}
+
+// TestStartTLS checks the TLS servers answer a client configured from
+// ClientTLS, and refuse the clients they should.
+func TestStartTLS(t *testing.T) {
+	cases := []struct {
+		name       string
+		mutual     bool
+		client     func(s *Server) *redis.Options
+		wantServed bool
+	}{
+		{"tls, trusted client", false, func(s *Server) *redis.Options {
+			return &redis.Options{Addr: s.Addr(), TLSConfig: s.ClientTLS()}
+		}, true},
+		{"tls, plain client", false, func(s *Server) *redis.Options {
+			return &redis.Options{Addr: s.Addr()}
+		}, false},
+		{"mutual tls, client certificate", true, func(s *Server) *redis.Options {
+			return &redis.Options{Addr: s.Addr(), TLSConfig: s.ClientTLS()}
+		}, true},
+		{"mutual tls, no client certificate", true, func(s *Server) *redis.Options {
+			c := s.ClientTLS()
+			c.Certificates = nil
+			return &redis.Options{Addr: s.Addr(), TLSConfig: c}
+		}, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s := StartTLS(t, c.mutual)
+			opts := c.client(s)
+			opts.DialTimeout, opts.ReadTimeout, opts.MaxRetries, opts.DisableIdentity = time.Second, time.Second, -1, true
+			client := redis.NewClient(opts)
+			defer client.Close()
+			err := client.Ping(context.Background()).Err()
+			if got := err == nil; got != c.wantServed {
+				t.Errorf("served = %v (err %v), want %v", got, err, c.wantServed)
+			}
+			// The helper's own client always works.
+			if err := s.Client().Ping(context.Background()).Err(); err != nil {
+				t.Errorf("Client(): %v", err)
+			}
+			s.Restart()
+			if err := s.Client().Ping(context.Background()).Err(); err != nil {
+				t.Errorf("Client() after Restart: %v", err)
+			}
+		})
+	}
 }

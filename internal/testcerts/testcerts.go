@@ -9,7 +9,9 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
+	"net"
 	"os"
 	"testing"
 	"time"
@@ -23,7 +25,10 @@ type Cert struct {
 }
 
 // Issue makes a certificate with the given serial, signed by parent (self
-// signed when nil), valid for an hour either side of now, for names.
+// signed when nil), valid for an hour either side of now, for names (host names, or IP
+// addresses). The
+// subject's common name holds the serial: a leaf named like its issuer looks
+// self-signed to OpenSSL (Redis, Envoy), which then refuses it.
 func Issue(t testing.TB, serial int64, parent *Cert, isCA bool, names ...string) *Cert {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -31,11 +36,18 @@ func Issue(t testing.TB, serial int64, parent *Cert, isCA bool, names ...string)
 		t.Fatal(err)
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "tollgate-test"},
+		SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: fmt.Sprintf("tollgate-test %d", serial)},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		DNSNames: names, IsCA: isCA, BasicConstraintsValid: true,
+		IsCA: isCA, BasicConstraintsValid: true,
 		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	for _, n := range names {
+		if ip := net.ParseIP(n); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, n)
+		}
 	}
 	signer, signKey := tmpl, key
 	if parent != nil {

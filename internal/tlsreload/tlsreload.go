@@ -88,3 +88,10 @@ func (r *Reloader) Config() *tls.Config {
 	}
 	return base
 }
+
+// ClientCertificate presents the current certificate, for a client
+// tls.Config's GetClientCertificate: a client certificate loaded with New
+// (no ClientCAFile) is then reloaded like a server's.
+func (r *Reloader) ClientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	return r.cur.Load().cert, nil
+}
