@@ -6,11 +6,9 @@ package file
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/tollgate-authz/tollgate/entitlement"
@@ -168,8 +166,8 @@ func parse(name string, data []byte, check func(*entitlement.Entitlement) (strin
 		idx.bySubject[sub.ID] = e
 		for j, k := range sub.APIKeys {
 			kp := fmt.Sprintf("%s.api_key_sha256[%d]", at, j)
-			d := strings.ToLower(strings.TrimPrefix(k, "sha256:"))
-			if b, err := hex.DecodeString(d); err != nil || len(b) != 32 {
+			d, ok := entitlement.ParseKeyDigest(k)
+			if !ok {
 				errs = append(errs, fail(kp, "is not a hex SHA-256 digest (make one with `tollgate hash-key`)"))
 				continue
 			}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -571,65 +570,15 @@ func drainClose(body io.ReadCloser) {
 	_ = body.Close()
 }
 
-// record is the JSON contract's body. Unknown fields are ignored, so the
-// service can add fields before tollgate reads them.
-type record struct {
-	Subject      string           `json:"subject"`
-	Plan         string           `json:"plan"`
-	Status       string           `json:"status"`
-	Features     []string         `json:"features"`
-	Quotas       map[string]int64 `json:"quotas"`
-	Credits      *int64           `json:"credits"`
-	PeriodStart  time.Time        `json:"period_start"`
-	PeriodEnd    time.Time        `json:"period_end"`
-	PastDueSince time.Time        `json:"past_due_since"`
-}
-
 // decode parses and checks a 200 body. Errors name the JSON field.
 func decode(body []byte, key entitlement.Key) (*entitlement.Entitlement, error) {
-	var r record
-	if err := json.Unmarshal(body, &r); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) && te.Field != "" {
-			return nil, fmt.Errorf("%q: want %s, got a JSON %s", te.Field, te.Type, te.Value)
-		}
-		var pe *time.ParseError
-		if errors.As(err, &pe) {
-			return nil, fmt.Errorf("a time is not RFC 3339: %w", err)
-		}
-		return nil, fmt.Errorf("malformed JSON: %w", err)
+	e, err := entitlement.DecodeJSON(body)
+	if err != nil {
+		return nil, err
 	}
-	switch {
-	case r.Subject == "":
-		return nil, errors.New(`"subject" is required`)
-	case r.Plan == "":
-		return nil, errors.New(`"plan" is required`)
-	case r.Status == "":
-		return nil, errors.New(`"status" is required`)
-	case !entitlement.Status(r.Status).Valid():
-		return nil, fmt.Errorf(`"status": %q is not a subscription status (want one of active, trialing, past_due, unpaid, canceled, incomplete, incomplete_expired, paused)`, r.Status)
-	case key.Kind == entitlement.BySubject && r.Subject != key.ID:
+	if key.Kind == entitlement.BySubject && e.Subject != key.ID {
 		// Serving another subject's record would grant the wrong plan.
 		return nil, errors.New(`"subject" is not the subject asked for`)
-	case r.Credits != nil && *r.Credits < 0:
-		return nil, errors.New(`"credits" must not be negative`)
-	case !r.PeriodStart.IsZero() && !r.PeriodEnd.IsZero() && r.PeriodEnd.Before(r.PeriodStart):
-		return nil, errors.New(`"period_end" is before "period_start"`)
 	}
-	for q, n := range r.Quotas {
-		if n < 0 {
-			return nil, fmt.Errorf(`"quotas.%s" must not be negative`, q)
-		}
-	}
-	return &entitlement.Entitlement{
-		Subject:      r.Subject,
-		Plan:         r.Plan,
-		Status:       entitlement.Status(r.Status),
-		Features:     r.Features,
-		Quotas:       r.Quotas,
-		Credits:      r.Credits,
-		PeriodStart:  r.PeriodStart,
-		PeriodEnd:    r.PeriodEnd,
-		PastDueSince: r.PastDueSince,
-	}, nil
+	return e, nil
 }

@@ -3,7 +3,6 @@ package redissource
 import (
 	"context"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -283,54 +282,14 @@ func validDigest(d string) bool {
 	return err == nil
 }
 
-// record is the stored JSON: the http source's contract. Unknown fields are
-// ignored, so writers can add fields before tollgate reads them.
-type record struct {
-	Subject      string           `json:"subject"`
-	Plan         string           `json:"plan"`
-	Status       string           `json:"status"`
-	Features     []string         `json:"features,omitempty"`
-	Quotas       map[string]int64 `json:"quotas,omitempty"`
-	Credits      *int64           `json:"credits,omitempty"`
-	PeriodStart  time.Time        `json:"period_start,omitzero"`
-	PeriodEnd    time.Time        `json:"period_end,omitzero"`
-	PastDueSince time.Time        `json:"past_due_since,omitzero"`
-}
-
 // decode parses and checks a stored record. Errors name the JSON field and
 // never echo the value.
 func decode(body, subject string) (*entitlement.Entitlement, error) {
 	if len(body) > MaxRecordBytes {
 		return nil, fmt.Errorf("record larger than %d KiB", MaxRecordBytes>>10)
 	}
-	var r record
-	if err := json.Unmarshal([]byte(body), &r); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) && te.Field != "" {
-			return nil, fmt.Errorf("%q: want %s, got a JSON %s", te.Field, te.Type, te.Value)
-		}
-		var pe *time.ParseError
-		if errors.As(err, &pe) {
-			return nil, fmt.Errorf("a time is not RFC 3339: %w", err)
-		}
-		var se *json.SyntaxError
-		if errors.As(err, &se) {
-			return nil, fmt.Errorf("malformed JSON at byte %d: %w", se.Offset, err)
-		}
-		return nil, fmt.Errorf("malformed JSON: %w", err)
-	}
-	e := &entitlement.Entitlement{
-		Subject:      r.Subject,
-		Plan:         r.Plan,
-		Status:       entitlement.Status(r.Status),
-		Features:     r.Features,
-		Quotas:       r.Quotas,
-		Credits:      r.Credits,
-		PeriodStart:  r.PeriodStart,
-		PeriodEnd:    r.PeriodEnd,
-		PastDueSince: r.PastDueSince,
-	}
-	if err := validate(e); err != nil {
+	e, err := entitlement.DecodeJSON([]byte(body))
+	if err != nil {
 		return nil, err
 	}
 	if e.Subject != subject {
@@ -338,28 +297,4 @@ func decode(body, subject string) (*entitlement.Entitlement, error) {
 		return nil, errors.New(`"subject" is not the subject the key names`)
 	}
 	return e, nil
-}
-
-// validate checks what a record must hold. Errors name the JSON field.
-func validate(e *entitlement.Entitlement) error {
-	switch {
-	case e.Subject == "":
-		return errors.New(`"subject" is required`)
-	case e.Plan == "":
-		return errors.New(`"plan" is required`)
-	case e.Status == "":
-		return errors.New(`"status" is required`)
-	case !e.Status.Valid():
-		return fmt.Errorf(`"status": %q is not a subscription status (want one of active, trialing, past_due, unpaid, canceled, incomplete, incomplete_expired, paused)`, e.Status)
-	case e.Credits != nil && *e.Credits < 0:
-		return errors.New(`"credits" must not be negative`)
-	case !e.PeriodStart.IsZero() && !e.PeriodEnd.IsZero() && e.PeriodEnd.Before(e.PeriodStart):
-		return errors.New(`"period_end" is before "period_start"`)
-	}
-	for q, n := range e.Quotas {
-		if n < 0 {
-			return fmt.Errorf(`"quotas.%s" must not be negative`, q)
-		}
-	}
-	return nil
 }

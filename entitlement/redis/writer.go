@@ -26,13 +26,13 @@ type Record struct {
 
 // recordJSON is Record's JSON: the stored record plus its digests.
 type recordJSON struct {
-	record
+	entitlement.JSON
 	APIKeySHA256 []string `json:"api_key_sha256,omitempty"`
 }
 
 // MarshalJSON writes the stored JSON contract plus "api_key_sha256".
 func (r Record) MarshalJSON() ([]byte, error) {
-	return json.Marshal(recordJSON{record: toWire(&r.Entitlement), APIKeySHA256: r.APIKeyDigests})
+	return json.Marshal(recordJSON{JSON: entitlement.ToJSON(&r.Entitlement), APIKeySHA256: r.APIKeyDigests})
 }
 
 // UnmarshalJSON reads what MarshalJSON writes. It does not validate: Put does.
@@ -41,24 +41,8 @@ func (r *Record) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &w); err != nil {
 		return err
 	}
-	*r = Record{Entitlement: fromWire(&w.record), APIKeyDigests: w.APIKeySHA256}
+	*r = Record{Entitlement: *w.Entitlement(), APIKeyDigests: w.APIKeySHA256}
 	return nil
-}
-
-func toWire(e *entitlement.Entitlement) record {
-	return record{
-		Subject: e.Subject, Plan: e.Plan, Status: string(e.Status),
-		Features: e.Features, Quotas: e.Quotas, Credits: e.Credits,
-		PeriodStart: e.PeriodStart.UTC(), PeriodEnd: e.PeriodEnd.UTC(), PastDueSince: e.PastDueSince.UTC(),
-	}
-}
-
-func fromWire(w *record) entitlement.Entitlement {
-	return entitlement.Entitlement{
-		Subject: w.Subject, Plan: w.Plan, Status: entitlement.Status(w.Status),
-		Features: w.Features, Quotas: w.Quotas, Credits: w.Credits,
-		PeriodStart: w.PeriodStart, PeriodEnd: w.PeriodEnd, PastDueSince: w.PastDueSince,
-	}
 }
 
 // CheckSubject reports why s cannot be a subject id, or nil.
@@ -98,14 +82,14 @@ func (s *Source) Put(ctx context.Context, rec Record) error {
 	if err := CheckSubject(e.Subject); err != nil {
 		return fmt.Errorf("redissource: put: %w", err)
 	}
-	if err := validate(&e); err != nil {
+	if err := e.Validate(); err != nil {
 		return fmt.Errorf("redissource: put %q: %w", e.Subject, err)
 	}
 	digests, err := normalizeDigests(rec.APIKeyDigests)
 	if err != nil {
 		return fmt.Errorf("redissource: put %q: %w", e.Subject, err)
 	}
-	body, err := json.Marshal(toWire(&e))
+	body, err := json.Marshal(entitlement.ToJSON(&e))
 	if err != nil {
 		return fmt.Errorf("redissource: put %q: %w", e.Subject, err)
 	}

@@ -2,7 +2,6 @@ package stripesource
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -205,8 +204,8 @@ func buildIndex(yd *yamlpos.Doc, customers []Customer) (*mapIndex, error) {
 		c := &Customer{Subject: in.Subject, ID: in.ID, APIKeys: make([]string, 0, len(in.APIKeys))}
 		for j, k := range in.APIKeys {
 			kp := fmt.Sprintf("%s.api_key_sha256[%d]", at, j)
-			d := strings.ToLower(strings.TrimPrefix(k, "sha256:"))
-			if b, err := hex.DecodeString(d); err != nil || len(b) != 32 {
+			d, ok := entitlement.ParseKeyDigest(k)
+			if !ok {
 				errs = append(errs, fail(kp, "is not a hex SHA-256 digest (make one with `tollgate hash-key`)"))
 				continue
 			}
