@@ -196,10 +196,11 @@ func entitlementsSet(ctx context.Context, args []string, stdin io.Reader, stdout
 	}
 	keys := make([]string, 0, len(digests))
 	for _, d := range digests {
-		if !isDigest(d) {
+		k, ok := entitlement.ParseKeyDigest(d)
+		if !ok {
 			return bad("--api-key-sha256 %q is not 64 hex digits (tollgate hash-key KEY prints one)", d)
 		}
-		keys = append(keys, strings.ToLower(d))
+		keys = append(keys, k)
 	}
 	if *keysStdin {
 		raw, err := readKeys(stdin)
@@ -250,19 +251,6 @@ func readKeys(r io.Reader) ([]string, error) {
 	return keys, sc.Err()
 }
 
-func isDigest(d string) bool {
-	if len(d) != 64 {
-		return false
-	}
-	for i := 0; i < len(d); i++ {
-		c := d[i]
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
-			return false
-		}
-	}
-	return true
-}
-
 // subjectFlags parses the flags of get and delete.
 func subjectFlags(name string, args []string) (*flag.FlagSet, *redisFlags, string, error) {
 	fs := newFlags(name)
@@ -282,29 +270,25 @@ func subjectFlags(name string, args []string) (*flag.FlagSet, *redisFlags, strin
 }
 
 func entitlementsGet(ctx context.Context, args []string, stdout io.Writer) error {
-	fs, rf, subject, err := subjectFlags("entitlements get", args)
-	if err != nil {
-		return err
-	}
-	src, closeFn, err := rf.open(fs)
-	if err != nil {
-		return err
-	}
-	defer closeFn()
-	ctx, cancel := context.WithTimeout(ctx, rf.timeout)
-	defer cancel()
-	rec, err := src.Get(ctx, subject)
-	if errors.Is(err, entitlement.ErrNotFound) {
-		return fmt.Errorf("entitlements get: subject %q not found", subject)
-	}
-	if err != nil {
-		return fmt.Errorf("entitlements get: %w", err)
-	}
-	return printJSON(stdout, rec)
+	return onSubject(ctx, "entitlements get", args, stdout, func(ctx context.Context, src *redissource.Source, subject string) (any, error) {
+		return src.Get(ctx, subject)
+	})
 }
 
 func entitlementsDelete(ctx context.Context, args []string, stdout io.Writer) error {
-	fs, rf, subject, err := subjectFlags("entitlements delete", args)
+	return onSubject(ctx, "entitlements delete", args, stdout, func(ctx context.Context, src *redissource.Source, subject string) (any, error) {
+		return struct {
+			Subject string `json:"subject"`
+			Deleted bool   `json:"deleted"`
+		}{subject, true}, src.Delete(ctx, subject)
+	})
+}
+
+// onSubject runs the command name (get or delete) on the subject its flags
+// name, within --timeout, and prints what do returns as JSON.
+func onSubject(ctx context.Context, name string, args []string, stdout io.Writer,
+	do func(ctx context.Context, src *redissource.Source, subject string) (any, error)) error {
+	fs, rf, subject, err := subjectFlags(name, args)
 	if err != nil {
 		return err
 	}
@@ -315,17 +299,14 @@ func entitlementsDelete(ctx context.Context, args []string, stdout io.Writer) er
 	defer closeFn()
 	ctx, cancel := context.WithTimeout(ctx, rf.timeout)
 	defer cancel()
-	err = src.Delete(ctx, subject)
+	out, err := do(ctx, src, subject)
 	if errors.Is(err, entitlement.ErrNotFound) {
-		return fmt.Errorf("entitlements delete: subject %q not found", subject)
+		return fmt.Errorf("%s: subject %q not found", name, subject)
 	}
 	if err != nil {
-		return fmt.Errorf("entitlements delete: %w", err)
+		return fmt.Errorf("%s: %w", name, err)
 	}
-	return printJSON(stdout, struct {
-		Subject string `json:"subject"`
-		Deleted bool   `json:"deleted"`
-	}{subject, true})
+	return printJSON(stdout, out)
 }
 
 func printJSON(w io.Writer, v any) error {
