@@ -56,6 +56,19 @@ func newQuotaStore(cfg *config.Config, metricsOf func() *metrics.Metrics, log *s
 	})
 	res := quota.NewResilient(leased, quota.NewMemory(nil), quota.ResilientOptions{
 		RetryEvery: rc.RetryEvery,
+		OnWriteBack: func(units int64, err error) {
+			if m := metricsOf(); m != nil {
+				m.QuotaWriteBack(units, err)
+			}
+			if log == nil {
+				return
+			}
+			if err != nil {
+				log.Warn("quota store: could not copy fail-open spends to redis; will retry when it is back", "units", units, "error", err.Error())
+			} else {
+				log.Info("quota store: copied fail-open spends made while redis was down", "units", units)
+			}
+		},
 		OnMode: func(mode string) {
 			if m := metricsOf(); m != nil {
 				m.QuotaStoreMode("redis_" + mode)
@@ -72,6 +85,7 @@ func newQuotaStore(cfg *config.Config, metricsOf func() *metrics.Metrics, log *s
 	return &quotaStore{Quotas: res, m: metricsOf, watch: client.watch, mode: func() string { return "redis_" + res.Mode() }, close: func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 		defer cancel()
+		res.WaitWriteBack()
 		_ = leased.Release(ctx)
 		_ = client.Close()
 	}}, nil

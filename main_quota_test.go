@@ -127,6 +127,8 @@ func TestRedisOutageFollowsEachQuotasPolicy(t *testing.T) {
 	rs.Restart()
 	waitFor(t, func() bool { return search() == "ok" })
 	waitFor(t, func() bool { return metricHas(`tollgate_quota_store_mode{mode="redis_primary"} 1`) })
+	// The 20 fail-open spends made during the outage are copied to Redis.
+	waitFor(t, func() bool { return metricHas(`tollgate_quota_write_back_units_total{result="ok"} 20`) })
 	if strings.Contains(s.logs.String(), "panic") {
 		t.Error("the log shows a panic")
 	}

@@ -36,6 +36,7 @@ type Metrics struct {
 	breaker  *prometheus.GaugeVec
 	qsMode   *prometheus.GaugeVec
 	qPolicy  *prometheus.GaugeVec
+	qBack    *prometheus.CounterVec
 	lastOK   *prometheus.GaugeVec
 	entries  prometheus.GaugeFunc
 }
@@ -132,8 +133,14 @@ func New(version string, cacheLen func() int) *Metrics {
 		Name: "tollgate_quota_failure_policy",
 		Help: "1 per quota and the policy it follows while the shared store is down (closed or open).",
 	}, []string{"quota", "policy"})
+	m.qBack = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tollgate_quota_write_back_units_total",
+		Help: "Units spent on fail-open quotas while Redis was down, copied to Redis when it returned (result ok), or not yet copied (error: kept for the next return).",
+	}, []string{"result"})
+	m.qBack.WithLabelValues("ok")
+	m.qBack.WithLabelValues("error")
 	reg.MustRegister(checks, lat, co, m.srcErr, m.reloads, m.lastOK, info, m.quotas, m.invalid,
-		m.srcCalls, m.srcLat, m.breaker, m.qsMode, m.qPolicy)
+		m.srcCalls, m.srcLat, m.breaker, m.qsMode, m.qPolicy, m.qBack)
 	if cacheLen != nil {
 		m.entries = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "tollgate_entitlement_cache_entries",
@@ -257,6 +264,15 @@ func (m *Metrics) QuotaStoreMode(mode string) {
 	oneHot(mode, []string{"memory", "redis_primary", "redis_degraded"}, func(s string, v float64) {
 		m.qsMode.WithLabelValues(s).Set(v)
 	})
+}
+
+// QuotaWriteBack records one copy of local spends into Redis.
+func (m *Metrics) QuotaWriteBack(units int64, err error) {
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	m.qBack.WithLabelValues(result).Add(float64(units))
 }
 
 // QuotaPolicies records each quota's failure policy (quota name → closed/open).

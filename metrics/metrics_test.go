@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -63,6 +64,18 @@ func TestSourceCall(t *testing.T) {
 	for source, want := range map[string]uint64{"http": 3, "redis": 2} {
 		if got := histogramCount(t, m, "tollgate_entitlement_source_call_duration_seconds", "source", source); got != want {
 			t.Errorf("source call durations {source=%q} counted %d, want %d", source, got, want)
+		}
+	}
+}
+
+func TestQuotaWriteBack(t *testing.T) {
+	m := New("test", nil)
+	m.QuotaWriteBack(20, nil)
+	m.QuotaWriteBack(5, errors.New("redis: connection refused"))
+	m.QuotaWriteBack(3, nil)
+	for result, want := range map[string]float64{"ok": 23, "error": 5} {
+		if got := counterValue(t, m.qBack.WithLabelValues(result)); got != want {
+			t.Errorf("write-back units {result=%q} = %v, want %v", result, got, want)
 		}
 	}
 }

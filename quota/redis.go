@@ -523,6 +523,46 @@ end
 return 0
 `)
 
+// addScript adds n units that were spent while Redis was unreachable to a
+// counter, if it is in the window they were spent in or has none: the
+// counter may then exceed its limit, which only means later leases are
+// refused. KEYS[1]: the counter. ARGV: n, reset_ms, now_ms, slack_ms.
+var addScript = redis.NewScript(`
+local n = tonumber(ARGV[1])
+local reset = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+local v = redis.call('HMGET', KEYS[1], 'u', 'r')
+local r = tonumber(v[2])
+local u = 0
+if r and r > now then
+  if r ~= reset then return 0 end
+  u = tonumber(v[1]) or 0
+end
+redis.call('HSET', KEYS[1], 'u', string.format('%.0f', u + n), 'r', string.format('%.0f', reset))
+local ttl = reset - now + tonumber(ARGV[4])
+if ttl < 1 then ttl = 1 end
+redis.call('PEXPIRE', KEYS[1], string.format('%.0f', ttl))
+return 1
+`)
+
+// addUnsynced copies spends counted locally while Redis was unreachable
+// (Resilient's fail-open items) into Redis, so the shared counters hold
+// them once it is back. Each delta is added only to the window it was
+// spent in. The error wraps ErrUnavailable.
+func (s *Leased) addUnsynced(ctx context.Context, ds []Delta) error {
+	now := s.now()
+	_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, d := range ds {
+			addScript.Eval(ctx, p, []string{s.redisKey(d.Group, d.Key)}, d.N, d.Reset.UnixMilli(), now.UnixMilli(), s.slack.Milliseconds())
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("%w: redis add: %w", ErrUnavailable, err)
+	}
+	return nil
+}
+
 // Release hands every unspent leased unit back to Redis, so a replica that
 // drains does not strand them (see the admission bounds). The store stays
 // usable. Units whose hand-back fails are lost for their window, as they

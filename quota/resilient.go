@@ -23,7 +23,10 @@ const (
 //
 //   - If every item is FailOpen, the spend is counted on a local Memory
 //     store: per replica, from zero, each replica admitting up to the limit
-//     on its own. Those spends are not copied to the primary when it returns.
+//     on its own. When the primary returns, those spends are copied into it
+//     in the background (for a Leased primary), so the shared counters hold
+//     them for the rest of their window; a copy that fails is tried again at
+//     the next return.
 //   - Otherwise the spend fails with an error wrapping ErrUnavailable (the
 //     caller answers 503 entitlements_unavailable with Retry-After): the
 //     quota fails closed.
@@ -52,6 +55,15 @@ type Resilient struct {
 
 	notifyMu sync.Mutex // serialises onMode calls
 	notified string
+
+	adder       unsyncedAdder // the primary, when it can take local spends back
+	onWriteBack func(units int64, err error)
+	syncing     atomic.Bool // a write-back is running
+}
+
+// unsyncedAdder is a primary that can take spends counted locally.
+type unsyncedAdder interface {
+	addUnsynced(ctx context.Context, ds []Delta) error
 }
 
 // ResilientOptions configures a Resilient store.
@@ -65,7 +77,14 @@ type ResilientOptions struct {
 	OnMode func(mode string)
 	// Now is the clock for RetryEvery; default time.Now.
 	Now func() time.Time
+	// OnWriteBack, if set, is told of each copy of local spends into the
+	// primary after it returns: the units copied, or the error (the units
+	// are then kept for the next try).
+	OnWriteBack func(units int64, err error)
 }
+
+// writeBackTimeout bounds one copy of local spends into the primary.
+const writeBackTimeout = 2 * time.Second
 
 // cachedSpender is a primary that can answer some spends without its backend.
 type cachedSpender interface {
@@ -83,7 +102,11 @@ const DefaultRetryEvery = 250 * time.Millisecond
 // NewResilient returns a store spending on primary and falling back to local
 // for fail-open items. local may be nil when no quota fails open.
 func NewResilient(primary Store, local *Memory, o ResilientOptions) *Resilient {
-	r := &Resilient{primary: primary, local: local, retry: o.RetryEvery, now: o.Now, onMode: o.OnMode, notified: ModePrimary}
+	r := &Resilient{primary: primary, local: local, retry: o.RetryEvery, now: o.Now, onMode: o.OnMode, notified: ModePrimary,
+		onWriteBack: o.OnWriteBack}
+	if a, ok := primary.(unsyncedAdder); ok && local != nil {
+		r.adder = a
+	}
 	if r.retry <= 0 {
 		r.retry = DefaultRetryEvery
 	}
@@ -112,7 +135,9 @@ func (r *Resilient) Spend(ctx context.Context, group string, items []Item, used 
 	d, err := r.primary.Spend(ctx, group, items, used)
 	switch {
 	case err == nil:
-		r.setDegraded(false)
+		if r.setDegraded(false) {
+			r.writeBack()
+		}
 		return d, nil
 	case errors.Is(err, ErrUnavailable):
 		r.nextProbe.Store(r.now().Add(r.retry).UnixNano())
@@ -130,12 +155,13 @@ func (r *Resilient) claimRetry() bool {
 	return now >= next && r.nextProbe.CompareAndSwap(next, now+int64(r.retry))
 }
 
-func (r *Resilient) setDegraded(v bool) {
+// setDegraded sets the mode and reports whether this call changed it.
+func (r *Resilient) setDegraded(v bool) bool {
 	if r.degraded.Load() == v || !r.degraded.CompareAndSwap(!v, v) {
-		return
+		return false
 	}
 	if r.onMode == nil {
-		return
+		return true
 	}
 	r.notifyMu.Lock()
 	defer r.notifyMu.Unlock()
@@ -143,6 +169,50 @@ func (r *Resilient) setDegraded(v bool) {
 	if m := r.Mode(); m != r.notified {
 		r.notified = m
 		r.onMode(m)
+	}
+	return true
+}
+
+// writeBack copies the local spends into the primary, in the background,
+// one copy at a time. A copy goes on while it finds new local spends (from
+// a short outage during the copy), and stops at the first failure, leaving
+// the rest for the next return.
+func (r *Resilient) writeBack() {
+	if r.adder == nil || !r.syncing.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer r.syncing.Store(false)
+		for range 4 {
+			ds := r.local.takeUnsynced()
+			if len(ds) == 0 {
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), writeBackTimeout)
+			err := r.adder.addUnsynced(ctx, ds)
+			cancel()
+			var units int64
+			for _, d := range ds {
+				units += d.N
+			}
+			if err != nil {
+				r.local.untake(ds)
+			}
+			if r.onWriteBack != nil {
+				r.onWriteBack(units, err)
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+}
+
+// WaitWriteBack waits until no write-back is running (for tests and
+// shutdown).
+func (r *Resilient) WaitWriteBack() {
+	for r.syncing.Load() {
+		time.Sleep(time.Millisecond)
 	}
 }
 

@@ -15,10 +15,35 @@ import (
 	"github.com/tollgate-authz/tollgate/internal/redistest"
 )
 
-// fakeStore is a Store whose Spend is a function field.
+// fakeStore is a Store whose Spend is a function field. It takes local
+// spends back (addUnsynced) unless addErr is set.
 type fakeStore struct {
-	calls atomic.Int64
-	spend func(ctx context.Context, group string, items []Item, used []int64) (int, error)
+	calls  atomic.Int64
+	spend  func(ctx context.Context, group string, items []Item, used []int64) (int, error)
+	mu     sync.Mutex
+	added  map[string]int64 // key → units written back
+	addErr error
+}
+
+func (f *fakeStore) addUnsynced(_ context.Context, ds []Delta) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.addErr != nil {
+		return f.addErr
+	}
+	if f.added == nil {
+		f.added = map[string]int64{}
+	}
+	for _, d := range ds {
+		f.added[d.Group+"/"+d.Key] += d.N
+	}
+	return nil
+}
+
+func (f *fakeStore) addedUnits(key string) int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.added[key]
 }
 
 func (f *fakeStore) Spend(ctx context.Context, group string, items []Item, used []int64) (int, error) {
@@ -104,7 +129,12 @@ func TestResilientPolicy(t *testing.T) {
 		t.Errorf("mode after a failed retry = %s", r.Mode())
 	}
 
-	// The primary returns: the next retry switches back by itself.
+	// The primary returns: the next retry switches back by itself, and the
+	// spends counted locally are written back to it. The first copy fails:
+	// the units are kept for the next return.
+	primary.mu.Lock()
+	primary.addErr = errors.New("connection reset")
+	primary.mu.Unlock()
 	down.Store(false)
 	clk.Add(time.Second)
 	if d, err := spend(closed); d != -1 || err != nil {
@@ -113,6 +143,43 @@ func TestResilientPolicy(t *testing.T) {
 	if r.Mode() != ModePrimary || !slices.Equal(log.get(), []string{ModeDegraded, ModePrimary}) {
 		t.Errorf("mode=%s, OnMode calls %v; want back to primary", r.Mode(), log.get())
 	}
+	r.WaitWriteBack()
+	if got := primary.addedUnits("g/open"); got != 0 {
+		t.Errorf("failed write-back recorded %d units", got)
+	}
+	// outage takes the primary down, runs during, and brings it back.
+	outage := func(during func()) {
+		down.Store(true)
+		spend(closed) // notices the outage
+		during()
+		down.Store(false)
+		clk.Add(time.Second)
+		spend(closed) // notices the return
+		r.WaitWriteBack()
+	}
+	// Another outage and return: now the copy succeeds, with every unit
+	// spent locally in this window (the 3 of the first outage; the local
+	// limit refuses more).
+	primary.mu.Lock()
+	primary.addErr = nil
+	primary.mu.Unlock()
+	outage(func() {
+		if d, err := spend(open); d != 0 || err != nil {
+			t.Errorf("open spend in the second outage: denied=%d err=%v, want refused locally (limit 3 reached)", d, err)
+		}
+	})
+	if got, want := primary.addedUnits("g/open"), int64(3); got != want {
+		t.Errorf("written back %d units of the open item, want %d", got, want)
+	}
+	if got := primary.addedUnits("g/closed"); got != 0 {
+		t.Errorf("written back %d units of the fail-closed item, want 0", got)
+	}
+	// Nothing is written twice.
+	outage(func() {})
+	if got, want := primary.addedUnits("g/open"), int64(3); got != want {
+		t.Errorf("after a third return: written back %d units, want still %d", got, want)
+	}
+
 	calls = primary.calls.Load()
 	spend(open)
 	if primary.calls.Load() != calls+1 {
@@ -284,6 +351,15 @@ func TestRedisRestartDuringLoad(t *testing.T) {
 	}
 	if got := redisUsed(t, srv.Client(), leased, "acme", "closed"); got == 0 {
 		t.Error("the restarted redis holds no count for the closed item")
+	}
+	// What the fail-open items spent locally while Redis was down was
+	// written back to the restarted Redis.
+	r.WaitWriteBack()
+	if got := redisUsed(t, srv.Client(), leased, "gamma", "small"); got != localLimit {
+		t.Errorf("redis holds %d for the small item after recovery, want its %d local spends", got, localLimit)
+	}
+	if got, local := redisUsed(t, srv.Client(), leased, "beta", "open"), local.Used("beta", "open"); got < local {
+		t.Errorf("redis holds %d for the open item after recovery, fewer than the %d spent locally", got, local)
 	}
 	if got := log.get(); len(got) < 2 || got[0] != ModeDegraded || got[len(got)-1] != ModePrimary {
 		t.Errorf("OnMode calls %v, want degraded … primary", got)
