@@ -319,6 +319,18 @@ func TestSidecarWiring(t *testing.T) {
 	if got := strings.Join(tg.Args, " "); got != "serve --config /etc/tollgate/tollgate.yaml" {
 		t.Errorf("tollgate args %q", got)
 	}
+	// GOMEMLIMIT keeps the GC (GOGC=400) from taking the heap past the
+	// pod's memory limit: it must sit under it, with headroom.
+	env := map[string]string{}
+	for _, e := range tg.Env {
+		env[e.Name] = e.Value
+	}
+	limit := tg.Resources.Limits.Memory().Value()
+	if soft, err := goMemLimit(env["GOMEMLIMIT"]); err != nil {
+		t.Errorf("GOMEMLIMIT %q: %v", env["GOMEMLIMIT"], err)
+	} else if soft > limit*95/100 || soft < limit/2 {
+		t.Errorf("GOMEMLIMIT %q is %d bytes; want 50%%–95%% of limits.memory (%d bytes)", env["GOMEMLIMIT"], soft, limit)
+	}
 	var cmName string
 	for _, m := range tg.VolumeMounts {
 		if m.MountPath == "/etc/tollgate" {
@@ -484,4 +496,21 @@ func TestSidecarWiring(t *testing.T) {
 	if len(claimHeaders) != 1 || trusted == "" || claimHeaders[0] != trusted {
 		t.Errorf("RequestAuthentication copies sub to %v; tollgate trusts header %q: want the same one", claimHeaders, trusted)
 	}
+}
+
+// goMemLimit parses a GOMEMLIMIT value: bytes, with an optional B, KiB,
+// MiB, GiB or TiB suffix.
+func goMemLimit(v string) (int64, error) {
+	mult := int64(1)
+	for i, u := range []string{"TiB", "GiB", "MiB", "KiB", "B"} {
+		if n, ok := strings.CutSuffix(v, u); ok {
+			v, mult = n, int64(1)<<(10*(4-i))
+			break
+		}
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("not a positive size")
+	}
+	return n * mult, nil
 }
