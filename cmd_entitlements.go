@@ -47,6 +47,7 @@ type redisFlags struct {
 	db                                           int
 	timeout                                      time.Duration
 	tls                                          config.RedisTLS
+	cluster                                      bool
 }
 
 func (r *redisFlags) register(fs *flag.FlagSet) {
@@ -57,6 +58,7 @@ func (r *redisFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&r.prefix, "prefix", redissource.DefaultPrefix, "key prefix")
 	fs.StringVar(&r.channel, "channel", redissource.DefaultChannel, "invalidation channel")
 	fs.DurationVar(&r.timeout, "timeout", 5*time.Second, "bound on the whole command")
+	fs.BoolVar(&r.cluster, "cluster", false, "--redis is a node of a Redis Cluster (as the config's redis cluster: true)")
 	fs.BoolVar(&r.tls.Enabled, "tls", false, "connect with TLS (as the config's redis tls.enabled)")
 	fs.StringVar(&r.tls.CAFile, "tls-ca", "", "PEM CA file for the server's certificate (default: the system roots)")
 	fs.StringVar(&r.tls.CertFile, "tls-cert", "", "PEM client certificate, for a server that requires one")
@@ -87,12 +89,12 @@ func (r *redisFlags) open(fs *flag.FlagSet) (*redissource.Source, func(), error)
 		return nil, nil, fmt.Errorf("%w: %s: give --tls-cert and --tls-key together", errUsage, fs.Name())
 	}
 	conn, err := dialRedis(config.RedisConn{
-		Address: r.addr, Username: r.username, PasswordEnv: r.passwordEnv, DB: r.db, TLS: r.tls,
+		Address: r.addr, Cluster: r.cluster, Username: r.username, PasswordEnv: r.passwordEnv, DB: r.db, TLS: r.tls,
 	}, "redis", r.timeout, nil)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %s: %v", errUsage, fs.Name(), err)
 	}
-	c := conn.Client
+	c := conn.UniversalClient
 	src, err := redissource.New(redissource.Options{Client: c, Prefix: r.prefix, Channel: r.channel})
 	if err != nil {
 		_ = c.Close()

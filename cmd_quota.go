@@ -52,7 +52,7 @@ func newQuotaStore(cfg *config.Config, metricsOf func() *metrics.Metrics, log *s
 		client.warm(log, "quota_store.redis")
 	}
 	leased := quota.NewLeased(quota.LeasedOptions{
-		Client: client.Client, Prefix: rc.Prefix, LeaseSize: rc.LeaseSize, Timeout: rc.Timeout,
+		Client: client.UniversalClient, Prefix: rc.Prefix, LeaseSize: rc.LeaseSize, Timeout: rc.Timeout,
 	})
 	res := quota.NewResilient(leased, quota.NewMemory(nil), quota.ResilientOptions{
 		RetryEvery: rc.RetryEvery,

@@ -22,14 +22,14 @@ import (
 // redisConn is a connection to one Redis server, as the redis source, the
 // redis quota store and `tollgate entitlements` make it.
 type redisConn struct {
-	*redis.Client
-	addr string
+	redis.UniversalClient // a *redis.Client, or a *redis.ClusterClient with cluster
+	addr                  string
 	// watch, when not nil, reloads the TLS client certificate when its
 	// files change (checked every every) until ctx ends; serve runs it.
 	watch func(ctx context.Context, every time.Duration)
 }
 
-// dialRedis makes the client for rc with quota.RedisOptions's timeouts
+// dialRedis makes the client for rc (a cluster client with rc.Cluster) with quota.RedisOptions's timeouts
 // (timeout, when positive, replaces them), the credentials, and TLS. path is
 // rc's place in the config ("quota_store.redis"), for errors; onReload, when
 // not nil, is told of each reload of a client certificate. The client
@@ -84,8 +84,20 @@ func dialRedis(rc config.RedisConn, path string, timeout time.Duration, onReload
 		opts.DialTimeout = td.NetDialer.Timeout
 		opts.MinIdleConns = 2
 	}
-	c.Client = redis.NewClient(opts)
 	c.addr = rc.Address
+	if !rc.Cluster {
+		c.UniversalClient = redis.NewClient(opts)
+		return c, nil
+	}
+	// A cluster client learns the other nodes from address, and follows
+	// MOVED and ASK redirections on its own.
+	c.UniversalClient = redis.NewClusterClient(&redis.ClusterOptions{
+		Addrs:    []string{opts.Addr},
+		Username: opts.Username, Password: opts.Password,
+		DialTimeout: opts.DialTimeout, ReadTimeout: opts.ReadTimeout, WriteTimeout: opts.WriteTimeout, PoolTimeout: opts.PoolTimeout,
+		ContextTimeoutEnabled: opts.ContextTimeoutEnabled, MaxRetries: opts.MaxRetries, DialerRetries: opts.DialerRetries,
+		DisableIdentity: opts.DisableIdentity, TLSConfig: opts.TLSConfig, Dialer: opts.Dialer, MinIdleConns: opts.MinIdleConns,
+	})
 	return c, nil
 }
 

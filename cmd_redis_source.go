@@ -23,7 +23,7 @@ func (p *pipeline) openRedis(log *slog.Logger) (entitlement.Source, error) {
 		p.watchers = append(p.watchers, func(ctx context.Context) { client.watch(ctx, p.cfg.Entitlements.File.PollInterval) })
 	}
 	src, err := redissource.New(redissource.Options{
-		Client: client.Client, Prefix: rc.Prefix, Channel: rc.Channel, Timeout: rc.Timeout,
+		Client: client.UniversalClient, Prefix: rc.Prefix, Channel: rc.Channel, Timeout: rc.Timeout,
 		Observer: sourceObserver{p.metrics, "redis"}, Logger: log,
 	})
 	if err != nil {

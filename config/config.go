@@ -104,6 +104,7 @@ type HTTPSource struct {
 // the redis source and of the redis quota store.
 type RedisConn struct {
 	Address     string   `yaml:"address"`
+	Cluster     bool     `yaml:"cluster"` // address is one node (or a configuration endpoint) of a Redis Cluster
 	Username    string   `yaml:"username"`
 	PasswordEnv string   `yaml:"password_env"`
 	DB          int      `yaml:"db"`
@@ -355,10 +356,16 @@ func Parse(name string, data []byte) (*Config, error) {
 		fail("server.tls", "set cert_file and key_file together (client_ca_file needs both)")
 	}
 	if c.Entitlements.Source == "redis" {
-		checkRedisTLS("entitlements.redis.tls", c.Entitlements.Redis.TLS, fail)
+		er := c.Entitlements.Redis
+		checkRedisConn("entitlements.redis", er.RedisConn, fail)
+		// A write touches the record, its key index and the digests'
+		// entries in one script: in a cluster they must share a slot.
+		if er.Cluster && !hasHashTag(er.Prefix) {
+			fail("entitlements.redis.prefix", "%q has no hash tag: with cluster, every key must share one slot (for example \"{tollgate:ent}:\")", er.Prefix)
+		}
 	}
 	if c.QuotaStore.Store == "redis" {
-		checkRedisTLS("quota_store.redis.tls", c.QuotaStore.Redis.TLS, fail)
+		checkRedisConn("quota_store.redis", c.QuotaStore.Redis.RedisConn, fail)
 	}
 	et, qt := &c.Entitlements.Redis.TLS, &c.QuotaStore.Redis.TLS
 	for _, p := range []*string{&c.Entitlements.File.Path, &c.Entitlements.Stripe.Customers,
@@ -428,6 +435,26 @@ func Parse(name string, data []byte) (*Config, error) {
 		return nil, errors.Join(errs...)
 	}
 	return &c, nil
+}
+
+// checkRedisConn refuses a database number in a cluster (which has only
+// database 0), and checks the TLS block.
+func checkRedisConn(path string, rc RedisConn, fail func(path, msg string, args ...any)) {
+	if rc.Cluster && rc.DB != 0 {
+		fail(path+".db", "must be 0 with cluster (Redis Cluster has one database)")
+	}
+	checkRedisTLS(path+".tls", rc.TLS, fail)
+}
+
+// hasHashTag reports whether a key starting with prefix is hashed by a
+// Redis Cluster hash tag inside prefix: a non-empty {…} at its first '{'.
+func hasHashTag(prefix string) bool {
+	i := strings.IndexByte(prefix, '{')
+	if i < 0 {
+		return false
+	}
+	j := strings.IndexByte(prefix[i+1:], '}')
+	return j > 0
 }
 
 // checkRedisTLS refuses a TLS block whose files are set while TLS is off, or

@@ -92,6 +92,12 @@ routes:
 			"t.yaml:13: quota_store.redis.tls.ca_file: is set but quota_store.redis.tls.enabled is false"},
 		{"redis tls cert without key", base + "quota_store:\n  store: redis\n  redis:\n    address: r:6379\n    tls: {enabled: true, cert_file: c.pem}\n",
 			"t.yaml:13: quota_store.redis.tls: set cert_file and key_file together"},
+		{"cluster db", base + "quota_store:\n  store: redis\n  redis: {address: r:6379, cluster: true, db: 2}\n",
+			"t.yaml:11: quota_store.redis.db: must be 0 with cluster"},
+		{"cluster prefix without hash tag", "entitlements:\n  source: redis\n  redis: {address: r:6379, cluster: true, prefix: \"tollgate:ent:\"}\n",
+			`t.yaml:3: entitlements.redis.prefix: "tollgate:ent:" has no hash tag`},
+		{"cluster default prefix", "entitlements:\n  source: redis\n  redis: {address: r:6379, cluster: true}\n",
+			`entitlements.redis.prefix: "" has no hash tag`},
 		{"redis source tls", "entitlements:\n  source: redis\n  redis: {address: r:6379, tls: {server_name: redis.internal}}\n",
 			"t.yaml:3: entitlements.redis.tls.server_name: is set but entitlements.redis.tls.enabled is false"},
 	}
@@ -149,6 +155,26 @@ quota_store:
 	for _, tt := range tests {
 		if tt.got != tt.want {
 			t.Errorf("%s = %v, want %v", tt.name, tt.got, tt.want)
+		}
+	}
+}
+
+func TestHasHashTag(t *testing.T) {
+	cases := []struct {
+		prefix string
+		want   bool
+	}{
+		{"{tollgate:ent}:", true},
+		{"app:{ent}:", true},
+		{"tollgate:ent:", false},
+		{"{}:", false},
+		{"{tollgate:ent:", false},
+		{"}x{y}", true},
+		{"", false},
+	}
+	for _, c := range cases {
+		if got := hasHashTag(c.prefix); got != c.want {
+			t.Errorf("hasHashTag(%q) = %v, want %v", c.prefix, got, c.want)
 		}
 	}
 }

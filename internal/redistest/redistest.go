@@ -41,7 +41,8 @@ type Server struct {
 	dir  string
 	port int
 
-	tls *TLSFiles // nil: plain TCP
+	tls   *TLSFiles // nil: plain TCP
+	extra []string  // more redis-server arguments
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd     // nil while killed
@@ -53,7 +54,7 @@ type Server struct {
 // PID) when the test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	return startServer(t, nil)
+	return startServer(t, nil, nil, freePort)
 }
 
 // TLSFiles are the PEM files of a TLS server made by StartTLS: the CA that
@@ -84,7 +85,7 @@ func StartTLS(t testing.TB, mutual bool) *Server {
 	srv.WriteKey(t, filepath.Join(dir, "server-key.pem"))
 	cli.WriteCert(t, f.CertFile)
 	cli.WriteKey(t, f.KeyFile)
-	return startServer(t, f)
+	return startServer(t, f, nil, freePort)
 }
 
 // TLS returns the TLS files of a server made by StartTLS, or nil.
@@ -114,18 +115,18 @@ func (s *Server) ClientTLS() *tls.Config {
 	return c
 }
 
-func startServer(t testing.TB, tlsFiles *TLSFiles) *Server {
+func startServer(t testing.TB, tlsFiles *TLSFiles, extra []string, port func() (int, error)) *Server {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Fatalf("redis-server is not on PATH (%v): run scripts/install-redis.sh", err)
 	}
-	s := &Server{t: t, bin: bin, dir: t.TempDir(), tls: tlsFiles}
+	s := &Server{t: t, bin: bin, dir: t.TempDir(), tls: tlsFiles, extra: extra}
 	t.Cleanup(s.Kill)
 	// A free port can be taken between choosing it and redis binding it;
 	// try a few.
 	for attempt := 0; ; attempt++ {
-		s.port, err = freePort()
+		s.port, err = port()
 		if err == nil {
 			err = s.start()
 		}
@@ -233,7 +234,7 @@ func (s *Server) start() error {
 			"--tls-cert-file", filepath.Join(dir, "server.pem"), "--tls-key-file", filepath.Join(dir, "server-key.pem"),
 			"--tls-ca-cert-file", f.CAFile, "--tls-auth-clients", auth)
 	}
-	cmd := exec.Command(s.bin, args...)
+	cmd := exec.Command(s.bin, append(args, s.extra...)...)
 	if err := cmd.Start(); err != nil {
 		return err
 	}
@@ -295,6 +296,27 @@ func (s *Server) ping() error {
 		return errors.New("unexpected PING reply " + strconv.Quote(line))
 	}
 	return nil
+}
+
+// freeClusterPort is a free port whose cluster bus port (port + 10000) is
+// free too.
+func freeClusterPort() (int, error) {
+	for range 50 {
+		p, err := freePort()
+		if err != nil {
+			return 0, err
+		}
+		if p+10000 > 65535 {
+			continue
+		}
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p+10000)))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return p, nil
+	}
+	return 0, errors.New("no free port with a free cluster bus port")
 }
 
 func freePort() (int, error) {

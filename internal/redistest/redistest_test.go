@@ -113,3 +113,29 @@ func TestStartTLS(t *testing.T) {
 		})
 	}
 }
+
+// TestStartCluster checks the cluster serves keys from every slot through
+// a cluster client, spread over its nodes.
+func TestStartCluster(t *testing.T) {
+	c := StartCluster(t, 3)
+	cc := c.Client()
+	ctx := context.Background()
+	for i := range 60 {
+		if err := cc.Set(ctx, "k"+string(rune('a'+i%26))+string(rune('a'+i/26)), i, 0).Err(); err != nil {
+			t.Fatalf("SET through the cluster client: %v", err)
+		}
+	}
+	holding := 0
+	for _, n := range c.Nodes {
+		keys, err := n.Client().DBSize(ctx).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if keys > 0 {
+			holding++
+		}
+	}
+	if got, want := holding, 3; got != want {
+		t.Errorf("%d nodes hold keys, want %d", got, want)
+	}
+}
