@@ -38,8 +38,8 @@ func TestRedisCluster(t *testing.T) {
 	path := quotaDemoDir(t, seed, 1000, 10)
 	b, _ := os.ReadFile(path)
 	s := strings.Replace(string(b), "redis: {address: "+seed+",", "redis: {address: "+seed+", cluster: true,", 1)
-	s = strings.Replace(s, "  source: file\n", "  source: redis\n  redis: {address: "+seed+", cluster: true, prefix: \""+prefix+"\"}\n", 1)
-	s = strings.Replace(s, "    timeout: 50ms\n", "    timeout: 150ms\n", 1) // room for -race on a loaded machine
+	s = strings.Replace(s, "  source: file\n", "  source: redis\n  redis: {address: "+seed+", cluster: true, timeout: 150ms, prefix: \""+prefix+"\"}\n", 1)
+	s = strings.Replace(s, "    timeout: 50ms\n", "    timeout: 150ms\n", 1) // with the source's: room for -race on a loaded machine
 	if s == string(b) {
 		t.Fatal("config not rewritten")
 	}

@@ -247,7 +247,7 @@ func TestRedisSourceReplicasSeeWritesAtOnce(t *testing.T) {
 			dir := demoDir(t, "127.0.0.1:0")
 			cfg := filepath.Join(dir, "tollgate.yaml")
 			raw, _ := os.ReadFile(cfg)
-			s := strings.Replace(string(raw), "  source: file\n", "  source: redis\n  redis: {address: "+rs.Addr()+c.conf(rs.TLS())+"}\n", 1)
+			s := strings.Replace(string(raw), "  source: file\n", "  source: redis\n  redis: {address: "+rs.Addr()+", timeout: 150ms"+c.conf(rs.TLS())+"}\n", 1)
 			s = strings.Replace(s, "    ttl: 30s\n", "    ttl: 1h\n", 1)
 			// This test is about pub/sub, not speed: give a loaded CI
 			// machine running -race room for a first lookup over TLS.

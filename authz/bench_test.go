@@ -13,6 +13,8 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/mem"
 
 	"github.com/tollgate-authz/tollgate/authz"
 	"github.com/tollgate-authz/tollgate/cache"
@@ -177,4 +179,45 @@ func BenchmarkCheckParallel(b *testing.B) {
 			i++
 		}
 	})
+}
+
+// BenchmarkServeCheck is a Check as a grpc.Server runs it, from the
+// request's bytes to the response's: the registered handler decodes the
+// bytes with Codec, an interceptor (serve has one) calls the decision, and
+// Codec encodes the response. "message" is authv3.RegisterAuthorizationServer's
+// handler, "view" Register's. The request is what the load harness sends.
+func BenchmarkServeCheck(b *testing.B) {
+	srv := benchQuotaServer(b, cache.Options{})
+	ctx := context.Background()
+	var c authz.Codec
+	intercept := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		return handler(ctx, req)
+	}
+	for _, in := range []struct {
+		name string
+		cr   *authv3.CheckRequest
+	}{{"headers", harnessShaped()}, {"header_map", withRaw(harnessShaped())}} {
+		bufs := mem.BufferSlice{mem.SliceBuffer(marshal(b, in.cr))}
+		dec := func(v any) error { return c.Unmarshal(bufs, v) }
+		srv.Check(ctx, in.cr) // warm the cache
+		for _, reg := range registrations {
+			var r registrar
+			reg.register(&r, srv)
+			handler := r.desc.Methods[0].Handler
+			b.Run(in.name+"/"+reg.name, func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					resp, err := handler(r.impl, ctx, dec, intercept)
+					if err != nil || resp.(*authv3.CheckResponse).GetStatus().GetCode() != 0 {
+						b.Fatal(err, resp)
+					}
+					out, err := c.Marshal(resp)
+					if err != nil {
+						b.Fatal(err)
+					}
+					out.Free()
+				}
+			})
+		}
+	}
 }

@@ -10,10 +10,16 @@ import (
 // Codec is the gRPC codec for a server that answers Check: the standard
 // protobuf codec, made faster for the two messages on the hot path.
 //
-//   - A CheckRequest is decoded by decodeCheckRequest, which reads the
-//     parts Envoy always sends (the HTTP request and its header map)
-//     without reflection, and leaves every other field to the protobuf
-//     runtime. The result is the message proto.Unmarshal would give.
+//   - Into a *Request (Register's handler), a CheckRequest is decoded
+//     without building the message: only what a decision reads is kept,
+//     as substrings of one copy of the bytes (wire.go). A decision reads
+//     there what it would read in the message proto.Unmarshal gives, and
+//     an error is proto.Unmarshal's.
+//   - Into a *authv3.CheckRequest (authv3.RegisterAuthorizationServer's
+//     handler), DecodeCheckRequest reads the parts Envoy always sends (the
+//     HTTP request and its header map) without reflection, and leaves
+//     every other field to the protobuf runtime. The result is the message
+//     proto.Unmarshal would give.
 //   - A response with vtprotobuf's marshalling methods is encoded by them.
 //     go-control-plane generates those methods behind the build tag
 //     vtprotobuf: build with -tags vtprotobuf to use them. Without the tag,
@@ -69,12 +75,17 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 
 // Unmarshal implements encoding.CodecV2.
 func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
-	cr, ok := v.(*authv3.CheckRequest)
-	if !ok {
-		return std.Unmarshal(data, v)
+	// Either way the error, if any, is proto.Unmarshal's, as with the
+	// standard codec.
+	switch m := v.(type) {
+	case *Request:
+		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+		defer buf.Free()
+		return m.decode(buf.ReadOnlyData())
+	case *authv3.CheckRequest:
+		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+		defer buf.Free()
+		return DecodeCheckRequest(buf.ReadOnlyData(), m)
 	}
-	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
-	defer buf.Free()
-	// The error, if any, is proto.Unmarshal's, as with the standard codec.
-	return DecodeCheckRequest(buf.ReadOnlyData(), cr)
+	return std.Unmarshal(data, v)
 }

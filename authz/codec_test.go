@@ -5,14 +5,17 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -124,14 +127,18 @@ func sameAsProto(t *testing.T, b []byte) {
 	}
 }
 
-func TestDecodeCheckRequestMatchesProto(t *testing.T) {
+// wireCase is a CheckRequest on the wire, named for what it tries.
+type wireCase struct {
+	name string
+	b    []byte
+}
+
+// decodeCases are Envoy's requests and edge cases of the wire format.
+func decodeCases(t testing.TB) []wireCase {
 	shaped := envoyShaped()
 	withUnknown := marshal(t, shaped)
 	withUnknown = append(withUnknown, tagged(99, protowire.VarintType, protowire.AppendVarint(nil, 7))...)
-	tests := []struct {
-		name string
-		b    []byte
-	}{
+	return []wireCase{
 		{"empty", nil},
 		{"envoy shaped", marshal(t, shaped)},
 		{"raw headers", marshal(t, withRaw(shaped))},
@@ -165,7 +172,10 @@ func TestDecodeCheckRequestMatchesProto(t *testing.T) {
 		{"peer labels and unknown field", lenField(1, lenField(2, append(lenField(3, append(lenField(1, []byte("k")), lenField(2, []byte("v"))...)), tagged(9, protowire.VarintType, []byte{1})...)))},
 		{"socket address extras", lenField(1, lenField(1, lenField(1, lenField(1, append(lenField(5, []byte("r")), tagged(6, protowire.VarintType, []byte{1})...)))))},
 	}
-	for _, tt := range tests {
+}
+
+func TestDecodeCheckRequestMatchesProto(t *testing.T) {
+	for _, tt := range decodeCases(t) {
 		t.Run(tt.name, func(t *testing.T) { sameAsProto(t, tt.b) })
 	}
 }
@@ -226,32 +236,31 @@ func TestCodecRoundTrip(t *testing.T) {
 	}
 }
 
-// BenchmarkDecodeCheckRequest compares the runtime with the fast path on
-// an Envoy-shaped request, with headers and with raw headers.
+// BenchmarkDecodeCheckRequest compares the runtime, the fast path to a
+// message and the decoding to a Request (through Codec, into a Request
+// reused as Register's pool reuses it) on an Envoy-shaped request, with
+// headers and with raw headers.
 func BenchmarkDecodeCheckRequest(b *testing.B) {
 	for _, in := range []struct {
 		name string
 		cr   *authv3.CheckRequest
 	}{{"headers", envoyShaped()}, {"header_map", withRaw(envoyShaped())}, {"headers_no_jwt", noJWT(envoyShaped())}} {
 		data := marshal(b, in.cr)
-		for _, dec := range []struct {
-			name string
-			fn   func([]byte, *authv3.CheckRequest) error
-		}{
-			{"proto", func(b []byte, m *authv3.CheckRequest) error { return proto.Unmarshal(b, m) }},
-			{"fast", authz.DecodeCheckRequest},
-		} {
-			b.Run(fmt.Sprintf("%s/%s", in.name, dec.name), func(b *testing.B) {
+		run := func(name string, decode func() error) {
+			b.Run(in.name+"/"+name, func(b *testing.B) {
 				b.ReportAllocs()
 				b.SetBytes(int64(len(data)))
 				for b.Loop() {
-					var cr authv3.CheckRequest
-					if err := dec.fn(data, &cr); err != nil {
+					if err := decode(); err != nil {
 						b.Fatal(err)
 					}
 				}
 			})
 		}
+		run("proto", func() error { return proto.Unmarshal(data, new(authv3.CheckRequest)) })
+		run("fast", func() error { return authz.DecodeCheckRequest(data, new(authv3.CheckRequest)) })
+		q, bufs := new(authz.Request), mem.BufferSlice{mem.SliceBuffer(data)}
+		run("view", func() error { return authz.Codec{}.Unmarshal(bufs, q) })
 	}
 }
 
@@ -271,36 +280,77 @@ func BenchmarkMarshalCheckResponse(b *testing.B) {
 	}
 }
 
-// TestCodecOverGRPC serves Check with the codec installed as serve installs
-// it, and gets over the wire what the handler returns.
-func TestCodecOverGRPC(t *testing.T) {
+// TestCheckOverGRPC serves Check as serve does (Codec, an interceptor
+// that may shed), registered either way, and gets over the wire what the
+// handler returns, or what Shed returns when the interceptor sheds; bytes
+// that proto.Unmarshal refuses get the standard codec's error.
+func TestCheckOverGRPC(t *testing.T) {
 	srv, _ := demo(t, nil)
-	lis := bufconn.Listen(1 << 20)
-	gs := grpc.NewServer(grpc.ForceServerCodecV2(authz.Codec{}))
-	authv3.RegisterAuthorizationServer(gs, srv)
-	go func() { _ = gs.Serve(lis) }()
-	defer gs.Stop()
-	cc, err := grpc.NewClient("passthrough:///bufnet",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
+	for _, reg := range registrations {
+		t.Run(reg.name, func(t *testing.T) {
+			var shed atomic.Bool
+			seen := make(chan string, 1)
+			intercept := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+				seen <- fmt.Sprintf("%T %s", req, info.FullMethod)
+				if !shed.Load() {
+					return handler(ctx, req)
+				}
+				resp, _ := srv.Shed(req)
+				return resp, nil
+			}
+			lis := bufconn.Listen(1 << 20)
+			gs := grpc.NewServer(grpc.ForceServerCodecV2(authz.Codec{}), grpc.UnaryInterceptor(intercept))
+			reg.register(gs, srv)
+			go func() { _ = gs.Serve(lis) }()
+			defer gs.Stop()
+			cc, err := grpc.NewClient("passthrough:///bufnet",
+				grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+				grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cc.Close()
+			client := authv3.NewAuthorizationClient(cc)
+			for _, tt := range []struct {
+				cr   *authv3.CheckRequest
+				shed bool
+			}{
+				{envoyShaped(), false},
+				{withRaw(envoyShaped()), false},
+				{req("POST", "/v1/chat", map[string]string{"x-api-key": "demo-free-key", "x-request-id": "r1"}), false},
+				{req("GET", "/nowhere", nil), false},
+				{req("GET", "/v1/search", map[string]string{"x-api-key": "demo-free-key", "x-request-id": "r2"}), true},
+			} {
+				shed.Store(tt.shed)
+				got, err := client.Check(context.Background(), tt.cr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want, _ := srv.Check(context.Background(), tt.cr)
+				if tt.shed {
+					want, _ = srv.Shed(tt.cr)
+				}
+				if got, want := sortedRemovals(got), sortedRemovals(want); !proto.Equal(got, want) {
+					t.Errorf("over gRPC:\n%v\nwant\n%v", got, want)
+				}
+				if got, want := <-seen, reg.req+" "+authv3.Authorization_Check_FullMethodName; got != want {
+					t.Errorf("interceptor saw %s, want %s", got, want)
+				}
+			}
+			err = cc.Invoke(context.Background(), authv3.Authorization_Check_FullMethodName, []byte{0x0a, 0x05}, new(authv3.CheckResponse), grpc.ForceCodecV2(rawCodec{}))
+			if status.Code(err) != codes.Internal {
+				t.Errorf("truncated request: %v, want the standard codec's Internal error", err)
+			}
+		})
 	}
-	defer cc.Close()
-	client := authv3.NewAuthorizationClient(cc)
-	for _, cr := range []*authv3.CheckRequest{
-		envoyShaped(),
-		withRaw(envoyShaped()),
-		req("POST", "/v1/chat", map[string]string{"x-api-key": "demo-free-key", "x-request-id": "r1"}),
-		req("GET", "/nowhere", nil),
-	} {
-		got, err := client.Check(context.Background(), cr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		want, _ := srv.Check(context.Background(), cr)
-		if !proto.Equal(got, want) {
-			t.Errorf("over gRPC:\n%v\nwant\n%v", got, want)
-		}
+}
+
+// rawCodec sends a []byte as it is: a client that sends what it likes.
+type rawCodec struct{ authz.Codec }
+
+func (c rawCodec) Marshal(v any) (mem.BufferSlice, error) {
+	if b, ok := v.([]byte); ok {
+		return mem.BufferSlice{mem.SliceBuffer(b)}, nil
 	}
+	return c.Codec.Marshal(v)
 }

@@ -14,7 +14,9 @@ import (
 // Decoding a CheckRequest is most of what an ext_authz server does with its
 // CPU, and most of that, in the protobuf runtime, is the request's header
 // map: map fields are decoded by reflection, at several allocations an
-// entry. DecodeCheckRequest reads the path Envoy always sends
+// entry. Register's handler does not build the message at all (wire.go,
+// which shares this file's reading of fields and strings); for a server
+// that does, DecodeCheckRequest reads the path Envoy always sends
 //
 //	CheckRequest.attributes → .request → .time, .http (strings, headers, header_map)
 //	                        → .source, .destination (address, principal, …)
@@ -60,16 +62,21 @@ func next(b []byte) (f field, n int) {
 	if tn < 0 || num > protowire.MaxValidNumber {
 		return f, -1
 	}
-	vn := protowire.ConsumeFieldValue(num, typ, b[tn:])
+	var v []byte
+	var vn int
+	if typ == protowire.BytesType { // the most common: read its length once
+		v, vn = protowire.ConsumeBytes(b[tn:])
+	} else {
+		vn = protowire.ConsumeFieldValue(num, typ, b[tn:])
+	}
 	if vn < 0 {
 		return f, -1
 	}
 	n = tn + vn
-	f = field{num: num, typ: typ, v: b[tn:n], raw: b[:n]}
-	if typ == protowire.BytesType {
-		f.v, _ = protowire.ConsumeBytes(f.v)
+	if v == nil {
+		v = b[tn:n]
 	}
-	return f, n
+	return field{num: num, typ: typ, v: v, raw: b[:n]}, n
 }
 
 // merge hands the fields the fast path does not read to the protobuf
@@ -121,13 +128,18 @@ func (t *text) str(f *field) (string, error) {
 	if f.typ != protowire.BytesType || !utf8.Valid(f.v) {
 		return "", errSlowPath
 	}
-	// f.v is a subslice of t.b, ending where t.b ends: the difference of
+	return t.sub(f.v), nil
+}
+
+// sub is v as a substring of t when v lies in t.b, else a copy.
+func (t *text) sub(v []byte) string {
+	// v is a subslice of t.b, ending where t.b ends: the difference of
 	// their capacities is its offset.
-	off := cap(t.b) - cap(f.v)
-	if off < 0 || off+len(f.v) > len(t.s) {
-		return string(f.v), nil
+	off := cap(t.b) - cap(v)
+	if off < 0 || off+len(v) > len(t.s) {
+		return string(v)
 	}
-	return t.s[off : off+len(f.v)], nil
+	return t.s[off : off+len(v)]
 }
 
 // msg checks that a field holding a message is length-delimited.

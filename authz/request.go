@@ -4,6 +4,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -14,37 +15,102 @@ import (
 // the ext_authz filter lists it in metadata_context_namespaces.
 const JWTNamespace = "envoy.filters.http.jwt_authn"
 
-// request is a read-only view of a CheckRequest. It copies nothing: every
-// accessor reads the proto, which is nil-safe at every level.
+// request is the part of a CheckRequest the server reads, and nothing else.
+// It is filled from a message (fromProto) or straight from the wire
+// (Request.decode, wire.go), and then only read, until reset.
 type request struct {
-	http      *authv3.AttributeContext_HttpRequest
-	attrs     *authv3.AttributeContext
-	requestID string
+	httpMethod, httpPath, httpHost string // the HttpRequest's own fields
+	// The client's headers are the message's headers map, when it has one
+	// (hmap), or else headers: the wire's headers map entries or, when
+	// Envoy sends raw headers (encode_raw_headers: true), header_map, with
+	// a raw value, when there is one, in place of the value.
+	hmap    map[string]string
+	headers []header
+	// rawHeaders says headers come from header_map: names in any case, and
+	// a name may repeat. From a map, every name is there once.
+	rawHeaders bool
+	ext        map[string]string // context_extensions
+	principal  string            // the source peer's
+	jwt        *structpb.Struct  // metadata_context's jwt_authn payloads
+	requestID  string
 }
+
+// header is one header as the client sent it.
+type header struct{ name, value string }
 
 var _ identity.Request = (*request)(nil)
 
+// newRequest is the view of cr. It shares cr's strings and maps; only the
+// raw values of a header_map are copied, to one string.
 func newRequest(cr *authv3.CheckRequest) request {
-	attrs := cr.GetAttributes()
-	r := request{attrs: attrs, http: attrs.GetRequest().GetHttp()}
-	r.requestID, _ = r.Header("x-request-id")
+	var r request
+	r.fromProto(cr)
 	return r
+}
+
+// fromProto fills the empty r from cr, reusing r.headers' storage.
+func (r *request) fromProto(cr *authv3.CheckRequest) {
+	attrs := cr.GetAttributes()
+	http := attrs.GetRequest().GetHttp()
+	r.httpMethod, r.httpPath, r.httpHost = http.GetMethod(), http.GetPath(), http.GetHost()
+	if h := http.GetHeaders(); len(h) > 0 {
+		r.hmap = h
+	} else {
+		r.rawHeaders = true
+		hvs := http.GetHeaderMap().GetHeaders()
+		raws := rawValues(hvs) // the raw values, one after the other
+		for _, hv := range hvs {
+			v := hv.GetValue()
+			if raw := hv.GetRawValue(); raw != nil {
+				v, raws = raws[:len(raw)], raws[len(raw):]
+			}
+			r.headers = append(r.headers, header{hv.GetKey(), v})
+		}
+	}
+	r.ext = attrs.GetContextExtensions()
+	r.principal = attrs.GetSource().GetPrincipal()
+	r.finish(attrs.GetMetadataContext())
+}
+
+// rawValues is the raw values of hvs in one string, one allocation rather
+// than one each.
+func rawValues(hvs []*corev3.HeaderValue) string {
+	n := 0
+	for _, hv := range hvs {
+		n += len(hv.GetRawValue())
+	}
+	var b strings.Builder
+	b.Grow(n)
+	for _, hv := range hvs {
+		b.Write(hv.GetRawValue())
+	}
+	return b.String()
+}
+
+// finish sets what r derives from the rest, once filled.
+func (r *request) finish(md *corev3.Metadata) {
+	r.jwt = md.GetFilterMetadata()[JWTNamespace]
+	r.requestID, _ = r.Header("x-request-id")
+}
+
+// reset empties r, keeping the storage of its headers.
+func (r *request) reset() {
+	clear(r.headers)
+	*r = request{headers: r.headers[:0]}
 }
 
 // Header returns a header by lower-case name from headers, or from header_map
 // when Envoy sends raw headers (encode_raw_headers: true). With header_map a
 // repeated header gives its first value.
 func (r *request) Header(name string) (string, bool) {
-	if h := r.http.GetHeaders(); len(h) > 0 {
-		v, ok := h[name]
+	if r.hmap != nil {
+		v, ok := r.hmap[name]
 		return v, ok
 	}
-	for _, hv := range r.http.GetHeaderMap().GetHeaders() {
-		if strings.EqualFold(hv.GetKey(), name) {
-			if raw := hv.GetRawValue(); raw != nil {
-				return string(raw), true
-			}
-			return hv.GetValue(), true
+	for i := range r.headers {
+		h := &r.headers[i]
+		if h.name == name || r.rawHeaders && strings.EqualFold(h.name, name) {
+			return h.value, true
 		}
 	}
 	return "", false
@@ -52,21 +118,18 @@ func (r *request) Header(name string) (string, bool) {
 
 // eachHeaderName calls fn with every header name the client sent.
 func (r *request) eachHeaderName(fn func(name string)) {
-	if h := r.http.GetHeaders(); len(h) > 0 {
-		for k := range h {
-			fn(k)
-		}
-		return
+	for k := range r.hmap {
+		fn(k)
 	}
-	for _, hv := range r.http.GetHeaderMap().GetHeaders() {
-		fn(hv.GetKey())
+	for i := range r.headers {
+		fn(r.headers[i].name)
 	}
 }
 
-func (r *request) method() string { return r.http.GetMethod() }
+func (r *request) method() string { return r.httpMethod }
 
 func (r *request) path() string {
-	if p := r.http.GetPath(); p != "" {
+	if p := r.httpPath; p != "" {
 		return p
 	}
 	p, _ := r.Header(":path")
@@ -74,7 +137,7 @@ func (r *request) path() string {
 }
 
 func (r *request) host() string {
-	if h := r.http.GetHost(); h != "" {
+	if h := r.httpHost; h != "" {
 		return h
 	}
 	h, _ := r.Header(":authority")
@@ -102,9 +165,7 @@ func (r *request) pathOnly() string {
 	return p
 }
 
-func (r *request) contextExtensions() map[string]string {
-	return r.attrs.GetContextExtensions()
-}
+func (r *request) contextExtensions() map[string]string { return r.ext }
 
 // isGRPC reports whether the client speaks gRPC, so a denial can carry a
 // gRPC status the client understands.
@@ -114,12 +175,12 @@ func (r *request) isGRPC() bool {
 }
 
 // Principal implements identity.Request.
-func (r *request) Principal() string { return r.attrs.GetSource().GetPrincipal() }
+func (r *request) Principal() string { return r.principal }
 
 // Claim implements identity.Request: it walks a dotted path inside the
 // jwt_authn payload named payloadKey, or inside any payload when it is "".
 func (r *request) Claim(payloadKey, path string) (string, bool, bool) {
-	ns := r.attrs.GetMetadataContext().GetFilterMetadata()[JWTNamespace]
+	ns := r.jwt
 	if ns == nil {
 		return "", false, false
 	}

@@ -14,6 +14,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/tollgate-authz/tollgate/cache"
@@ -79,6 +80,10 @@ type Server struct {
 	obs    Observer
 	log    *slog.Logger
 	now    func() time.Time
+	// checkInfo and checkHandler are what Register's handler passes to
+	// interceptors, made once rather than on every Check.
+	checkInfo    grpc.UnaryServerInfo
+	checkHandler grpc.UnaryHandler
 }
 
 // NewServer builds a server.
@@ -93,6 +98,8 @@ func NewServer(rt *Runtime, d Deps) *Server {
 		d.Quotas = quota.NewMemory(d.Now)
 	}
 	s := &Server{ents: d.Entitlements, quotas: d.Quotas, obs: d.Observer, log: d.Log, now: d.Now}
+	s.checkInfo = grpc.UnaryServerInfo{Server: s, FullMethod: authv3.Authorization_Check_FullMethodName}
+	s.checkHandler = s.interceptedCheck
 	s.rt.Store(rt)
 	return s
 }
@@ -114,12 +121,15 @@ func (s *Server) Check(ctx context.Context, cr *authv3.CheckRequest) (resp *auth
 	return resp, nil
 }
 
-// checkState is one Check's working memory: the request view, the Result
-// and room for the quota spends. It is pooled, because every one of these
-// would otherwise escape to the heap (the request through the identity
-// interface, the Result through the Observer) on every Check. Nothing in it
-// outlives Decide.
-type checkState struct {
+// Request is one Check: the part of its CheckRequest the server reads (see
+// request) and the Check's working memory. Register's handler takes one from
+// a pool for every Check, has Codec decode the request's bytes into it, and
+// hands it to interceptors as req (see Shed); Decide does the same from a
+// message. Pooling it keeps the view, the Result and the spend buffers off
+// the heap: each would otherwise escape on every Check (the view through the
+// identity interface, the Result through the Observer). A Request is reused
+// once its Check is answered: nothing may keep it.
+type Request struct {
 	r      request
 	res    Result
 	spends [maxSpends]policy.Spend
@@ -127,17 +137,39 @@ type checkState struct {
 	used   [maxSpends]int64
 }
 
-var checkStates = sync.Pool{New: func() any { return new(checkState) }}
+var requests = sync.Pool{New: func() any { return new(Request) }}
+
+// maxPooledHeaders bounds the header storage a pooled Request keeps, so
+// that one huge request does not pin its size in the pool.
+const maxPooledHeaders = 256
+
+// release returns q to the pool, dropping its references to the request.
+func (q *Request) release() {
+	if cap(q.r.headers) > maxPooledHeaders {
+		q.r.headers = nil
+	}
+	q.r.reset()
+	q.res = Result{}
+	requests.Put(q)
+}
 
 // Decide runs one Check and also returns its Result. The response shares
 // messages with other responses (templates, constant metadata values):
 // read it, never modify it.
-func (s *Server) Decide(ctx context.Context, cr *authv3.CheckRequest) (resp *authv3.CheckResponse, res Result) {
+func (s *Server) Decide(ctx context.Context, cr *authv3.CheckRequest) (*authv3.CheckResponse, Result) {
+	q := requests.Get().(*Request)
+	q.r.fromProto(cr)
+	resp, res := s.decideRequest(ctx, q)
+	q.release()
+	return resp, res
+}
+
+// decideRequest is Decide on a filled Request. It recovers from a panic in
+// any stage with a well-formed 503.
+func (s *Server) decideRequest(ctx context.Context, q *Request) (resp *authv3.CheckResponse, res Result) {
 	start := s.now()
 	rt := s.rt.Load()
-	st := checkStates.Get().(*checkState)
-	st.r = newRequest(cr)
-	r, sr := &st.r, &st.res
+	r, sr := &q.r, &q.res
 	defer func() {
 		if p := recover(); p != nil {
 			s.log.Error("panic in Check", "panic", p, "request_id", r.requestID)
@@ -146,13 +178,10 @@ func (s *Server) Decide(ctx context.Context, cr *authv3.CheckRequest) (resp *aut
 			resp = rt.deny(r, &d, sr)
 		}
 		res = *sr
-		// Drop the references to this request before the state is reused.
-		st.r, st.res = request{}, Result{}
-		checkStates.Put(st)
 	}()
 
 	sr.RequestID, sr.now = r.requestID, start
-	d := s.decide(ctx, rt, st, start)
+	d := s.decide(ctx, rt, q, start)
 	sr.Code = d.Code
 	if d.Route != nil {
 		sr.Route = d.Route.Name
@@ -180,8 +209,8 @@ func (s *Server) Decide(ctx context.Context, cr *authv3.CheckRequest) (resp *aut
 	return resp, res
 }
 
-func (s *Server) decide(ctx context.Context, rt *Runtime, st *checkState, now time.Time) policy.Decision {
-	r, res := &st.r, &st.res
+func (s *Server) decide(ctx context.Context, rt *Runtime, q *Request, now time.Time) policy.Decision {
+	r, res := &q.r, &q.res
 	route := rt.policy.Match(&policy.Request{
 		Host: r.host(), Method: r.method(), Path: r.path(), ContextExtensions: r.contextExtensions(),
 	})
@@ -214,7 +243,7 @@ func (s *Server) decide(ctx context.Context, rt *Runtime, st *checkState, now ti
 	}
 	d := rt.policy.Decide(route, ent, now)
 	if d.Allowed() {
-		s.spend(ctx, rt, st, &d, now)
+		s.spend(ctx, rt, q, &d, now)
 	}
 	return d
 }
@@ -224,13 +253,13 @@ const maxSpends = 4
 
 // spend charges the request's quotas and credits, all or nothing. A refused
 // request consumes nothing.
-func (s *Server) spend(ctx context.Context, rt *Runtime, st *checkState, d *policy.Decision, now time.Time) {
-	r := &st.r
-	spends := rt.policy.Spends(d.Route, d.Entitlement, now, r, r.contextExtensions(), st.spends[:0])
+func (s *Server) spend(ctx context.Context, rt *Runtime, q *Request, d *policy.Decision, now time.Time) {
+	r := &q.r
+	spends := rt.policy.Spends(d.Route, d.Entitlement, now, r, r.contextExtensions(), q.spends[:0])
 	if len(spends) == 0 {
 		return
 	}
-	items := st.items[:0]
+	items := q.items[:0]
 	for i := range spends {
 		sp := &spends[i]
 		items = append(items, quota.Item{
@@ -238,7 +267,7 @@ func (s *Server) spend(ctx context.Context, rt *Runtime, st *checkState, d *poli
 			FailOpen: sp.FailOpen,
 		})
 	}
-	used := st.used[:]
+	used := q.used[:]
 	if len(items) > len(used) {
 		used = make([]int64, len(items))
 	}

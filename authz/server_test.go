@@ -39,7 +39,15 @@ func demo(t testing.TB, edit func(*config.Config)) (*authz.Server, *bytes.Buffer
 
 func demoTo(t testing.TB, edit func(*config.Config), logTo io.Writer) *authz.Server {
 	t.Helper()
-	cfg, err := config.Load("../examples/tollgate.yaml")
+	return serverFrom(t, "../examples/tollgate.yaml", edit, authz.Deps{Log: slog.New(slog.NewJSONHandler(logTo, nil))})
+}
+
+// serverFrom builds a server as `serve` does from the config file at path,
+// with an optional edit of the config, d's observer and log, and the
+// fixed clock.
+func serverFrom(t testing.TB, path string, edit func(*config.Config), d authz.Deps) *authz.Server {
+	t.Helper()
+	cfg, err := config.Load(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,9 +62,9 @@ func demoTo(t testing.TB, edit func(*config.Config), logTo io.Writer) *authz.Ser
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.NewJSONHandler(logTo, nil))
-	c := cache.New(src, cache.Options{Now: func() time.Time { return fixedNow }})
-	return authz.NewServer(rt, authz.Deps{Entitlements: c, Log: log, Now: func() time.Time { return fixedNow }})
+	d.Now = func() time.Time { return fixedNow }
+	d.Entitlements = cache.New(src, cache.Options{Now: d.Now})
+	return authz.NewServer(rt, d)
 }
 
 // req builds an Envoy-shaped CheckRequest.
@@ -82,7 +90,7 @@ func rawReq(method, path string, headers map[string]string) *authv3.CheckRequest
 	return cr
 }
 
-func fixture(t *testing.T, name string) *authv3.CheckRequest {
+func fixture(t testing.TB, name string) *authv3.CheckRequest {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join("testdata", name))
 	if err != nil {

@@ -10,9 +10,22 @@ import (
 // Checks in flight than it allows: 503 entitlements_unavailable with
 // Retry-After, at once, instead of a queue that outlasts Envoy's timeout.
 // In shadow mode the request is let through, as every shadow decision is.
-func (s *Server) Shed(cr *authv3.CheckRequest) *authv3.CheckResponse {
+//
+// req is what a unary interceptor is handed for a Check: a *Request when
+// Register serves it, a *authv3.CheckRequest when
+// authv3.RegisterAuthorizationServer does. For anything else Shed answers
+// nothing and reports false.
+func (s *Server) Shed(req any) (*authv3.CheckResponse, bool) {
+	var r request
+	switch req := req.(type) {
+	case *Request:
+		r = req.r
+	case *authv3.CheckRequest:
+		r = newRequest(req)
+	default:
+		return nil, false
+	}
 	rt := s.rt.Load()
-	r := newRequest(cr)
 	now := s.now()
 	res := Result{RequestID: r.requestID, Code: policy.EntitlementsUnavailable, now: now}
 	d := policy.Decision{Code: policy.EntitlementsUnavailable, Denied: -1}
@@ -28,5 +41,5 @@ func (s *Server) Shed(cr *authv3.CheckRequest) *authv3.CheckResponse {
 	if s.obs != nil {
 		s.obs.ObserveCheck(&res)
 	}
-	return resp
+	return resp, true
 }

@@ -1,0 +1,49 @@
+package authz
+
+import (
+	"context"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc"
+)
+
+// Register serves s's Check on reg, as authv3.RegisterAuthorizationServer
+// does (same service, same method), but without building the CheckRequest
+// message: Codec decodes each request straight into a pooled Request, and
+// that Request is what interceptors get as req (Shed takes it). The server
+// must use Codec (grpc.ForceServerCodecV2(Codec{})): no other codec can
+// decode into a Request, and every Check would fail with an error.
+func Register(reg grpc.ServiceRegistrar, s *Server) {
+	reg.RegisterService(&serviceDesc, s)
+}
+
+// serviceDesc is authv3.Authorization_ServiceDesc with serveCheck for Check.
+var serviceDesc = grpc.ServiceDesc{
+	ServiceName: authv3.Authorization_ServiceDesc.ServiceName,
+	HandlerType: (*authv3.AuthorizationServer)(nil),
+	Methods:     []grpc.MethodDesc{{MethodName: "Check", Handler: serveCheck}},
+	Streams:     []grpc.StreamDesc{},
+	Metadata:    authv3.Authorization_ServiceDesc.Metadata,
+}
+
+// serveCheck is the Check handler: srv is the Server, and dec decodes the
+// request with the server's codec.
+func serveCheck(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+	s := srv.(*Server)
+	q := requests.Get().(*Request)
+	defer q.release()
+	if err := dec(q); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		resp, _ := s.decideRequest(ctx, q)
+		return resp, nil
+	}
+	return interceptor(ctx, q, &s.checkInfo, s.checkHandler)
+}
+
+// interceptedCheck is the handler an interceptor calls to decide req.
+func (s *Server) interceptedCheck(ctx context.Context, req any) (any, error) {
+	resp, _ := s.decideRequest(ctx, req.(*Request))
+	return resp, nil
+}
