@@ -29,8 +29,9 @@ type redisConn struct {
 	watch func(ctx context.Context, every time.Duration)
 }
 
-// dialRedis makes the client for rc (a cluster client with rc.Cluster) with quota.RedisOptions's timeouts
-// (timeout, when positive, replaces them), the credentials, and TLS. path is
+// dialRedis makes the client for rc (a cluster client with rc.Cluster) with
+// quota.RedisOptions's timeouts (timeout, when positive, replaces them), the
+// credentials, and TLS. path is
 // rc's place in the config ("quota_store.redis"), for errors; onReload, when
 // not nil, is told of each reload of a client certificate. The client
 // connects lazily: an unreachable server is not an error here.
@@ -49,12 +50,8 @@ func dialRedis(rc config.RedisConn, path string, timeout time.Duration, onReload
 	c := &redisConn{}
 	if t := rc.TLS; t.Enabled {
 		tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName}
-		if tc.ServerName == "" {
-			host, _, err := net.SplitHostPort(rc.Address)
-			if err != nil {
-				return nil, fmt.Errorf("%s.address: %v", path, err)
-			}
-			tc.ServerName = host
+		if _, _, err := net.SplitHostPort(rc.Address); err != nil {
+			return nil, fmt.Errorf("%s.address: %v", path, err)
 		}
 		if t.CAFile != "" {
 			pem, err := os.ReadFile(t.CAFile)
@@ -79,9 +76,19 @@ func dialRedis(rc config.RedisConn, path string, timeout time.Duration, onReload
 		// needs a new connection could wait for a whole handshake past its
 		// deadline. This dialer keeps to the context; its own timeout is
 		// longer, for the handshakes of the idle connections kept ready.
-		td := &tls.Dialer{NetDialer: &net.Dialer{Timeout: max(opts.DialTimeout, time.Second)}, Config: tc}
-		opts.Dialer = td.DialContext
-		opts.DialTimeout = td.NetDialer.Timeout
+		// Without server_name each server is checked for the host it was
+		// dialed by: the address, or in a cluster each node's own.
+		nd := &net.Dialer{Timeout: max(opts.DialTimeout, time.Second)}
+		opts.Dialer = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			cfg := tc
+			if cfg.ServerName == "" {
+				host, _, _ := net.SplitHostPort(addr)
+				cfg = tc.Clone()
+				cfg.ServerName = host
+			}
+			return (&tls.Dialer{NetDialer: nd, Config: cfg}).DialContext(ctx, network, addr)
+		}
+		opts.DialTimeout = nd.Timeout
 		opts.MinIdleConns = 2
 	}
 	c.addr = rc.Address
