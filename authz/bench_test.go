@@ -185,7 +185,8 @@ func BenchmarkCheckParallel(b *testing.B) {
 // request's bytes to the response's: the registered handler decodes the
 // bytes with Codec, an interceptor (serve has one) calls the decision, and
 // Codec encodes the response. "message" is authv3.RegisterAuthorizationServer's
-// handler, "view" Register's. The request is what the load harness sends.
+// handler (Codec leaves that message to the protobuf runtime), "view"
+// Register's. The request is what the load harness sends.
 func BenchmarkServeCheck(b *testing.B) {
 	srv := benchQuotaServer(b, cache.Options{})
 	ctx := context.Background()

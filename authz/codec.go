@@ -1,14 +1,13 @@
 package authz
 
 import (
-	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc/encoding"
 	grpcproto "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
 )
 
 // Codec is the gRPC codec for a server that answers Check: the standard
-// protobuf codec, made faster for the two messages on the hot path.
+// protobuf codec, made faster for the Check request and response.
 //
 //   - Into a *Request (Register's handler), a CheckRequest is decoded
 //     without building the message: only what a decision reads is kept,
@@ -16,10 +15,7 @@ import (
 //     there what it would read in the message proto.Unmarshal gives, and
 //     an error is proto.Unmarshal's.
 //   - Into a *authv3.CheckRequest (authv3.RegisterAuthorizationServer's
-//     handler), DecodeCheckRequest reads the parts Envoy always sends (the
-//     HTTP request and its header map) without reflection, and leaves
-//     every other field to the protobuf runtime. The result is the message
-//     proto.Unmarshal would give.
+//     handler), as every other message, the standard codec decodes it.
 //   - A response with vtprotobuf's marshalling methods is encoded by them.
 //     go-control-plane generates those methods behind the build tag
 //     vtprotobuf: build with -tags vtprotobuf to use them. Without the tag,
@@ -82,10 +78,6 @@ func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
 		defer buf.Free()
 		return m.decode(buf.ReadOnlyData())
-	case *authv3.CheckRequest:
-		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
-		defer buf.Free()
-		return DecodeCheckRequest(buf.ReadOnlyData(), m)
 	}
 	return std.Unmarshal(data, v)
 }

@@ -102,31 +102,6 @@ func inHTTP(http []byte) []byte {
 	return lenField(1, lenField(4, lenField(2, http)))
 }
 
-// sameAsProto checks that DecodeCheckRequest gives what proto.Unmarshal gives.
-func sameAsProto(t *testing.T, b []byte) {
-	t.Helper()
-	var want, got authv3.CheckRequest
-	werr := proto.Unmarshal(b, &want)
-	gerr := authz.DecodeCheckRequest(b, &got)
-	if (werr == nil) != (gerr == nil) {
-		t.Fatalf("error = %v, proto.Unmarshal's = %v", gerr, werr)
-	}
-	if werr != nil {
-		return
-	}
-	if !proto.Equal(&got, &want) {
-		t.Fatalf("decoded\n%v\nproto.Unmarshal\n%v", &got, &want)
-	}
-	// proto.Equal does not tell a nil raw_value from an empty one, but
-	// the request view does.
-	wh, gh := want.GetAttributes().GetRequest().GetHttp().GetHeaderMap().GetHeaders(), got.GetAttributes().GetRequest().GetHttp().GetHeaderMap().GetHeaders()
-	for i := range wh {
-		if (wh[i].RawValue == nil) != (gh[i].RawValue == nil) {
-			t.Fatalf("header %d: raw_value nil = %v, proto.Unmarshal's = %v", i, gh[i].RawValue == nil, wh[i].RawValue == nil)
-		}
-	}
-}
-
 // wireCase is a CheckRequest on the wire, named for what it tries.
 type wireCase struct {
 	name string
@@ -172,19 +147,6 @@ func decodeCases(t testing.TB) []wireCase {
 		{"peer labels and unknown field", lenField(1, lenField(2, append(lenField(3, append(lenField(1, []byte("k")), lenField(2, []byte("v"))...)), tagged(9, protowire.VarintType, []byte{1})...)))},
 		{"socket address extras", lenField(1, lenField(1, lenField(1, lenField(1, append(lenField(5, []byte("r")), tagged(6, protowire.VarintType, []byte{1})...)))))},
 	}
-}
-
-func TestDecodeCheckRequestMatchesProto(t *testing.T) {
-	for _, tt := range decodeCases(t) {
-		t.Run(tt.name, func(t *testing.T) { sameAsProto(t, tt.b) })
-	}
-}
-
-func FuzzDecodeCheckRequest(f *testing.F) {
-	f.Add(marshal(f, envoyShaped()))
-	f.Add(marshal(f, withRaw(envoyShaped())))
-	f.Add(inHTTP(lenField(3, append(lenField(1, []byte("k")), lenField(2, []byte("v"))...))))
-	f.Fuzz(func(t *testing.T, b []byte) { sameAsProto(t, b) })
 }
 
 // TestCodecRoundTrip: whatever the codec encodes (with vtprotobuf's methods
@@ -236,8 +198,8 @@ func TestCodecRoundTrip(t *testing.T) {
 	}
 }
 
-// BenchmarkDecodeCheckRequest compares the runtime, the fast path to a
-// message and the decoding to a Request (through Codec, into a Request
+// BenchmarkDecodeCheckRequest compares the runtime and the decoding to a
+// Request (through Codec, into a Request
 // reused as Register's pool reuses it) on an Envoy-shaped request, with
 // headers and with raw headers.
 func BenchmarkDecodeCheckRequest(b *testing.B) {
@@ -258,7 +220,6 @@ func BenchmarkDecodeCheckRequest(b *testing.B) {
 			})
 		}
 		run("proto", func() error { return proto.Unmarshal(data, new(authv3.CheckRequest)) })
-		run("fast", func() error { return authz.DecodeCheckRequest(data, new(authv3.CheckRequest)) })
 		q, bufs := new(authz.Request), mem.BufferSlice{mem.SliceBuffer(data)}
 		run("view", func() error { return authz.Codec{}.Unmarshal(bufs, q) })
 	}

@@ -170,8 +170,9 @@ func (c *Cache) fetch(ctx context.Context, key entitlement.Key) result {
 }
 
 // store keeps e unless an invalidation happened since the fetch began. The
-// key is copied: its ID may be a substring of a whole request (see
-// authz.DecodeCheckRequest), which the cache must not keep alive.
+// key is copied: its ID may be a substring of a whole request (authz
+// decodes a Check's strings as substrings of one copy of its bytes), which
+// the cache must not keep alive.
 func (c *Cache) store(gen uint64, key entitlement.Key, e *entry) {
 	if c.gen.Load() == gen {
 		key.ID = strings.Clone(key.ID)
