@@ -2,6 +2,7 @@ package watch
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,16 +48,46 @@ func (v *Value[T]) Reload() error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	t, err := v.load()
+	v.apply(t, err)
+	return err
+}
+
+// apply keeps t if it loaded, and reports the outcome.
+func (v *Value[T]) apply(t *T, err error) {
 	if err == nil {
 		v.cur.Store(t)
 	}
 	if v.onReload != nil {
 		v.onReload(err)
 	}
-	return err
 }
 
-// Watch reloads whenever one of the files changes, until ctx ends.
+// reloadSettled is Reload for a file that has just settled. A load that
+// overlaps a new write (a file's stamp differs after it from before it) may
+// have read the file half written: it is dropped, and the watch reloads
+// once the new write settles.
+func (v *Value[T]) reloadSettled() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	before := v.stamps()
+	t, err := v.load()
+	if v.stamps() == before {
+		v.apply(t, err)
+	}
+}
+
+// stamps are the files' stamps, as one comparable string.
+func (v *Value[T]) stamps() string {
+	var b []byte
+	for _, p := range v.paths {
+		st := statOf(p)
+		b = fmt.Appendf(b, "%d/%d/%v;", st.mod.UnixNano(), st.size, st.ok)
+	}
+	return string(b)
+}
+
+// Watch reloads whenever one of the files changes and settles (see File),
+// until ctx ends.
 func (v *Value[T]) Watch(ctx context.Context, every time.Duration) {
 	var wg sync.WaitGroup
 	for _, p := range v.paths {
@@ -66,7 +97,7 @@ func (v *Value[T]) Watch(ctx context.Context, every time.Duration) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			File(ctx, p, every, func() { _ = v.Reload() })
+			File(ctx, p, every, v.reloadSettled)
 		}()
 	}
 	wg.Wait()
