@@ -66,7 +66,7 @@ func TestWritesArriveWholeAndInOrder(t *testing.T) {
 // what fits is written once the sink moves again.
 func TestStalledSinkDropsAndCounts(t *testing.T) {
 	sink := newGateSink()
-	const lineLen = 9 // "line 000\n"
+	const lineLen = 9         // "line 000\n"
 	w := New(sink, 5*lineLen) // room for five lines
 	line := func(i int) []byte { return fmt.Appendf(nil, "line %03d\n", i) }
 
