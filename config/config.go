@@ -56,6 +56,10 @@ type Server struct {
 	// connections; over it a Check is shed at once with 503 and
 	// Retry-After. 0 means the default, 4096; -1 means no bound.
 	MaxInFlight int `yaml:"max_in_flight"`
+	// MaxConnectionIdle closes a gRPC connection that has carried no Check
+	// for this long (with a GOAWAY: Envoy reconnects on its next Check), so
+	// idle connections cannot pile up. Default 5m.
+	MaxConnectionIdle time.Duration `yaml:"max_connection_idle"`
 	// TLS serves gRPC over TLS, and with ClientCAFile over mutual TLS.
 	TLS struct {
 		CertFile     string `yaml:"cert_file"`
@@ -192,6 +196,18 @@ type Admin struct {
 	// Pprof serves /debug/pprof on the admin listener. Off by default: it
 	// shows internals and costs CPU on demand.
 	Pprof bool `yaml:"pprof"`
+	// BodyTimeout bounds reading one request body, counted from the end of
+	// its headers; a slower client's connection is closed. Default 10s.
+	BodyTimeout time.Duration `yaml:"body_timeout"`
+	// IdleTimeout closes a keep-alive connection with no request for this
+	// long. Default 60s.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// MaxBodyBytes caps one request body on every admin endpoint. Default 1 MiB.
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// MaxConcurrentBodies bounds request bodies being read at once across
+	// all admin endpoints; over it a request with a body is answered 503 at
+	// once. Default 16.
+	MaxConcurrentBodies int `yaml:"max_concurrent_bodies"`
 }
 
 // AdminToken resolves the admin token from the environment or the file.
@@ -239,6 +255,15 @@ func (c *Config) defaults() {
 	}
 	if c.Server.MaxConcurrentStreams == 0 {
 		c.Server.MaxConcurrentStreams = 1024
+	}
+	defDur(&c.Server.MaxConnectionIdle, 5*time.Minute)
+	defDur(&c.Admin.BodyTimeout, 10*time.Second)
+	defDur(&c.Admin.IdleTimeout, time.Minute)
+	if c.Admin.MaxBodyBytes == 0 {
+		c.Admin.MaxBodyBytes = 1 << 20
+	}
+	if c.Admin.MaxConcurrentBodies == 0 {
+		c.Admin.MaxConcurrentBodies = 16
 	}
 	def(&c.Log.Level, "info")
 	if c.Log.AllowSampleRate == nil {
@@ -301,6 +326,20 @@ func Parse(name string, data []byte) (*Config, error) {
 	}
 	if c.Server.DrainTimeout < 0 {
 		fail("server.drain_timeout", "must not be negative")
+	}
+	for _, d := range []struct {
+		field string
+		v     time.Duration
+	}{{"server.max_connection_idle", c.Server.MaxConnectionIdle}, {"admin.body_timeout", c.Admin.BodyTimeout}, {"admin.idle_timeout", c.Admin.IdleTimeout}} {
+		if d.v < 0 {
+			fail(d.field, "must not be negative")
+		}
+	}
+	if c.Admin.MaxBodyBytes < 0 {
+		fail("admin.max_body_bytes", "must not be negative")
+	}
+	if c.Admin.MaxConcurrentBodies < 0 {
+		fail("admin.max_concurrent_bodies", "must not be negative")
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -291,6 +291,15 @@ func (m *Metrics) ShedCounter(shed func() int64) {
 	}, func() float64 { return float64(shed()) }))
 }
 
+// LogDropped exposes how many log lines were dropped because the log sink
+// was slower than the Checks writing to it (or refused the write).
+func (m *Metrics) LogDropped(dropped func() int64) {
+	m.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "tollgate_log_dropped_total",
+		Help: "Log lines dropped because the log sink (stderr) was slow, full or closed; a Check never waits for its log line.",
+	}, func() float64 { return float64(dropped()) }))
+}
+
 // Invalidated counts one invalidation request arriving by via.
 func (m *Metrics) Invalidated(via string) { m.invalid.WithLabelValues(via).Inc() }
 
