@@ -7,7 +7,6 @@ package config
 import (
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -318,10 +317,10 @@ func Parse(name string, data []byte) (*Config, error) {
 		errs = append(errs, yd.Errorf(path, msg, args...))
 	}
 
-	if err := checkAddress(c.Server.GRPCAddress, true); err != nil {
+	if err := checkListenAddress(c.Server.GRPCAddress, true); err != nil {
 		fail("server.grpc_address", "%v", err)
 	}
-	if err := checkAddress(c.Server.AdminAddress, false); err != nil {
+	if err := checkListenAddress(c.Server.AdminAddress, false); err != nil {
 		fail("server.admin_address", "%v", err)
 	}
 	if c.Server.DrainTimeout < 0 {
@@ -364,8 +363,8 @@ func Parse(name string, data []byte) (*Config, error) {
 		h := c.Entitlements.HTTP
 		if h.URL == "" {
 			fail("entitlements.http.url", "is required for the http source")
-		} else if u, err := url.Parse(h.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			fail("entitlements.http.url", "%q is not an http(s) URL", h.URL)
+		} else if err := checkHTTPURL(h.URL); err != nil {
+			fail("entitlements.http.url", "%v", err)
 		}
 		if h.Token != "" && h.TokenEnv != "" {
 			fail("entitlements.http.token", "set token or token_env, not both")
@@ -384,6 +383,11 @@ func Parse(name string, data []byte) (*Config, error) {
 		}
 		if st.Customers == "" && st.SubjectMetadataKey == "" {
 			fail("entitlements.stripe.customers", "is required (or subject_metadata_key)")
+		}
+		if st.APIBase != "" {
+			if err := checkHTTPURL(st.APIBase); err != nil {
+				fail("entitlements.stripe.api_base", "%v", err)
+			}
 		}
 		if st.Timeout >= c.Server.EnvoyTimeout {
 			fail("entitlements.stripe.timeout", "%v is not under server.envoy_timeout %v", st.Timeout, c.Server.EnvoyTimeout)
@@ -476,9 +480,15 @@ func Parse(name string, data []byte) (*Config, error) {
 	return &c, nil
 }
 
-// checkRedisConn refuses a database number in a cluster (which has only
-// database 0), and checks the TLS block.
+// checkRedisConn checks the address (host:port, never a URL that could
+// carry a password), refuses a database number in a cluster (which has
+// only database 0), and checks the TLS block.
 func checkRedisConn(path string, rc RedisConn, fail func(path, msg string, args ...any)) {
+	if rc.Address != "" {
+		if err := CheckHostPort(rc.Address); err != nil {
+			fail(path+".address", "%v", err)
+		}
+	}
 	if rc.Cluster && rc.DB != 0 {
 		fail(path+".db", "must be 0 with cluster (Redis Cluster has one database)")
 	}
@@ -510,24 +520,6 @@ func checkRedisTLS(path string, t RedisTLS, fail func(path, msg string, args ...
 	if (t.CertFile == "") != (t.KeyFile == "") {
 		fail(path, "set cert_file and key_file together")
 	}
-}
-
-// checkAddress accepts host:port, and unix:///path where allowed.
-func checkAddress(addr string, unixOK bool) error {
-	if p, ok := strings.CutPrefix(addr, "unix://"); ok {
-		if !unixOK {
-			return fmt.Errorf("%q: a unix socket is not supported here", addr)
-		}
-		if p == "" {
-			return fmt.Errorf("%q: the socket path is empty", addr)
-		}
-		return nil
-	}
-	i := strings.LastIndexByte(addr, ':')
-	if i < 0 {
-		return fmt.Errorf("%q is not host:port or unix:///path", addr)
-	}
-	return nil
 }
 
 // AuthzOptions turns the response settings into authz.Options.

@@ -178,3 +178,89 @@ func TestHasHashTag(t *testing.T) {
 		}
 	}
 }
+
+// TestAddressesAreCheckedWithoutEchoingSecrets: an address or URL that
+// carries credentials is refused, with the file, line and field, and the
+// error never holds the password (nor the user name of a URL).
+func TestAddressesAreCheckedWithoutEchoingSecrets(t *testing.T) {
+	const secret = "s3cr3t-Pa55"
+	redisSource := func(addr string) string {
+		return "entitlements:\n  source: redis\n  redis: {address: \"" + addr + "\"}\n"
+	}
+	quotaStore := func(addr string) string {
+		return "entitlements: {file: {path: e.yaml}}\nquota_store:\n  store: redis\n  redis:\n    address: \"" + addr + "\"\n"
+	}
+	httpSource := func(u string) string {
+		return "entitlements:\n  source: http\n  http: {url: \"" + u + "\"}\n"
+	}
+	tests := []struct {
+		name string
+		doc  string
+		want string // "" means the config loads
+	}{
+		{"redis host:port", redisSource("redis.internal:6379"), ""},
+		{"redis IPv6", redisSource("[::1]:6379"), ""},
+		{"redis URL with a password", redisSource("redis://:" + secret + "@redis.internal:6379"),
+			`t.yaml:3: entitlements.redis.address: "redis://xxxxx@redis.internal:6379" is not host:port: write the address alone; a password goes in an environment variable`},
+		{"rediss URL with user and password", redisSource("rediss://admin:" + secret + "@r:6380/0"),
+			`t.yaml:3: entitlements.redis.address: "rediss://xxxxx@r:6380/0" is not host:port`},
+		{"redis password@host without a scheme", redisSource(":" + secret + "@r:6379"),
+			`t.yaml:3: entitlements.redis.address: "xxxxx@r:6379" is not host:port`},
+		{"redis password with an @ in it", redisSource("redis://u:" + secret + "@x@r:6379"),
+			`entitlements.redis.address: "redis://xxxxx@r:6379"`},
+		{"redis without a port", redisSource("redis.internal"), `t.yaml:3: entitlements.redis.address: "redis.internal" is not host:port`},
+		{"redis port out of range", redisSource("r:70000"), `entitlements.redis.address: "r:70000": the port is not a number from 1 to 65535`},
+		{"redis port not a number", redisSource("r:redis"), `the port is not a number`},
+		{"redis empty host", redisSource(":6379"), `entitlements.redis.address: ":6379" is not host:port`},
+		{"quota store URL with a password", quotaStore("redis://default:" + secret + "@r:6379"),
+			`t.yaml:5: quota_store.redis.address: "redis://xxxxx@r:6379" is not host:port`},
+		{"http URL", httpSource("https://billing.internal/v1"), ""},
+		{"http URL with credentials", httpSource("https://alice:" + secret + "@billing.internal/v1"),
+			`t.yaml:3: entitlements.http.url: "https://xxxxx@billing.internal/v1" has credentials in it`},
+		{"http URL with credentials and a wrong scheme", httpSource("htp://alice:" + secret + "@billing.internal/v1"),
+			`t.yaml:3: entitlements.http.url: "htp://xxxxx@billing.internal/v1" has credentials in it`},
+		{"http URL that does not parse", httpSource("http://alice:" + secret + "@[::1/x"),
+			`t.yaml:3: entitlements.http.url: "http://xxxxx@[::1/x" is not a URL`},
+		{"http URL with a token in the query", httpSource("ftp://billing/x?token=" + secret),
+			`entitlements.http.url: "ftp://billing/x?…" is not an http(s) URL`},
+		{"stripe api_base with credentials", "entitlements:\n  source: stripe\n  stripe: {secret_key_env: K, customers: c.yaml, api_base: \"https://u:" + secret + "@api.stripe.test\"}\n",
+			`t.yaml:3: entitlements.stripe.api_base: "https://xxxxx@api.stripe.test" has credentials in it`},
+		{"grpc address with credentials", "entitlements: {file: {path: e.yaml}}\nserver: {grpc_address: \"u:" + secret + "@127.0.0.1:9191\"}\n",
+			`t.yaml:2: server.grpc_address: "xxxxx@127.0.0.1:9191" is not host:port or unix:///path`},
+		{"admin port out of range", "entitlements: {file: {path: e.yaml}}\nserver: {admin_address: \"127.0.0.1:99999\"}\n",
+			`t.yaml:2: server.admin_address: "127.0.0.1:99999": the port is not a number from 0 to 65535`},
+		{"grpc any port", "entitlements: {file: {path: e.yaml}}\nserver: {grpc_address: \"127.0.0.1:0\"}\n", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("t.yaml", []byte(tt.doc))
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("err = %v, want none", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v\nwant it to contain %q", err, tt.want)
+			}
+			if strings.Contains(err.Error(), secret) || strings.Contains(err.Error(), "alice") {
+				t.Errorf("the error echoes the credentials: %v", err)
+			}
+		})
+	}
+}
+
+func TestRedact(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"r:6379", "r:6379"},
+		{"redis://:pw@r:6379", "redis://xxxxx@r:6379"},
+		{"u:pw@r:6379", "xxxxx@r:6379"},
+		{"https://h/p?token=t", "https://h/p?…"},
+		{"https://u:p@h/p#frag@x", "https://xxxxx@h/p?…"},
+	}
+	for _, tt := range tests {
+		if got := Redact(tt.in); got != tt.want {
+			t.Errorf("Redact(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}

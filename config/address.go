@@ -1,0 +1,100 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+)
+
+// Addresses and URLs in the config may hold a secret by mistake (a Redis
+// address written as redis://:PASSWORD@host, an http URL with user:pass@).
+// They are checked here, and a value is only ever quoted in an error after
+// Redact has taken its userinfo out: no error, and so no log line, prints a
+// password written into an address.
+
+// Redact is s with the userinfo of a URL or an address (everything from
+// the scheme, or the start, up to the last '@' before the path) replaced by
+// "xxxxx", and any query dropped, for quoting s in errors and logs. Other
+// strings are returned as they are.
+func Redact(s string) string {
+	if i := strings.IndexAny(s, "?#"); i >= 0 {
+		s = s[:i] + "?…"
+	}
+	at := strings.LastIndexByte(s, '@')
+	if at < 0 {
+		return s
+	}
+	start := 0
+	if j := strings.Index(s, "://"); j >= 0 && j < at {
+		start = j + len("://")
+	}
+	return s[:start] + "xxxxx" + s[at:]
+}
+
+// CheckHostPort accepts host:port (a name, an IPv4 address, or an IPv6
+// address in brackets, and a port number from 1 to 65535): the form of a
+// Redis address. Its error quotes addr only redacted.
+func CheckHostPort(addr string) error {
+	if strings.Contains(addr, "://") || strings.Contains(addr, "@") {
+		return fmt.Errorf("%q is not host:port: write the address alone; a password goes in an environment variable (password_env, --password-env)", Redact(addr))
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || host == "" {
+		return fmt.Errorf("%q is not host:port", addr)
+	}
+	if strings.ContainsAny(host, " /\\") {
+		return fmt.Errorf("%q is not host:port: the host has a space or a slash", addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("%q: the port is not a number from 1 to 65535", addr)
+	}
+	return nil
+}
+
+// checkListenAddress accepts host:port to listen on (the host may be empty,
+// for every interface, and the port 0, for any free one), and
+// unix:///path where unixOK.
+func checkListenAddress(addr string, unixOK bool) error {
+	if p, ok := strings.CutPrefix(addr, "unix://"); ok {
+		if !unixOK {
+			return fmt.Errorf("%q: a unix socket is not supported here", addr)
+		}
+		if p == "" {
+			return fmt.Errorf("%q: the socket path is empty", addr)
+		}
+		return nil
+	}
+	if strings.Contains(addr, "://") || strings.Contains(addr, "@") {
+		return fmt.Errorf("%q is not host:port or unix:///path", Redact(addr))
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port or unix:///path", addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("%q: the port is not a number from 0 to 65535", addr)
+	}
+	return nil
+}
+
+// errHasUserinfo is the problem of a URL with credentials in it.
+var errHasUserinfo = errors.New("has credentials in it (user:password@): take them out, and give a token in token_env")
+
+// checkHTTPURL accepts an absolute http or https URL with a host and no
+// userinfo. Its error quotes raw only redacted, and never repeats
+// url.Parse's error, which quotes the whole input.
+func checkHTTPURL(raw string) error {
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%q is not a URL", Redact(raw))
+	case u.User != nil || strings.Contains(u.Host, "@"):
+		return fmt.Errorf("%q %w", Redact(raw), errHasUserinfo)
+	case u.Scheme != "http" && u.Scheme != "https" || u.Host == "":
+		return fmt.Errorf("%q is not an http(s) URL", Redact(raw))
+	}
+	return nil
+}
