@@ -81,8 +81,8 @@ type customerObject struct {
 	Metadata map[string]string `json:"metadata"`
 }
 
-// apiError is a non-2xx answer from Stripe. Its message has been scrubbed
-// of anything that looks like a secret key.
+// apiError is a non-2xx answer from Stripe. Its message, type and code have
+// been scrubbed of anything that looks like a secret key.
 type apiError struct {
 	method, path string
 	status       int
@@ -132,6 +132,19 @@ func (c *client) scrub(msg string) string {
 		msg = msg[:200] + "…"
 	}
 	return msg
+}
+
+// word is what Stripe's error type and code are: snake_case identifiers.
+var word = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
+
+// scrubWord is an error type or code fit to print: an identifier that is
+// not key-shaped, else "[redacted]". They come from whoever answers at the
+// API base, so they are scrubbed as the message is.
+func (c *client) scrubWord(s string) string {
+	if s == "" || word.MatchString(s) && c.scrub(s) == s {
+		return s
+	}
+	return "[redacted]"
 }
 
 // maxResponse bounds what is read from one Stripe answer.
@@ -197,7 +210,8 @@ func (c *client) get(ctx context.Context, path string, query url.Values, out any
 			} `json:"error"`
 		}
 		if json.Unmarshal(body, &env) == nil {
-			e.typ, e.code, e.param = env.Error.Type, env.Error.Code, env.Error.Param
+			e.typ, e.code = c.scrubWord(env.Error.Type), c.scrubWord(env.Error.Code)
+			e.param = env.Error.Param // never printed: read by missingCustomer
 			e.message = c.scrub(env.Error.Message)
 		}
 		return e

@@ -63,6 +63,7 @@ type fakeStripe struct {
 	products  map[string]map[string]string // product id → metadata
 	fail      map[string]fakeFailure       // path → answer
 	delay     time.Duration
+	hold      chan struct{} // when not nil, calls wait for it to close (or their client to go)
 	pageLimit int // when > 0, caps every list page
 	calls     map[string]int
 	versions  []string // Stripe-Version of each authorised call
@@ -105,6 +106,19 @@ func (f *fakeStripe) setDelay(d time.Duration) {
 	f.mu.Lock()
 	f.delay = d
 	f.mu.Unlock()
+}
+
+// stall makes every call wait until release is called or its client gives
+// up, and release is called at the end of the test in any case.
+func (f *fakeStripe) stall(t *testing.T) (release func()) {
+	hold := make(chan struct{})
+	var once sync.Once
+	release = func() { once.Do(func() { close(hold) }) }
+	t.Cleanup(release)
+	f.mu.Lock()
+	f.hold = hold
+	f.mu.Unlock()
+	return release
 }
 
 func (f *fakeStripe) callCount(path string) int {
@@ -156,8 +170,15 @@ func (f *fakeStripe) serve(w http.ResponseWriter, r *http.Request) {
 	f.calls[r.URL.Path]++
 	f.versions = append(f.versions, r.Header.Get("Stripe-Version"))
 	ff, failing := f.fail[r.URL.Path]
-	delay := f.delay
+	delay, hold := f.delay, f.hold
 	f.mu.Unlock()
+	if hold != nil {
+		select {
+		case <-hold:
+		case <-r.Context().Done():
+			return
+		}
+	}
 	if delay > 0 {
 		select {
 		case <-time.After(delay):
