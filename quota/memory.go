@@ -70,7 +70,8 @@ func (m *Memory) Spend(_ context.Context, group string, items []Item, used []int
 			u = c.used
 		}
 		used[i] = u
-		if denied < 0 && u+it.Cost > it.Limit {
+		// Checked, never wrapped: a huge cost must not fit by overflowing.
+		if denied < 0 && !fits(u, keyCost(items, i), it.Limit) {
 			denied = i
 		}
 	}
@@ -93,7 +94,8 @@ func (m *Memory) Spend(_ context.Context, group string, items []Item, used []int
 			c = &counter{reset: it.Reset, group: group}
 			sh.counters[it.Key] = c
 		}
-		c.used += it.Cost
+		// Every key's total fits its limits (checked above): no overflow.
+		c.used += max(it.Cost, 0)
 		used[i] = c.used
 	}
 	return -1, nil

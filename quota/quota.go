@@ -3,6 +3,7 @@ package quota
 import (
 	"context"
 	"errors"
+	"math"
 	"strings"
 	"time"
 )
@@ -11,7 +12,7 @@ import (
 type Item struct {
 	// Key names the counter: subject, quota and window start. Build it with Key.
 	Key string
-	// Cost is what this request spends (≥ 0).
+	// Cost is what this request spends; a negative cost counts as 0.
 	Cost int64
 	// Limit is the window's allowance.
 	Limit int64
@@ -78,7 +79,10 @@ type Store interface {
 	// within its Limit; otherwise it changes nothing. It writes each
 	// counter's use (after the spend, or as it stands when refused) to
 	// used, which has len(items). It returns the index of the first item
-	// that did not fit, or -1 when everything was spent. group is the subject:
+	// that did not fit, or -1 when everything was spent. A counter never
+	// goes past the Limit of any item spent on it, whatever the costs: the
+	// arithmetic is checked, never wrapped, and items of one Spend that name
+	// the same counter are summed before the check. group is the subject:
 	// every key of one subject must always be spent with the same group, which
 	// lets a store lock per subject.
 	Spend(ctx context.Context, group string, items []Item, used []int64) (denied int, err error)
@@ -87,3 +91,35 @@ type Store interface {
 // ErrUnavailable wraps a store's failure to answer (for example Redis is
 // down). The caller applies the quota's failure policy.
 var ErrUnavailable = errors.New("quota store unavailable")
+
+// fits reports whether cost more units fit a counter at used within limit:
+// used + cost ≤ limit, computed without overflow. A cost of 0 (or less,
+// which counts as 0) always fits: it admits nothing.
+func fits(used, cost, limit int64) bool {
+	if cost <= 0 {
+		return true
+	}
+	used = max(used, 0)
+	return used <= limit && cost <= limit-used
+}
+
+// addSat is a + b for a, b ≥ 0, saturating at math.MaxInt64.
+func addSat(a, b int64) int64 {
+	if s := a + b; s >= a {
+		return s
+	}
+	return math.MaxInt64
+}
+
+// keyCost is what the items of one Spend cost on items[i]'s counter
+// together: items[i].Cost plus the cost of every other item naming the same
+// key, saturating. With distinct keys (the usual case) it is items[i].Cost.
+func keyCost(items []Item, i int) int64 {
+	c := max(items[i].Cost, 0)
+	for j := range items {
+		if j != i && items[j].Key == items[i].Key {
+			c = addSat(c, max(items[j].Cost, 0))
+		}
+	}
+	return c
+}

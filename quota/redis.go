@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,6 +68,18 @@ import (
 //     admitted = u − Σ leased ≥ N − (c − 1) − (R − 1)(L − 1).
 //     An exact counter also refuses a cost-c request with c − 1 units left;
 //     leasing adds at most (R − 1)(L − 1): the other replicas' holdings.
+//   - Slow Redis: a spend waits for a round trip at most Timeout. The round
+//     trip runs on for up to LateReply more; if its reply then shows that
+//     Redis granted units, the replica keeps them as leases, as if the
+//     spend had waited (LeasedStats.Abandoned, Adopted): a reply that came
+//     too late strands nothing. (Handing them back to Redis instead would
+//     lower u below what other replicas saw, and their cached refusals
+//     would then strand the units.) While such a reply is on its way its
+//     units count as neither spent nor held; once it lands, they are held
+//     like any lease, so a replica may then hold more than L − 1 until it
+//     spends them. A round trip that gets no reply within LateReply
+//     (LeasedStats.Unanswered) may strand up to max(L, c) units of each
+//     counter it asked for, for its window, as a replica loss does.
 //   - Replica loss: a replica that stops without Release strands what it held,
 //     at most L − 1 per counter; with K such stops in a window the floor drops
 //     by K(L − 1). Release (on drain) hands the units back to Redis, where
@@ -76,8 +89,22 @@ import (
 //     resets the counters it lost: the window may then admit up to N more.
 //     Replicas keep refusing what they cached as exhausted until its reset.
 //
+// So, in a window with K replica losses and U unanswered round trips, at
+// any refusal when no late reply is in flight and no replica holds units
+// adopted from one:
+//
+//	N − (c − 1) − (R − 1)(L − 1) − K(L − 1) − U·max(L, c) ≤ admitted ≤ N,
+//
+// and with adopted units still held elsewhere the floor is lower by those.
+// Adopted units are spent by the next requests on their replica.
+//
 // LeaseSize 1 makes the store exact (refusals happen at exactly N) at one
 // round trip per spend.
+//
+// Costs are checked, never wrapped: a cost above what is left (in
+// particular above the limit) is refused, whatever its size, and items of
+// one spend that name the same counter are spent as one item of their
+// summed cost.
 //
 // # Failure
 //
@@ -85,10 +112,10 @@ import (
 // ErrUnavailable; Resilient turns that into the quota's failure policy. A
 // caller whose context was canceled gets context.Canceled instead: a client
 // that went away is not an outage.
-// Each round trip is bounded by Timeout (default 50 ms) when the client
-// honours context deadlines (see RedisOptions). Requests that waited for the
-// subject's lock while a round trip failed fail at once instead of queueing
-// one timeout each.
+// A spend waits for a round trip at most Timeout (default 50 ms), whatever
+// the client's own timeouts. Requests that waited for the subject's lock
+// while a round trip failed fail at once instead of queueing one timeout
+// each.
 //
 // Counters of one subject share a Redis Cluster slot (the subject is the
 // key's hash tag), so the script may touch several of them at once.
@@ -101,10 +128,15 @@ type Leased struct {
 	slack     time.Duration
 	now       func() time.Time
 	seed      maphash.Seed
+	lateReply time.Duration
 	// failures counts failed round trips; a request that sees it move while
 	// waiting for its subject's lock gives up instead of trying again.
 	failures atomic.Uint64
-	shards   [leaseShards]leaseShard
+	// Round trips given up by their requester: how many, how many got no
+	// reply, the units their late replies granted, and how many still run.
+	abandoned, unanswered, adopted atomic.Uint64
+	late                           atomic.Int64
+	shards                         [leaseShards]leaseShard
 }
 
 // LeasedOptions configures a Leased store. Only Client is required.
@@ -118,8 +150,15 @@ type LeasedOptions struct {
 	// LeaseSize is how many units a replica takes from Redis at once; default
 	// 10. Larger leases mean fewer round trips and a wider admission bound.
 	LeaseSize int64
-	// Timeout bounds one round trip; default 50 ms, well under Envoy's 200 ms.
+	// Timeout bounds how long a spend waits for a round trip; default 50 ms,
+	// well under Envoy's 200 ms.
 	Timeout time.Duration
+	// LateReply is how much longer than Timeout a round trip may still
+	// run after its requester gave up, so that units Redis granted to it
+	// are kept as leases instead of stranded; default 1 s. The client's own
+	// read timeout must not be shorter than Timeout + LateReply for this to
+	// work (RedisOptions's is not).
+	LateReply time.Duration
 	// ExpirySlack keeps a counter in Redis this long after its window ends,
 	// covering clock skew between replicas; default 2 s.
 	ExpirySlack time.Duration
@@ -140,6 +179,16 @@ type LeasedStats struct {
 	// Errors is how many round trips failed (timeouts included), plus the
 	// requests that gave up because one failed while they waited.
 	Errors uint64
+	// Abandoned is how many round trips ran past their requester's wait
+	// (Timeout, or the caller's deadline or cancellation).
+	Abandoned uint64
+	// Adopted is how many units late replies to abandoned round trips
+	// granted, kept as leases.
+	Adopted uint64
+	// Unanswered is how many abandoned round trips got no reply within
+	// LateReply: each may have stranded up to max(LeaseSize, cost) units
+	// per counter (see the admission bounds).
+	Unanswered uint64
 }
 
 const leaseShards = 64
@@ -176,7 +225,10 @@ const (
 	DefaultLeasePrefix = "tollgate:q:"
 	DefaultLeaseSize   = 10
 	DefaultTimeout     = 50 * time.Millisecond
-	defaultSlack       = 2 * time.Second
+	// DefaultLateReply is how long after Timeout a round trip's reply is
+	// still awaited, to hand back what it granted.
+	DefaultLateReply = time.Second
+	defaultSlack     = 2 * time.Second
 )
 
 // NewLeased returns a Leased store. It panics without a Client.
@@ -189,6 +241,7 @@ func NewLeased(o LeasedOptions) *Leased {
 		prefix:    o.Prefix,
 		leaseSize: o.LeaseSize,
 		timeout:   o.Timeout,
+		lateReply: o.LateReply,
 		slack:     o.ExpirySlack,
 		now:       o.Now,
 		seed:      maphash.MakeSeed(),
@@ -201,6 +254,9 @@ func NewLeased(o LeasedOptions) *Leased {
 	}
 	if s.timeout <= 0 {
 		s.timeout = DefaultTimeout
+	}
+	if s.lateReply <= 0 {
+		s.lateReply = DefaultLateReply
 	}
 	if s.slack <= 0 {
 		s.slack = defaultSlack
@@ -215,13 +271,17 @@ func NewLeased(o LeasedOptions) *Leased {
 }
 
 // RedisOptions returns go-redis options for addr that fail fast, so a dead
-// Redis costs a request at most about DefaultTimeout: 50 ms to dial, read or
-// write, one dial attempt, no command retries, and context deadlines honoured.
+// Redis costs a request at most about DefaultTimeout: 50 ms to dial or
+// write, one dial attempt, no command retries, and context deadlines
+// honoured. The read timeout is DefaultTimeout + DefaultLateReply: a request
+// waits no longer than its context (Leased bounds its wait by Timeout), but
+// a reply that comes late is still read, so that Leased can keep what it
+// granted.
 func RedisOptions(addr string) *redis.Options {
 	return &redis.Options{
 		Addr:                  addr,
 		DialTimeout:           DefaultTimeout,
-		ReadTimeout:           DefaultTimeout,
+		ReadTimeout:           DefaultTimeout + DefaultLateReply,
 		WriteTimeout:          DefaultTimeout,
 		PoolTimeout:           DefaultTimeout,
 		ContextTimeoutEnabled: true,
@@ -241,12 +301,30 @@ func (s *Leased) Stats() LeasedStats {
 		st.CachedRefusals += sh.cachedRefusals.Load()
 		st.Errors += sh.errors.Load()
 	}
+	st.Abandoned, st.Adopted, st.Unanswered = s.abandoned.Load(), s.adopted.Load(), s.unanswered.Load()
 	return st
 }
 
 // Spend implements Store. It makes a round trip only when a lease runs short
 // and the counter is not known to be spent.
 func (s *Leased) Spend(ctx context.Context, group string, items []Item, used []int64) (int, error) {
+	d, _, err := s.spend(ctx, group, items, used, true)
+	return d, err
+}
+
+// trip says whether a spend asked Redis, and how that went. Resilient
+// changes its mode on round trips only: an answer from a local lease says
+// nothing about Redis.
+type trip uint8
+
+const (
+	tripNone   trip = iota // answered without a round trip
+	tripOK                 // Redis answered
+	tripFailed             // a round trip failed or got no reply in time
+)
+
+// spendTrip is Spend that also says whether it made a round trip.
+func (s *Leased) spendTrip(ctx context.Context, group string, items []Item, used []int64) (int, trip, error) {
 	return s.spend(ctx, group, items, used, true)
 }
 
@@ -260,10 +338,14 @@ var errGaveUp = fmt.Errorf("%w: redis failed while waiting for the subject's loc
 // refusals, or returns errNeedsRedis. Resilient uses it while Redis is down,
 // so units already leased (and so already counted globally) keep serving.
 func (s *Leased) spendCached(ctx context.Context, group string, items []Item, used []int64) (int, error) {
-	return s.spend(ctx, group, items, used, false)
+	d, _, err := s.spend(ctx, group, items, used, false)
+	return d, err
 }
 
-func (s *Leased) spend(ctx context.Context, group string, items []Item, used []int64, remote bool) (int, error) {
+func (s *Leased) spend(ctx context.Context, group string, items []Item, used []int64, remote bool) (int, trip, error) {
+	if hasDuplicateKeys(items) {
+		return s.spendMerged(ctx, group, items, used, remote)
+	}
 	sh := &s.shards[maphash.String(s.seed, group)%leaseShards]
 	now := s.now()
 	gen := s.failures.Load()
@@ -285,8 +367,9 @@ func (s *Leased) spend(ctx context.Context, group string, items []Item, used []i
 			continue
 		}
 		// u only grows within a window, so Redis cannot give more than
-		// Limit − seen: refuse without asking.
-		if cost-avail > it.Limit-seen {
+		// Limit − seen: refuse without asking. Checked arithmetic, so that
+		// no cost fits by overflowing.
+		if !fits(seen, cost-avail, it.Limit) {
 			if denied < 0 {
 				denied = i
 			}
@@ -297,25 +380,27 @@ func (s *Leased) spend(ctx context.Context, group string, items []Item, used []i
 	if denied >= 0 {
 		sh.local.Add(1)
 		sh.cachedRefusals.Add(1)
-		return denied, nil
+		return denied, tripNone, nil
 	}
+	t := tripNone
 	if short {
 		if !remote {
-			return -1, errNeedsRedis
+			return -1, tripNone, errNeedsRedis
 		}
 		if s.failures.Load() != gen {
 			sh.errors.Add(1)
-			return -1, errGaveUp
+			return -1, tripNone, errGaveUp
 		}
 		sh.roundTrips.Add(1)
-		d, err := s.lease(ctx, group, g, items, used, now)
+		d, tr, err := s.lease(ctx, group, g, items, used, now)
 		if err != nil {
 			sh.errors.Add(1)
-			return -1, err
+			return -1, tr, err
 		}
 		if d >= 0 {
-			return d, nil
+			return d, tr, nil
 		}
+		t = tr
 	} else {
 		sh.local.Add(1)
 	}
@@ -328,7 +413,49 @@ func (s *Leased) spend(ctx context.Context, group string, items []Item, used []i
 		l.avail -= cost
 		used[i] = max(l.seen-l.avail, 0)
 	}
-	return -1, nil
+	return -1, t, nil
+}
+
+// hasDuplicateKeys reports whether two items name the same counter.
+func hasDuplicateKeys(items []Item) bool {
+	for i := 1; i < len(items); i++ {
+		for j := range i {
+			if items[i].Key == items[j].Key {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// spendMerged spends items that name some counter twice as one item per
+// counter: the costs summed (saturating) under the smallest of the limits,
+// so the counter stays within every item's limit. Each item reports its
+// counter's use; a refusal names the first item on the counter refused.
+func (s *Leased) spendMerged(ctx context.Context, group string, items []Item, used []int64, remote bool) (int, trip, error) {
+	var merged []Item
+	at := make([]int, len(items)) // items[i] is merged[at[i]]
+	for i, it := range items {
+		j := slices.IndexFunc(merged, func(m Item) bool { return m.Key == it.Key })
+		if j < 0 {
+			j = len(merged)
+			it.Cost = max(it.Cost, 0)
+			merged = append(merged, it)
+		} else {
+			merged[j].Cost = addSat(merged[j].Cost, max(it.Cost, 0))
+			merged[j].Limit = min(merged[j].Limit, it.Limit)
+		}
+		at[i] = j
+	}
+	mused := make([]int64, len(merged))
+	d, t, err := s.spend(ctx, group, merged, mused, remote)
+	for i := range items {
+		used[i] = mused[at[i]]
+	}
+	if d >= 0 {
+		d = slices.Index(at, d)
+	}
+	return d, t, err
 }
 
 // acquire returns group's leases, counted as held until refs is decremented.
@@ -395,7 +522,19 @@ func (s *Leased) redisKey(group, key string) string {
 // lease runs the lease script for every item its leases do not cover, under
 // g's lock, and records what Redis granted and reported. It returns the
 // index of the first item Redis could not cover, or -1.
-func (s *Leased) lease(ctx context.Context, group string, g *leaseGroup, items []Item, used []int64, now time.Time) (int, error) {
+//
+// The caller waits for the reply at most Timeout (or its own deadline). The
+// script itself runs on: when its reply comes after the caller gave up, the
+// units Redis granted are kept as leases (see adopt), so a slow Redis does
+// not strand them.
+func (s *Leased) lease(ctx context.Context, group string, g *leaseGroup, items []Item, used []int64, now time.Time) (int, trip, error) {
+	if err := ctx.Err(); err != nil {
+		// Nothing was asked: no failure of Redis.
+		if errors.Is(err, context.Canceled) {
+			return -1, tripNone, fmt.Errorf("quota: redis lease: %w", err)
+		}
+		return -1, tripNone, fmt.Errorf("%w: redis lease: %w", ErrUnavailable, err)
+	}
 	idx := make([]int, 0, len(items))
 	keys := make([]string, 0, len(items))
 	args := make([]any, 0, 2+4*len(items))
@@ -420,24 +559,37 @@ func (s *Leased) lease(ctx context.Context, group string, g *leaseGroup, items [
 		args = append(args, cost-avail, s.leaseSize, it.Limit, it.Reset.UnixMilli())
 	}
 
-	rctx := ctx
-	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > s.timeout {
-		var cancel context.CancelFunc
-		rctx, cancel = context.WithTimeout(ctx, s.timeout)
-		defer cancel()
+	wait := s.timeout
+	if dl, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(dl))
 	}
-	res, err := leaseScript.Run(rctx, s.client, keys, args...).Int64Slice()
-	if err == nil && len(res) != 1+3*len(keys) {
-		err = fmt.Errorf("lease script returned %d values for %d keys", len(res), len(keys))
+	lkeys := make([]string, len(idx))
+	for j, i := range idx {
+		lkeys[j] = items[i].Key
 	}
-	if err != nil {
+	c := &leaseCall{done: make(chan struct{})}
+	g.refs.Add(1)
+	go s.runLease(ctx, c, g, lkeys, keys, args)
+	timer := time.NewTimer(wait)
+	select {
+	case <-c.done:
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	timer.Stop()
+	res, err, ok := s.claim(c)
+	if !ok {
 		// A caller that went away (Envoy reset the stream) says nothing
 		// about Redis: no failure policy, no one else gives up.
 		if errors.Is(ctx.Err(), context.Canceled) {
-			return -1, fmt.Errorf("quota: redis lease: %w", ctx.Err())
+			return -1, tripNone, fmt.Errorf("quota: redis lease: %w", ctx.Err())
 		}
 		s.failures.Add(1)
-		return -1, fmt.Errorf("%w: redis lease: %w", ErrUnavailable, err)
+		return -1, tripFailed, fmt.Errorf("%w: redis lease: no reply within %v", ErrUnavailable, wait)
+	}
+	if err != nil {
+		s.failures.Add(1)
+		return -1, tripFailed, fmt.Errorf("%w: redis lease: %w", ErrUnavailable, err)
 	}
 
 	for j, i := range idx {
@@ -453,9 +605,100 @@ func (s *Leased) lease(ctx context.Context, group string, g *leaseGroup, items [
 		used[i] = max(l.seen-l.avail, 0)
 	}
 	if d := res[0]; d > 0 {
-		return idx[d-1], nil
+		return idx[d-1], tripOK, nil
 	}
-	return -1, nil
+	return -1, tripOK, nil
+}
+
+// leaseCall is one run of the lease script. It may outlive the request that
+// started it: then abandoned is set, and the run adopts what Redis granted.
+type leaseCall struct {
+	done chan struct{} // closed when the reply (or the error) is in
+	mu   sync.Mutex
+	res  []int64
+	err  error
+	// finished: res and err are set. abandoned: the requester gave up first.
+	finished, abandoned bool
+}
+
+// claim returns the call's reply if it is in, or marks the call abandoned.
+func (s *Leased) claim(c *leaseCall) ([]int64, error, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.finished {
+		return c.res, c.err, true
+	}
+	c.abandoned = true
+	s.late.Add(1)
+	s.abandoned.Add(1)
+	return nil, nil, false
+}
+
+// runLease runs the lease script for c, for g's counters lkeys (Redis keys
+// keys). Its context keeps the caller's values but not its cancellation,
+// and allows Timeout + LateReply. It holds a reference to g, taken by the
+// caller, so that a late reply finds g still in its shard.
+func (s *Leased) runLease(ctx context.Context, c *leaseCall, g *leaseGroup, lkeys, keys []string, args []any) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout+s.lateReply)
+	defer cancel()
+	res, err := leaseScript.Run(rctx, s.client, keys, args...).Int64Slice()
+	if err == nil && len(res) != 1+3*len(keys) {
+		err = fmt.Errorf("lease script returned %d values for %d keys", len(res), len(keys))
+	}
+	c.mu.Lock()
+	c.res, c.err, c.finished = res, err, true
+	abandoned := c.abandoned
+	c.mu.Unlock()
+	if !abandoned {
+		// The requester records the reply; by the time it sees done, g is
+		// no longer held here.
+		g.refs.Add(-1)
+		close(c.done)
+		return
+	}
+	close(c.done)
+	defer s.late.Add(-1)
+	defer g.refs.Add(-1)
+	if err != nil {
+		// No reply: Redis may have granted units nobody holds. They are
+		// lost for their window (see the admission bounds).
+		s.unanswered.Add(1)
+		return
+	}
+	s.adopt(g, lkeys, keys, res)
+}
+
+// adopt records as leases the units a reply granted after its requester
+// gave up, as if it had waited: they are counted in Redis, so they must be
+// spendable here rather than stranded. Units of a window older than the
+// lease's are dropped: that window is over.
+func (s *Leased) adopt(g *leaseGroup, keys, rkeys []string, res []int64) {
+	if res[0] != 0 {
+		return // refused: nothing was granted
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var units int64
+	for j, key := range keys {
+		u, reset, granted := res[1+3*j], time.UnixMilli(res[2+3*j]), res[3+3*j]
+		if granted <= 0 {
+			continue
+		}
+		l := g.leases[key]
+		switch {
+		case l == nil:
+			l = &lease{rkey: rkeys[j], reset: reset}
+			g.leases[key] = l
+		case reset.After(l.reset):
+			*l = lease{rkey: rkeys[j], reset: reset}
+		case reset.Before(l.reset):
+			continue
+		}
+		l.seen = max(l.seen, u)
+		l.avail += granted
+		units += granted
+	}
+	s.adopted.Add(uint64(units))
 }
 
 // leaseScript grants leases, all or nothing.

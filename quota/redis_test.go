@@ -253,55 +253,272 @@ func TestLeasedRelease(t *testing.T) {
 	}
 }
 
-// TestLeasedFailsFast: a Redis that stops answering costs each request at
-// most about Timeout, even when many requests of one subject queue behind
-// each other, well inside Envoy's 200 ms.
+// TestLeasedFailsFast: a Redis that stops answering costs a spend no more
+// than the Timeout it was given, and stalls nobody else. Nothing here is
+// timed: a spend that waited for Redis could only return after Resume.
 func TestLeasedFailsFast(t *testing.T) {
 	srv := redistest.Start(t)
-	s := NewLeased(LeasedOptions{Client: fastClient(t, srv), Prefix: fmt.Sprintf("fast%d:", testPrefixes.Add(1)), LeaseSize: 1})
 	ctx := context.Background()
-	items := []Item{{Key: "k", Cost: 1, Limit: 1000, Reset: time.Now().Add(time.Hour)}}
+	reset := time.Now().Add(time.Hour)
+	items := func(key string) []Item { return []Item{{Key: key, Cost: 1, Limit: 1000, Reset: reset}} }
+	// done runs spend in a goroutine and reports when it returned.
+	type result struct {
+		d   int
+		err error
+	}
+	start := func(s *Leased, group, key string) chan result {
+		ch := make(chan result, 1)
+		go func() {
+			d, err := s.Spend(ctx, group, items(key), make([]int64, 1))
+			ch <- result{d, err}
+		}()
+		return ch
+	}
+	// await fails the test if r does not come within a minute: far past
+	// any timeout in play, so only a spend stuck on Redis trips it.
+	await := func(what string, ch chan result) result {
+		t.Helper()
+		select {
+		case r := <-ch:
+			return r
+		case <-time.After(time.Minute):
+			t.Fatalf("%s: still waiting after a minute", what)
+			return result{}
+		}
+	}
+
+	t.Run("a spend gives up at its timeout while redis is paused", func(t *testing.T) {
+		s := NewLeased(LeasedOptions{Client: patientClient(t, srv), Prefix: fmt.Sprintf("fast%d:", testPrefixes.Add(1)), LeaseSize: 1, Timeout: 200 * time.Millisecond})
+		if _, err := s.Spend(ctx, "g", items("k"), make([]int64, 1)); err != nil {
+			t.Fatalf("warm-up: %v", err)
+		}
+		srv.Pause()
+		defer srv.Resume()
+		var chs []chan result
+		for range 20 {
+			chs = append(chs, start(s, "g", "k"))
+		}
+		for i, ch := range chs {
+			// Redis is still paused: every spend returned on its own.
+			if r := await(fmt.Sprint("spend ", i), ch); !errors.Is(r.err, ErrUnavailable) {
+				t.Errorf("spend %d with redis paused: err=%v, want ErrUnavailable", i, r.err)
+			}
+		}
+		t.Logf("%+v", s.Stats())
+	})
+
+	t.Run("a stalled round trip holds up no other subject", func(t *testing.T) {
+		// A timeout far longer than the test: the stalled spend returns
+		// only when Redis answers.
+		s := NewLeased(LeasedOptions{Client: patientClient(t, srv), Prefix: fmt.Sprintf("fast%d:", testPrefixes.Add(1)), LeaseSize: 10, Timeout: 10 * time.Minute})
+		if d, err := s.Spend(ctx, "leased", items("k"), make([]int64, 1)); d != -1 || err != nil {
+			t.Fatalf("warm-up: denied=%d err=%v", d, err)
+		}
+		srv.Pause()
+		stalled := start(s, "stalled", "k")
+		// Nine units are leased: they serve while the other subject waits.
+		for i := range 9 {
+			if r := await("leased spend", start(s, "leased", "k")); r.d != -1 || r.err != nil {
+				t.Fatalf("leased spend %d while another subject waits on redis: denied=%d err=%v", i, r.d, r.err)
+			}
+		}
+		select {
+		case r := <-stalled:
+			t.Fatalf("the stalled spend returned while redis was paused: %+v", r)
+		default:
+		}
+		srv.Resume()
+		if r := await("stalled spend", stalled); r.d != -1 || r.err != nil {
+			t.Errorf("stalled spend after resume: denied=%d err=%v", r.d, r.err)
+		}
+	})
+
+	t.Run("a dead redis fails the spend", func(t *testing.T) {
+		s := NewLeased(LeasedOptions{Client: patientClient(t, srv), Prefix: fmt.Sprintf("fast%d:", testPrefixes.Add(1)), LeaseSize: 1})
+		srv.Kill()
+		if r := await("spend", start(s, "g", "k")); !errors.Is(r.err, ErrUnavailable) {
+			t.Errorf("spend with redis dead: err=%v, want ErrUnavailable", r.err)
+		}
+	})
+}
+
+// TestLeasedKeepsLateGrants: when Redis answers a lease after the requester
+// gave up, the replica keeps the units Redis granted as a lease instead of
+// stranding them for the rest of the window.
+func TestLeasedKeepsLateGrants(t *testing.T) {
+	srv := redistest.Start(t)
+	c := patientClient(t, srv)
+	clk := &testClock{t: time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC)}
+	s := NewLeased(LeasedOptions{Client: c, Prefix: fmt.Sprintf("late%d:", testPrefixes.Add(1)), LeaseSize: 10,
+		Timeout: 100 * time.Millisecond, LateReply: 10 * time.Minute, Now: clk.Now})
+	ctx := context.Background()
+	items := []Item{{Key: "k", Cost: 1, Limit: 100, Reset: clk.Now().Add(time.Hour)}}
 	used := make([]int64, 1)
-	if _, err := s.Spend(ctx, "g", items, used); err != nil {
-		t.Fatalf("warm-up: %v", err)
+	// Open the pooled connection first: a new one would wait for its
+	// handshake, not send the script.
+	if _, err := s.Spend(ctx, "warm", []Item{{Key: "w", Cost: 1, Limit: 100, Reset: items[0].Reset}}, used); err != nil {
+		t.Fatal(err)
 	}
 
 	srv.Pause()
+	_, err := s.Spend(ctx, "g", items, used)
+	srv.Resume()
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("spend with redis paused: err=%v, want ErrUnavailable", err)
+	}
+	waitLate(t, s)
+	st := s.Stats()
+	if st.Abandoned != 1 || st.Adopted != 10 || st.Unanswered != 0 {
+		t.Errorf("stats %+v, want 1 abandoned round trip whose 10 units were adopted", st)
+	}
+	if got := redisUsed(t, c, s, "g", "k"); got != 10 {
+		t.Errorf("redis counter after the late reply = %d, want 10", got)
+	}
+	if got := held(s, "g", "k"); got != 10 {
+		t.Errorf("replica holds %d units after the late reply, want the 10 granted", got)
+	}
+	// The counter still serves its whole limit, the first ten from the
+	// adopted lease with no round trip.
+	trips := s.Stats().RoundTrips
+	admitted := 0
+	for i := range 150 {
+		if d, err := s.Spend(ctx, "g", items, used); err != nil {
+			t.Fatal(err)
+		} else if d < 0 {
+			admitted++
+		}
+		if i == 9 && s.Stats().RoundTrips != trips {
+			t.Errorf("%d round trips for spends the adopted lease covers", s.Stats().RoundTrips-trips)
+		}
+	}
+	if admitted != 100 {
+		t.Errorf("admitted %d after the late reply, want the whole limit 100", admitted)
+	}
+}
+
+// waitLate waits until no abandoned round trip of s is still running.
+func waitLate(t *testing.T, s *Leased) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for s.late.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d late round trips still running after a minute", s.late.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestLeasedMultiReplicaSlowRedis: three replicas spend on one counter
+// while Redis keeps stalling (SIGSTOP) for longer than their timeout, so
+// that many round trips are given up while Redis still runs them. Every
+// unit Redis granted ends up spent or held, none stranded; and once the
+// replicas spend until refused, exactly the limit was admitted.
+func TestLeasedMultiReplicaSlowRedis(t *testing.T) {
+	const (
+		replicas  = 3
+		workers   = 4
+		limit     = 20000
+		leaseSize = 10
+	)
+	srv := redistest.Start(t)
+	clk := &testClock{t: time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC)}
+	items := []Item{{Key: "acme/requests", Cost: 1, Limit: limit, Reset: clk.Now().Add(time.Hour)}}
+	prefix := fmt.Sprintf("slow%d:", testPrefixes.Add(1))
+	stores := make([]*Leased, replicas)
+	for i := range stores {
+		stores[i] = NewLeased(LeasedOptions{Client: patientClient(t, srv), Prefix: prefix, LeaseSize: leaseSize,
+			Timeout: 20 * time.Millisecond, LateReply: 10 * time.Minute, Now: clk.Now})
+	}
+	var admitted atomic.Int64
+	ctx := context.Background()
+	spend := func(s *Leased) (int, error) {
+		d, err := s.Spend(ctx, "acme", items, make([]int64, 1))
+		if err == nil && d < 0 {
+			admitted.Add(1)
+		}
+		return d, err
+	}
+
+	// Phase 1: spend while Redis stalls for 60 ms out of every 90.
+	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	var worst atomic.Int64
-	for range 20 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			used := make([]int64, 1)
-			start := time.Now()
-			_, err := s.Spend(ctx, "g", items, used)
-			el := time.Since(start)
-			if !errors.Is(err, ErrUnavailable) {
-				t.Errorf("spend with redis paused: err=%v, want ErrUnavailable", err)
-			}
+	for _, s := range stores {
+		for range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					if d, err := spend(s); err == nil && d >= 0 {
+						t.Error("refused before the limit could be reached")
+						return
+					}
+					// Leave most of the limit to the final passes.
+					time.Sleep(500 * time.Microsecond)
+				}
+			}()
+		}
+	}
+	for range 6 {
+		srv.Pause()
+		time.Sleep(60 * time.Millisecond)
+		srv.Resume()
+		time.Sleep(30 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+
+	var abandoned, unanswered uint64
+	var holding int64
+	for _, s := range stores {
+		waitLate(t, s)
+		st := s.Stats()
+		abandoned += st.Abandoned
+		unanswered += st.Unanswered
+		holding += held(s, "acme", items[0].Key)
+		t.Logf("%+v", st)
+	}
+	if abandoned == 0 {
+		t.Fatal("no round trip was given up: the test did not stall redis")
+	}
+	if unanswered != 0 {
+		t.Fatalf("%d round trips got no reply from a redis that was only paused", unanswered)
+	}
+	t.Logf("%d round trips given up while redis ran them", abandoned)
+	// Every unit Redis handed out is spent or held.
+	if got, want := redisUsed(t, srv.Client(), stores[0], "acme", items[0].Key), admitted.Load()+holding; got != want {
+		t.Errorf("redis counter %d, want admitted %d + held %d = %d: units stranded", got, admitted.Load(), holding, want)
+	}
+
+	// Phase 2: each replica in turn spends until refused, until a whole
+	// pass is refused with Redis healthy and no round trip in flight.
+	for clean := false; !clean; {
+		clean = true
+		for _, s := range stores {
 			for {
-				w := worst.Load()
-				if int64(el) <= w || worst.CompareAndSwap(w, int64(el)) {
+				d, err := spend(s)
+				if err != nil {
+					clean = false
+					continue
+				}
+				if d >= 0 {
 					break
 				}
 			}
-		}()
+			// A spend that failed above may have left a late reply
+			// whose units land now: then another pass spends them.
+			waitLate(t, s)
+		}
+		if !clean {
+			t.Log("a round trip failed in the final pass; another pass")
+		}
 	}
-	wg.Wait()
-	srv.Resume()
-	if w := time.Duration(worst.Load()); w > 190*time.Millisecond {
-		t.Errorf("slowest spend with redis paused took %v, want < 190ms", w)
-	}
-	t.Logf("slowest spend with redis paused: %v; %+v", time.Duration(worst.Load()), s.Stats())
-
-	srv.Kill()
-	start := time.Now()
-	if _, err := s.Spend(ctx, "g", items, used); !errors.Is(err, ErrUnavailable) {
-		t.Errorf("spend with redis dead: err=%v, want ErrUnavailable", err)
-	}
-	if el := time.Since(start); el > 190*time.Millisecond {
-		t.Errorf("spend with redis dead took %v", el)
+	if got := admitted.Load(); got != limit {
+		t.Errorf("admitted %d, want exactly the limit %d once every replica is refused", got, limit)
 	}
 }
 

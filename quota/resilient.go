@@ -35,21 +35,29 @@ const (
 // (units already leased, counters known to be spent) before the policy
 // applies, since those answers are still globally right.
 //
-// After a failure Resilient does not call the primary for every request:
-// one request per RetryEvery (default 250 ms) tries it; the others go
-// straight to the policy. The first success switches back to the primary.
-// Errors that do not wrap ErrUnavailable are returned as they are.
+// The mode follows round trips to the shared store only, never a spend a
+// Leased primary answered from a local lease: that says nothing about Redis.
+// FailAfter (default 3) failed round trips in a row, with no successful one
+// between them, switch to degraded; a single failure under load only fails
+// (or falls back for) its own request. While degraded, Resilient does not
+// call the primary for every request: one request per RetryEvery (default
+// 250 ms) tries it, and the others go straight to the policy. The first
+// successful round trip switches back to primary; a try that the primary
+// answered without a round trip decides nothing, and the next request tries
+// again. Errors that do not wrap ErrUnavailable are returned as they are.
 //
 // Resilient is safe for concurrent use; in primary mode it costs one atomic
 // load on top of the primary.
 type Resilient struct {
-	primary Store
-	cached  cachedSpender // primary's offline answers, or nil
-	local   *Memory
-	retry   time.Duration
-	now     func() time.Time
-	onMode  func(mode string)
+	primary   Store
+	cached    cachedSpender // primary's offline answers, or nil
+	local     *Memory
+	retry     time.Duration
+	failAfter int64
+	now       func() time.Time
+	onMode    func(mode string)
 
+	fails     atomic.Int64 // failed round trips since the last successful one
 	degraded  atomic.Bool
 	nextProbe atomic.Int64 // unix ns: when degraded, the next request at or after it tries the primary
 
@@ -71,6 +79,9 @@ type ResilientOptions struct {
 	// RetryEvery is how often the primary is tried while degraded;
 	// default 250 ms.
 	RetryEvery time.Duration
+	// FailAfter is how many failed round trips in a row switch to
+	// degraded; default 3.
+	FailAfter int
 	// OnMode, if set, is called with ModePrimary or ModeDegraded each time
 	// the mode changes (for metrics and logs). Calls are serialised and the
 	// last call names the current mode. It must not call Spend.
@@ -91,13 +102,25 @@ type cachedSpender interface {
 	spendCached(ctx context.Context, group string, items []Item, used []int64) (int, error)
 }
 
+// tripSpender is a primary that says whether a spend made a round trip.
+// For any other primary every Spend is one.
+type tripSpender interface {
+	spendTrip(ctx context.Context, group string, items []Item, used []int64) (int, trip, error)
+}
+
 var _ Store = (*Resilient)(nil)
 
 // errDegraded is returned for fail-closed items between retries.
 var errDegraded = fmt.Errorf("%w: shared quota store down, retrying", ErrUnavailable)
 
-// DefaultRetryEvery is how often a degraded Resilient tries its primary.
-const DefaultRetryEvery = 250 * time.Millisecond
+// Defaults of ResilientOptions.
+const (
+	// DefaultRetryEvery is how often a degraded Resilient tries its primary.
+	DefaultRetryEvery = 250 * time.Millisecond
+	// DefaultFailAfter is how many failed round trips in a row make a
+	// Resilient degraded.
+	DefaultFailAfter = 3
+)
 
 // NewResilient returns a store spending on primary and falling back to local
 // for fail-open items. local may be nil when no quota fails open.
@@ -109,6 +132,9 @@ func NewResilient(primary Store, local *Memory, o ResilientOptions) *Resilient {
 	}
 	if r.retry <= 0 {
 		r.retry = DefaultRetryEvery
+	}
+	if r.failAfter = int64(o.FailAfter); r.failAfter <= 0 {
+		r.failAfter = DefaultFailAfter
 	}
 	if r.now == nil {
 		r.now = time.Now
@@ -129,23 +155,55 @@ func (r *Resilient) Mode() string {
 
 // Spend implements Store.
 func (r *Resilient) Spend(ctx context.Context, group string, items []Item, used []int64) (int, error) {
-	if r.degraded.Load() && !r.claimRetry() {
-		return r.fallback(ctx, group, items, used, errDegraded)
+	probe := false
+	if r.degraded.Load() {
+		if !r.claimRetry() {
+			return r.fallback(ctx, group, items, used, errDegraded)
+		}
+		probe = true
 	}
-	d, err := r.primary.Spend(ctx, group, items, used)
-	switch {
-	case err == nil:
+	d, t, err := r.spendPrimary(ctx, group, items, used)
+	switch t {
+	case tripOK:
+		r.fails.Store(0)
 		if r.setDegraded(false) {
 			r.writeBack()
 		}
+	case tripFailed:
+		if r.fails.Add(1) >= r.failAfter {
+			r.nextProbe.Store(r.now().Add(r.retry).UnixNano())
+			r.setDegraded(true)
+		}
+	default:
+		if probe {
+			// Answered from a lease: no news of the primary. Let the next
+			// request try.
+			r.nextProbe.Store(r.now().UnixNano())
+		}
+	}
+	switch {
+	case err == nil:
 		return d, nil
 	case errors.Is(err, ErrUnavailable):
-		r.nextProbe.Store(r.now().Add(r.retry).UnixNano())
-		r.setDegraded(true)
 		return r.fallback(ctx, group, items, used, err)
 	default:
 		return d, err
 	}
+}
+
+// spendPrimary spends on the primary and says whether that was a round trip.
+func (r *Resilient) spendPrimary(ctx context.Context, group string, items []Item, used []int64) (int, trip, error) {
+	if ts, ok := r.primary.(tripSpender); ok {
+		return ts.spendTrip(ctx, group, items, used)
+	}
+	d, err := r.primary.Spend(ctx, group, items, used)
+	switch {
+	case err == nil:
+		return d, tripOK, nil
+	case errors.Is(err, ErrUnavailable):
+		return d, tripFailed, err
+	}
+	return d, tripNone, err
 }
 
 // claimRetry reports whether this request is the one to try the primary now.

@@ -71,7 +71,9 @@ func TestResilientPolicy(t *testing.T) {
 	}}
 	var log modeLog
 	local := NewMemory(clk.Now)
-	r := NewResilient(primary, local, ResilientOptions{RetryEvery: time.Second, OnMode: log.record, Now: clk.Now})
+	// One failure degrades here: this test is about the failure policy;
+	// TestResilientHysteresis is about when the mode changes.
+	r := NewResilient(primary, local, ResilientOptions{RetryEvery: time.Second, FailAfter: 1, OnMode: log.record, Now: clk.Now})
 	reset := clk.Now().Add(time.Hour)
 	closed := []Item{{Key: "closed", Cost: 1, Limit: 100, Reset: reset}}
 	open := []Item{{Key: "open", Cost: 1, Limit: 3, Reset: reset, FailOpen: true}}
@@ -194,9 +196,185 @@ func TestResilientPolicy(t *testing.T) {
 	}
 }
 
+// tripStore is a primary that says whether each spend made a round trip,
+// as Leased does: next is the outcome of the next spend.
+type tripStore struct {
+	calls atomic.Int64
+	next  trip
+}
+
+func (f *tripStore) Spend(ctx context.Context, group string, items []Item, used []int64) (int, error) {
+	d, _, err := f.spendTrip(ctx, group, items, used)
+	return d, err
+}
+
+func (f *tripStore) spendTrip(context.Context, string, []Item, []int64) (int, trip, error) {
+	f.calls.Add(1)
+	switch f.next {
+	case tripFailed:
+		return -1, tripFailed, fmt.Errorf("%w: redis lease: i/o timeout", ErrUnavailable)
+	case tripNone:
+		return -1, tripNone, nil // from a local lease
+	}
+	return -1, tripOK, nil
+}
+
+// TestResilientHysteresis: the mode follows round trips to the primary
+// only, changes to degraded after FailAfter failures in a row, and back
+// after one successful round trip.
+func TestResilientHysteresis(t *testing.T) {
+	const (
+		ok   = tripOK
+		fail = tripFailed
+		none = tripNone
+	)
+	type step struct {
+		advance   time.Duration // before the spend
+		next      trip          // the primary's outcome, if called
+		called    bool          // whether the spend reached the primary
+		wantModes []string      // OnMode calls so far
+	}
+	D, P := ModeDegraded, ModePrimary
+	tests := []struct {
+		name  string
+		steps []step
+	}{
+		{"failures with successes between them change nothing", []step{
+			{0, fail, true, nil}, {0, ok, true, nil}, {0, fail, true, nil}, {0, fail, true, nil},
+			{0, ok, true, nil}, {0, fail, true, nil}, {0, none, true, nil}, {0, fail, true, nil},
+		}},
+		{"three failed round trips in a row degrade", []step{
+			{0, fail, true, nil}, {0, fail, true, nil}, {0, fail, true, []string{D}},
+			// Until RetryEvery passes, the primary is left alone.
+			{0, ok, false, []string{D}}, {0, ok, false, []string{D}},
+		}},
+		{"local answers between failures neither count nor reset", []step{
+			{0, fail, true, nil}, {0, none, true, nil}, {0, fail, true, nil}, {0, none, true, nil},
+			{0, fail, true, []string{D}},
+		}},
+		{"a lease answer while degraded is no proof that redis is back", []step{
+			{0, fail, true, nil}, {0, fail, true, nil}, {0, fail, true, []string{D}},
+			{time.Second, none, true, []string{D}},
+			// The try decided nothing: the next request tries again.
+			{0, none, true, []string{D}},
+			{0, fail, true, []string{D}},
+			{0, ok, false, []string{D}},
+			{time.Second, ok, true, []string{D, P}},
+		}},
+		{"one successful round trip restores, and the count starts over", []step{
+			{0, fail, true, nil}, {0, fail, true, nil}, {0, fail, true, []string{D}},
+			{time.Second, ok, true, []string{D, P}},
+			{0, fail, true, []string{D, P}}, {0, fail, true, []string{D, P}},
+			{0, fail, true, []string{D, P, D}},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := &testClock{t: time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC)}
+			primary := &tripStore{}
+			var log modeLog
+			r := NewResilient(primary, nil, ResilientOptions{RetryEvery: time.Second, OnMode: log.record, Now: clk.Now})
+			items := []Item{{Key: "k", Cost: 1, Limit: 10, Reset: clk.Now().Add(time.Hour)}}
+			for i, st := range tt.steps {
+				clk.Add(st.advance)
+				primary.next = st.next
+				before := primary.calls.Load()
+				r.Spend(context.Background(), "g", items, make([]int64, 1))
+				if got := primary.calls.Load() != before; got != st.called {
+					t.Errorf("step %d: primary called = %v, want %v", i, got, st.called)
+				}
+				if got := log.get(); !slices.Equal(got, st.wantModes) {
+					t.Fatalf("step %d: OnMode calls %v, want %v", i, got, st.wantModes)
+				}
+			}
+		})
+	}
+}
+
+// TestResilientModeFollowsRedis kills, restarts, pauses and resumes a real
+// Redis under a Resilient store: OnMode reports each outage once and each
+// return once, never a spend served from a lease as a return.
+func TestResilientModeFollowsRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	clk := &testClock{t: time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC)}
+	leased := NewLeased(LeasedOptions{Client: patientClient(t, srv), Prefix: fmt.Sprintf("mode%d:", testPrefixes.Add(1)),
+		LeaseSize: 10, Timeout: 200 * time.Millisecond, LateReply: 10 * time.Minute, Now: clk.Now})
+	var log modeLog
+	r := NewResilient(leased, NewMemory(clk.Now), ResilientOptions{RetryEvery: time.Second, OnMode: log.record, Now: clk.Now})
+	reset := clk.Now().Add(time.Hour)
+	spend := func(group string) error {
+		_, err := r.Spend(context.Background(), group, []Item{{Key: "k", Cost: 1, Limit: 1000, Reset: reset}}, make([]int64, 1))
+		return err
+	}
+	expect := func(when string, want ...string) {
+		t.Helper()
+		if got := log.get(); !slices.Equal(got, want) {
+			t.Fatalf("%s: OnMode calls %v, want %v", when, got, want)
+		}
+	}
+	// untilPrimary tries once per RetryEvery until a round trip succeeds:
+	// on a loaded machine the first may time out.
+	untilPrimary := func() {
+		t.Helper()
+		for i := 0; r.Mode() != ModePrimary; i++ {
+			if i == 100 {
+				t.Fatalf("still %s after %d tries", r.Mode(), i)
+			}
+			clk.Add(time.Second)
+			spend("x")
+		}
+	}
+	if err := spend("leased"); err != nil { // leases 10, spends 1
+		t.Fatal(err)
+	}
+	D, P := ModeDegraded, ModePrimary
+
+	srv.Kill()
+	for i := range 2 {
+		if err := spend("x"); !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("spend %d with redis dead: %v", i, err)
+		}
+	}
+	expect("two failed round trips")
+	for range 5 {
+		if err := spend("leased"); err != nil {
+			t.Fatalf("spend from a lease with redis dead: %v", err)
+		}
+	}
+	expect("spends from a lease between failures")
+	spend("x")
+	expect("three failed round trips", D)
+	clk.Add(time.Second)
+	for range 3 {
+		if err := spend("leased"); err != nil {
+			t.Fatalf("spend from a lease with redis dead: %v", err)
+		}
+	}
+	expect("tries answered from a lease", D)
+	spend("x")
+	expect("a try that failed", D)
+
+	srv.Restart()
+	untilPrimary()
+	expect("redis restarted", D, P)
+
+	srv.Pause()
+	for i := range 3 {
+		if err := spend(fmt.Sprint("paused", i)); !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("spend %d with redis paused: %v", i, err)
+		}
+	}
+	srv.Resume()
+	expect("three round trips timed out", D, P, D)
+	waitLate(t, leased)
+	untilPrimary()
+	expect("redis resumed", D, P, D, P)
+}
+
 // TestRedisRestartDuringLoad kills Redis under load, checks each failure
 // policy while it is down, restarts it and checks that the store comes back
-// by itself.
+// by itself, reporting the outage and the return once each. Timeouts are
+// generous: only the outage may fail a round trip, however busy the machine.
 func TestRedisRestartDuringLoad(t *testing.T) {
 	const (
 		leaseSize  = 10
@@ -204,7 +382,7 @@ func TestRedisRestartDuringLoad(t *testing.T) {
 		retryEvery = 50 * time.Millisecond
 	)
 	srv := redistest.Start(t)
-	leased := NewLeased(LeasedOptions{Client: fastClient(t, srv), Prefix: fmt.Sprintf("restart%d:", testPrefixes.Add(1)), LeaseSize: leaseSize})
+	leased := NewLeased(LeasedOptions{Client: patientClient(t, srv), Prefix: fmt.Sprintf("restart%d:", testPrefixes.Add(1)), LeaseSize: leaseSize, Timeout: 10 * time.Second})
 	local := NewMemory(nil)
 	var log modeLog
 	r := NewResilient(leased, local, ResilientOptions{RetryEvery: retryEvery, OnMode: log.record})
@@ -272,16 +450,16 @@ func TestRedisRestartDuringLoad(t *testing.T) {
 			}
 		}()
 	}
-	waitFor := func(what string, max time.Duration, cond func() bool) time.Duration {
+	// waitFor waits for cond; a minute is far past anything in play.
+	waitFor := func(what string, cond func() bool) {
 		t.Helper()
-		start := time.Now()
+		deadline := time.Now().Add(time.Minute)
 		for !cond() {
-			if time.Since(start) > max {
-				t.Fatalf("%s: not within %v", what, max)
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within a minute", what)
 			}
 			time.Sleep(time.Millisecond)
 		}
-		return time.Since(start)
 	}
 	defer func() {
 		select {
@@ -292,16 +470,20 @@ func TestRedisRestartDuringLoad(t *testing.T) {
 		wg.Wait()
 	}()
 
-	time.Sleep(150 * time.Millisecond)
+	waitFor("spends before the outage", func() bool {
+		return tallies[0][0].ok.Load() > 0 && tallies[0][1].ok.Load() > 0
+	})
 	if r.Mode() != ModePrimary {
 		t.Fatalf("mode %s before the outage", r.Mode())
 	}
 	st0 := leased.Stats()
 
 	setPhase(1, srv.Kill)
-	took := waitFor("degraded after kill", 2*time.Second, func() bool { return r.Mode() == ModeDegraded })
-	t.Logf("degraded %v after the kill", took)
-	time.Sleep(300 * time.Millisecond)
+	waitFor("degraded after kill", func() bool { return r.Mode() == ModeDegraded })
+	waitFor("each policy applied while down", func() bool {
+		d := &tallies[1]
+		return d[0].unavailable.Load() > 0 && d[1].ok.Load() > 0 && d[2].refused.Load() > 0
+	})
 	if got := local.Used("beta", "open"); got == 0 {
 		t.Errorf("fail-open item not counted locally while redis was down")
 	}
@@ -311,11 +493,11 @@ func TestRedisRestartDuringLoad(t *testing.T) {
 
 	setPhase(2, nil)
 	srv.Restart()
-	restarted := time.Now()
-	took = waitFor("back to primary after restart", 3*time.Second, func() bool { return r.Mode() == ModePrimary })
-	t.Logf("primary %v after the restart", took)
+	waitFor("back to primary after restart", func() bool { return r.Mode() == ModePrimary })
 	st1 := leased.Stats()
-	time.Sleep(100 * time.Millisecond)
+	waitFor("spends after recovery", func() bool {
+		return tallies[2][0].ok.Load() > 0 && tallies[2][1].ok.Load() > 0 && leased.Stats().RoundTrips > st1.RoundTrips
+	})
 	close(stop)
 	wg.Wait()
 	st2 := leased.Stats()
@@ -323,8 +505,8 @@ func TestRedisRestartDuringLoad(t *testing.T) {
 	down, back := &tallies[1], &tallies[2]
 	t.Logf("down: closed ok=%d unavailable=%d; open ok=%d; small ok=%d refused=%d",
 		down[0].ok.Load(), down[0].unavailable.Load(), down[1].ok.Load(), down[2].ok.Load(), down[2].refused.Load())
-	t.Logf("back: closed ok=%d unavailable=%d; open ok=%d unavailable=%d; recovered in %v",
-		back[0].ok.Load(), back[0].unavailable.Load(), back[1].ok.Load(), back[1].unavailable.Load(), time.Since(restarted))
+	t.Logf("back: closed ok=%d unavailable=%d; open ok=%d unavailable=%d",
+		back[0].ok.Load(), back[0].unavailable.Load(), back[1].ok.Load(), back[1].unavailable.Load())
 	t.Logf("stats before %+v, at recovery %+v, end %+v", st0, st1, st2)
 
 	if down[0].unavailable.Load() == 0 {
@@ -361,8 +543,8 @@ func TestRedisRestartDuringLoad(t *testing.T) {
 	if got, local := redisUsed(t, srv.Client(), leased, "beta", "open"), local.Used("beta", "open"); got < local {
 		t.Errorf("redis holds %d for the open item after recovery, fewer than the %d spent locally", got, local)
 	}
-	if got := log.get(); len(got) < 2 || got[0] != ModeDegraded || got[len(got)-1] != ModePrimary {
-		t.Errorf("OnMode calls %v, want degraded … primary", got)
+	if got, want := log.get(), []string{ModeDegraded, ModePrimary}; !slices.Equal(got, want) {
+		t.Errorf("OnMode calls %v, want %v", got, want)
 	}
 }
 

@@ -3,6 +3,7 @@ package quota
 import (
 	"context"
 	"fmt"
+	"math"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -66,6 +67,34 @@ func testStoreBehaviour(t *testing.T, newStore storeFactory) {
 		}},
 		{"cost above the limit never fits", []spend{
 			{0, []Item{item("a", 6, 5, time.Hour)}, 0, []int64{0}},
+		}},
+		{"a huge cost is refused, never wrapped", []spend{
+			{0, []Item{item("a", 2, 5, time.Hour)}, -1, []int64{2}},
+			{0, []Item{item("a", math.MaxInt64, 5, time.Hour)}, 0, []int64{2}},
+			{0, []Item{item("a", math.MaxInt64-1, 5, time.Hour)}, 0, []int64{2}},
+			{0, []Item{item("a", 3, 5, time.Hour)}, -1, []int64{5}},
+			{0, []Item{item("a", 1, 5, time.Hour)}, 0, []int64{5}},
+			{0, []Item{item("a", math.MaxInt64, 5, time.Hour)}, 0, []int64{5}},
+		}},
+		{"a huge cost on an empty counter is refused", []spend{
+			{0, []Item{item("a", math.MaxInt64, 5, time.Hour)}, 0, []int64{0}},
+			{0, []Item{item("a", 5, 5, time.Hour)}, -1, []int64{5}},
+		}},
+		{"a negative cost counts as 0", []spend{
+			{0, []Item{item("a", 5, 5, time.Hour)}, -1, []int64{5}},
+			{0, []Item{item("a", -3, 5, time.Hour)}, -1, []int64{5}},
+			{0, []Item{item("a", math.MinInt64, 5, time.Hour)}, -1, []int64{5}},
+			{0, []Item{item("a", 1, 5, time.Hour)}, 0, []int64{5}},
+		}},
+		{"a negative limit admits nothing", []spend{
+			{0, []Item{item("a", 1, -1, time.Hour)}, 0, []int64{0}},
+			{0, []Item{item("a", math.MaxInt64, math.MinInt64, time.Hour)}, 0, []int64{0}},
+		}},
+		{"one counter named twice in a spend is checked on the sum", []spend{
+			{0, []Item{item("a", 3, 5, time.Hour), item("a", 3, 5, time.Hour)}, 0, []int64{0, 0}},
+			{0, []Item{item("a", 1, 5, time.Hour), item("a", math.MaxInt64, 5, time.Hour)}, 0, []int64{0, 0}},
+			{0, []Item{item("b", 1, 5, time.Hour), item("a", math.MaxInt64, 5, time.Hour), item("a", math.MaxInt64, 5, time.Hour)}, 1, []int64{0, 0, 0}},
+			{0, []Item{item("a", 5, 5, time.Hour)}, -1, []int64{5}},
 		}},
 		{"the counter resets when its window ends", []spend{
 			{0, []Item{item("a", 5, 5, time.Minute)}, -1, []int64{5}},
