@@ -23,9 +23,13 @@ const (
 	Miss                       // asked the source
 	Stale                      // the source failed; an expired record was served
 	Error                      // the source failed and nothing usable was cached
+	// SuspectNotFound: the source said "unknown", unannounced, for a key
+	// that held a record; the record was served instead (see
+	// Options.DeletionsAnnounced).
+	SuspectNotFound
 )
 
-var outcomeNames = [...]string{"hit", "negative_hit", "miss", "stale", "error"}
+var outcomeNames = [...]string{"hit", "negative_hit", "miss", "stale", "error", "suspect_not_found"}
 
 // String is the outcome's label.
 func (o Outcome) String() string {
@@ -36,21 +40,43 @@ func (o Outcome) String() string {
 }
 
 // Outcomes lists every outcome, for pre-creating metric series.
-var Outcomes = []Outcome{Hit, NegativeHit, Miss, Stale, Error}
+var Outcomes = []Outcome{Hit, NegativeHit, Miss, Stale, Error, SuspectNotFound}
 
 // Options configure a Cache. Zero values take the defaults.
 type Options struct {
-	MaxEntries   int           // default 100000
-	TTL          time.Duration // default 30s
-	NegativeTTL  time.Duration // default 5s
-	StaleIfError time.Duration // how long past expiry a record may serve during an outage; 0 disables
-	Timeout      time.Duration // per source call; default 100ms, under Envoy's 200ms
-	Now          func() time.Time
+	MaxEntries int // records of known subjects; default 100000
+	// NegativeMaxEntries bounds the "unknown" answers, held apart so that a
+	// flood of made-up keys cannot evict known subjects; default 10000.
+	NegativeMaxEntries int
+	TTL                time.Duration // default 30s
+	NegativeTTL        time.Duration // default 5s
+	StaleIfError       time.Duration // how long past expiry a record may serve during an outage; 0 disables
+	Timeout            time.Duration // per source call; default 100ms, under Envoy's 200ms
+	// DeletionsAnnounced says the source announces every deletion through
+	// Invalidate (the redis source's pub/sub). Then an unannounced "not
+	// found" for a key that holds a record is doubted: it is what a source
+	// that lost its data (a Redis restarted empty) answers for everyone.
+	// The record keeps serving, as it would if the source were down
+	// (outcome SuspectNotFound), until a record from the source replaces
+	// it, Invalidate drops it, or its stale-if-error window ends (TTL +
+	// StaleIfError after it was fetched). Without it, "not found" replaces
+	// a record at once.
+	DeletionsAnnounced bool
+	Now                func() time.Time
 }
+
+// Default sizes, for zero Options fields.
+const (
+	DefaultMaxEntries         = 100000
+	DefaultNegativeMaxEntries = 10000
+)
 
 func (o *Options) defaults() {
 	if o.MaxEntries <= 0 {
-		o.MaxEntries = 100000
+		o.MaxEntries = DefaultMaxEntries
+	}
+	if o.NegativeMaxEntries <= 0 {
+		o.NegativeMaxEntries = DefaultNegativeMaxEntries
 	}
 	if o.TTL <= 0 {
 		o.TTL = 30 * time.Second
@@ -71,15 +97,25 @@ type entry struct {
 	expires time.Time
 	// usableUntil bounds stale-if-error; it equals expires when disabled.
 	usableUntil time.Time
+	// epoch is Cache.epoch when the source was asked. An entry from an
+	// older epoch is not fresh: it waits for the source to confirm it.
+	epoch uint64
+}
+
+// fresh reports whether e may answer without asking the source.
+func (e *entry) fresh(now time.Time, epoch uint64) bool {
+	return e.epoch == epoch && now.Before(e.expires)
 }
 
 // Cache is a read-through entitlement cache.
 type Cache struct {
 	src   entitlement.Source
 	opts  Options
-	lru   *lru.Cache[entitlement.Key, *entry]
+	pos   *lru.Cache[entitlement.Key, *entry] // records of known subjects
+	neg   *lru.Cache[entitlement.Key, *entry] // "unknown" answers
 	group singleflight.Group
-	gen   atomic.Uint64 // bumped by every invalidation
+	gen   atomic.Uint64 // bumped by every invalidation: in-flight answers are dropped
+	epoch atomic.Uint64 // bumped by Revalidate: older entries are not fresh
 }
 
 var _ entitlement.Source = (*Cache)(nil)
@@ -87,11 +123,15 @@ var _ entitlement.Source = (*Cache)(nil)
 // New wraps src.
 func New(src entitlement.Source, opts Options) *Cache {
 	opts.defaults()
-	l, err := lru.New[entitlement.Key, *entry](opts.MaxEntries)
+	pos, err := lru.New[entitlement.Key, *entry](opts.MaxEntries)
 	if err != nil { // only for a non-positive size, which defaults() rules out
 		panic(err)
 	}
-	return &Cache{src: src, opts: opts, lru: l}
+	neg, err := lru.New[entitlement.Key, *entry](opts.NegativeMaxEntries)
+	if err != nil {
+		panic(err)
+	}
+	return &Cache{src: src, opts: opts, pos: pos, neg: neg}
 }
 
 // Lookup implements entitlement.Source.
@@ -110,12 +150,12 @@ type result struct {
 // entitlement.ErrNotFound for an unknown key, or the source's error when
 // nothing usable was cached.
 func (c *Cache) Get(ctx context.Context, key entitlement.Key) (*entitlement.Entitlement, Outcome, error) {
-	now := c.opts.Now()
-	if en, ok := c.lru.Get(key); ok && now.Before(en.expires) {
-		if en.ent == nil {
-			return nil, NegativeHit, entitlement.ErrNotFound
-		}
+	now, epoch := c.opts.Now(), c.epoch.Load()
+	if en, ok := c.pos.Get(key); ok && en.fresh(now, epoch) {
 		return en.ent, Hit, nil
+	}
+	if en, ok := c.neg.Get(key); ok && en.fresh(now, epoch) {
+		return nil, NegativeHit, entitlement.ErrNotFound
 	}
 	ch := c.group.DoChan(flightKey(key), func() (any, error) {
 		return c.fetch(ctx, key), nil
@@ -136,54 +176,71 @@ func flightKey(k entitlement.Key) string {
 // fetch asks the source once for everyone waiting on key. It does not stop
 // when the first caller gives up: the answer is worth caching for the rest.
 func (c *Cache) fetch(ctx context.Context, key entitlement.Key) result {
-	gen := c.gen.Load()
+	gen, epoch := c.gen.Load(), c.epoch.Load()
 	// A caller can miss the cache just before another flight stores the
 	// key, then start this flight just after that one ended: look again, so
-	// the source is asked once however the callers interleave.
-	if en, ok := c.lru.Peek(key); ok && c.opts.Now().Before(en.expires) {
-		if en.ent == nil {
-			return result{outcome: NegativeHit, err: entitlement.ErrNotFound}
-		}
+	// that it does not ask the source a second time (doc.go, "Single flight").
+	now := c.opts.Now()
+	if en, ok := c.pos.Peek(key); ok && en.fresh(now, epoch) {
 		return result{ent: en.ent, outcome: Hit}
+	}
+	if en, ok := c.neg.Peek(key); ok && en.fresh(now, epoch) {
+		return result{outcome: NegativeHit, err: entitlement.ErrNotFound}
 	}
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.Timeout)
 	ent, err := c.src.Lookup(fctx, key)
 	cancel()
-	now := c.opts.Now()
+	now = c.opts.Now()
 
 	switch {
 	case err == nil && ent != nil:
-		c.store(gen, key, &entry{ent: ent, expires: now.Add(c.opts.TTL), usableUntil: now.Add(c.opts.TTL + c.opts.StaleIfError)})
+		c.store(gen, key, &entry{ent: ent, expires: now.Add(c.opts.TTL), usableUntil: now.Add(c.opts.TTL + c.opts.StaleIfError), epoch: epoch})
 		return result{ent: ent, outcome: Miss}
 	case err == nil || errors.Is(err, entitlement.ErrNotFound):
-		c.store(gen, key, &entry{expires: now.Add(c.opts.NegativeTTL), usableUntil: now.Add(c.opts.NegativeTTL + c.opts.StaleIfError)})
+		if old, ok := c.pos.Peek(key); ok && c.opts.DeletionsAnnounced && now.Before(old.usableUntil) {
+			// Known a moment ago, unknown now, and no deletion announced:
+			// as likely a source that lost its data as a deletion whose
+			// announcement we missed. Treat it like an outage.
+			return result{ent: old.ent, outcome: SuspectNotFound}
+		}
+		c.store(gen, key, &entry{expires: now.Add(c.opts.NegativeTTL), usableUntil: now.Add(c.opts.NegativeTTL + c.opts.StaleIfError), epoch: epoch})
 		return result{outcome: Miss, err: entitlement.ErrNotFound}
 	}
 	// The source failed: serve what we last knew, for a bounded time.
-	if old, ok := c.lru.Peek(key); ok && now.Before(old.usableUntil) {
-		if old.ent == nil {
-			return result{outcome: Stale, err: entitlement.ErrNotFound}
-		}
+	if old, ok := c.pos.Peek(key); ok && now.Before(old.usableUntil) {
 		return result{ent: old.ent, outcome: Stale}
+	}
+	if old, ok := c.neg.Peek(key); ok && now.Before(old.usableUntil) {
+		return result{outcome: Stale, err: entitlement.ErrNotFound}
 	}
 	return result{outcome: Error, err: err}
 }
 
-// store keeps e unless an invalidation happened since the fetch began. The
-// key is copied: its ID may be a substring of a whole request (authz
-// decodes a Check's strings as substrings of one copy of its bytes), which
-// the cache must not keep alive.
+// store keeps e, in the LRU of its kind, unless an invalidation happened
+// since the fetch began. The key is copied: its ID may be a substring of a
+// whole request (authz decodes a Check's strings as substrings of one copy
+// of its bytes), which the cache must not keep alive.
 func (c *Cache) store(gen uint64, key entitlement.Key, e *entry) {
-	if c.gen.Load() == gen {
-		key.ID = strings.Clone(key.ID)
-		c.lru.Add(key, e)
+	if c.gen.Load() != gen {
+		return
+	}
+	key.ID = strings.Clone(key.ID)
+	if e.ent != nil {
+		c.pos.Add(key, e)
+		c.neg.Remove(key)
+	} else {
+		c.neg.Add(key, e)
+		c.pos.Remove(key)
 	}
 }
 
 // Invalidate drops key, and the answer of any fetch of it now in flight.
+// Unlike Revalidate, the record is gone: its subject changed, and the old
+// record is not served even if the source then fails.
 func (c *Cache) Invalidate(key entitlement.Key) {
 	c.gen.Add(1)
-	c.lru.Remove(key)
+	c.pos.Remove(key)
+	c.neg.Remove(key)
 	c.group.Forget(flightKey(key))
 }
 
@@ -192,7 +249,7 @@ func (c *Cache) Invalidate(key entitlement.Key) {
 // returns how many records were dropped (0 or 1).
 func (c *Cache) InvalidateKey(digest string) int {
 	k := entitlement.Key{Kind: entitlement.ByAPIKey, ID: digest}
-	had := c.lru.Contains(k)
+	had := c.pos.Contains(k) || c.neg.Contains(k)
 	c.Invalidate(k)
 	if had {
 		return 1
@@ -202,31 +259,49 @@ func (c *Cache) InvalidateKey(digest string) int {
 
 // InvalidateSubject drops every record of subject, whichever key cached it
 // (its subject id or any of its API-key digests), and the answer of any
-// fetch now in flight. It scans the cache: O(entries), for rare events such
-// as a billing change, not for the request path. It returns how many
-// records were dropped.
+// fetch now in flight. It scans the known records: O(MaxEntries), for rare
+// events such as a billing change, not for the request path. It returns how
+// many records were dropped.
 func (c *Cache) InvalidateSubject(subject string) int {
 	c.gen.Add(1)
 	n := 0
-	if c.lru.Remove(entitlement.Key{Kind: entitlement.BySubject, ID: subject}) {
+	sk := entitlement.Key{Kind: entitlement.BySubject, ID: subject}
+	if c.pos.Remove(sk) {
 		n++
 	}
-	for _, k := range c.lru.Keys() {
-		if en, ok := c.lru.Peek(k); ok && en.ent != nil && en.ent.Subject == subject {
-			if c.lru.Remove(k) {
+	if c.neg.Remove(sk) {
+		n++
+	}
+	for _, k := range c.pos.Keys() {
+		if en, ok := c.pos.Peek(k); ok && en.ent != nil && en.ent.Subject == subject {
+			if c.pos.Remove(k) {
 				n++
 			}
 		}
 	}
-	c.group.Forget(flightKey(entitlement.Key{Kind: entitlement.BySubject, ID: subject}))
+	c.group.Forget(flightKey(sk))
 	return n
 }
 
-// Purge drops everything, for example after the source reloaded.
-func (c *Cache) Purge() {
-	c.gen.Add(1)
-	c.lru.Purge()
+// Revalidate marks every record as no longer fresh, for example after a
+// config reload, a source reload, or a pub/sub resubscription that may have
+// missed changes: the next lookup of each key asks the source. Nothing is
+// dropped. Until the source answers, a record serves as if expired: under
+// StaleIfError while the source fails. An answer from the source replaces
+// it ("unknown" too, unless DeletionsAnnounced). A fetch in flight still
+// stores its answer, marked for revalidation. O(1).
+func (c *Cache) Revalidate() {
+	c.epoch.Add(1)
 }
 
-// Len is the number of records held.
-func (c *Cache) Len() int { return c.lru.Len() }
+// Purge drops everything, the records stale_if_error would serve included,
+// and the answers of fetches in flight. For tests and tools: a reload or a
+// reconnect calls Revalidate instead.
+func (c *Cache) Purge() {
+	c.gen.Add(1)
+	c.pos.Purge()
+	c.neg.Purge()
+}
+
+// Len is the number of records held, known and unknown.
+func (c *Cache) Len() int { return c.pos.Len() + c.neg.Len() }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -119,39 +121,81 @@ func TestErrorsAreNotCachedAsUnknown(t *testing.T) {
 	}
 }
 
-func TestConcurrentMissesMakeOneCall(t *testing.T) {
-	c, src, _, _ := newTest(Options{})
-	release := make(chan struct{})
-	inner := src.lookup
-	src.lookup = func(ctx context.Context, k entitlement.Key) (*entitlement.Entitlement, error) {
-		<-release
-		return inner(ctx, k)
-	}
-	const n = 1000
-	var wg sync.WaitGroup
-	var ok atomic.Int64
-	for range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if e, _, err := c.Get(context.Background(), known); err == nil && e.Subject == "acme" {
-				ok.Add(1)
+// TestSingleFlight holds the rule doc.go states: one source call per key
+// while a call is in flight; a later lookup is answered by what that call
+// stored; only a call that stored nothing fresh lets a second one through.
+func TestSingleFlight(t *testing.T) {
+	t.Run("concurrent lookups share the call in flight", func(t *testing.T) {
+		c, src, _, _ := newTest(Options{Timeout: time.Minute})
+		release := make(chan struct{})
+		inner := src.lookup
+		src.lookup = func(ctx context.Context, k entitlement.Key) (*entitlement.Entitlement, error) {
+			<-release
+			return inner(ctx, k)
+		}
+		const n = 1000
+		var wg sync.WaitGroup
+		var started, ok atomic.Int64
+		for range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				started.Add(1)
+				if e, _, err := c.Get(context.Background(), known); err == nil && e.Subject == "acme" {
+					ok.Add(1)
+				}
+			}()
+		}
+		// However many have joined the flight when it lands, the rest find
+		// its answer (in the cache, or by the flight's second look).
+		for src.calls.Load() == 0 || started.Load() < n {
+			runtime.Gosched()
+		}
+		close(release)
+		wg.Wait()
+		if got, want := src.calls.Load(), int64(1); got != want {
+			t.Errorf("source calls = %d, want %d", got, want)
+		}
+		if got, want := ok.Load(), int64(n); got != want {
+			t.Errorf("successful lookups = %d, want %d", got, want)
+		}
+	})
+
+	t.Run("a flight begun after the answer landed asks nobody", func(t *testing.T) {
+		// A caller that missed the cache before the first flight stored its
+		// answer, and reached the flight group after it had ended, runs a
+		// flight of its own: the second look in fetch answers it.
+		c, src, _, _ := newTest(Options{})
+		if _, o, err := c.Get(context.Background(), known); o != Miss || err != nil {
+			t.Fatalf("first lookup: %s %v", o, err)
+		}
+		res := c.fetch(context.Background(), known)
+		if got, want := res.outcome, Hit; got != want || res.ent == nil {
+			t.Errorf("late flight: outcome %s (%v), want %s", got, res.ent, want)
+		}
+		if got, want := src.calls.Load(), int64(1); got != want {
+			t.Errorf("source calls = %d, want %d", got, want)
+		}
+	})
+
+	t.Run("a call cut off by the timeout is not shared with later lookups", func(t *testing.T) {
+		// The source honours the deadline but keeps working, as a remote
+		// service does: the next lookup is a second call while the first is
+		// still running there.
+		c, src, _, _ := newTest(Options{Timeout: time.Millisecond})
+		src.lookup = func(ctx context.Context, k entitlement.Key) (*entitlement.Entitlement, error) {
+			<-ctx.Done()
+			return nil, ctx.Err()
+		}
+		for i := range 2 {
+			if _, o, err := c.Get(context.Background(), known); o != Error || !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("lookup %d: %s %v, want error", i, o, err)
 			}
-		}()
-	}
-	// Let the goroutines pile up on the flight before it lands.
-	for src.calls.Load() == 0 {
-		time.Sleep(time.Millisecond)
-	}
-	time.Sleep(20 * time.Millisecond)
-	close(release)
-	wg.Wait()
-	if got := src.calls.Load(); got != 1 {
-		t.Errorf("source calls = %d, want 1", got)
-	}
-	if got := ok.Load(); got != n {
-		t.Errorf("successful lookups = %d, want %d", got, n)
-	}
+		}
+		if got, want := src.calls.Load(), int64(2); got != want {
+			t.Errorf("source calls = %d, want %d", got, want)
+		}
+	})
 }
 
 func TestCallerGivesUpFetchStillCaches(t *testing.T) {
@@ -210,13 +254,217 @@ func TestPurge(t *testing.T) {
 	}
 }
 
-func TestBoundedUnderUnknownFlood(t *testing.T) {
-	c, _, _, _ := newTest(Options{MaxEntries: 100})
-	for i := range 10000 {
-		c.Get(context.Background(), entitlement.Key{Kind: entitlement.ByAPIKey, ID: fmt.Sprint(i)})
+// paid is the source's answer for the keys "paid-N".
+func paid(k entitlement.Key) (*entitlement.Entitlement, bool) {
+	if strings.HasPrefix(k.ID, "paid-") {
+		return &entitlement.Entitlement{Subject: k.ID, Plan: "pro"}, true
 	}
-	if got := c.Len(); got != 100 {
-		t.Errorf("entries = %d, want 100", got)
+	return nil, false
+}
+
+// TestUnknownFloodKeepsKnownRecords: unknown keys have an LRU of their own,
+// so a flood of them evicts neither a known subject's record nor the
+// ability to serve it while the source is down; both LRUs stay bounded.
+func TestUnknownFloodKeepsKnownRecords(t *testing.T) {
+	c, src, _, down := newTest(Options{MaxEntries: 100, NegativeMaxEntries: 50, StaleIfError: time.Hour})
+	inner := src.lookup
+	src.lookup = func(ctx context.Context, k entitlement.Key) (*entitlement.Entitlement, error) {
+		if e, ok := paid(k); ok && !down.Load() {
+			return e, nil
+		}
+		return inner(ctx, k)
+	}
+	ctx := context.Background()
+	customers := make([]entitlement.Key, 20)
+	for i := range customers {
+		customers[i] = entitlement.Key{Kind: entitlement.ByAPIKey, ID: fmt.Sprint("paid-", i)}
+		if _, o, err := c.Get(ctx, customers[i]); o != Miss || err != nil {
+			t.Fatalf("customer %d: %s %v", i, o, err)
+		}
+	}
+	for i := range 10000 {
+		c.Get(ctx, entitlement.Key{Kind: entitlement.ByAPIKey, ID: fmt.Sprint("made-up-", i)})
+	}
+	if got, want := c.Len(), 20+50; got != want {
+		t.Errorf("entries = %d, want %d (20 known, 50 unknown)", got, want)
+	}
+	down.Store(true)
+	for i, k := range customers {
+		if e, o, err := c.Get(ctx, k); o != Hit || err != nil || e.Subject != k.ID {
+			t.Errorf("customer %d after the flood, source down: %s %v, want a hit", i, o, err)
+		}
+	}
+	// Known records are bounded by MaxEntries all the same.
+	down.Store(false)
+	for i := range 1000 {
+		c.Get(ctx, entitlement.Key{Kind: entitlement.ByAPIKey, ID: fmt.Sprint("paid-more-", i)})
+	}
+	if got, want := c.Len(), 100+50; got != want {
+		t.Errorf("entries = %d, want %d", got, want)
+	}
+}
+
+// TestRevalidate: a reload or a resubscription marks records for
+// revalidation; it never takes away what stale-if-error serves, and any
+// answer from the source replaces the record.
+func TestRevalidate(t *testing.T) {
+	type step struct {
+		name       string
+		revalidate bool
+		down       bool
+		empty      bool // the source answers "not found" for every key
+		key        entitlement.Key
+		want       Outcome
+		wantErr    error
+		wantCalls  int64
+	}
+	steps := []step{
+		{"cold miss", false, false, false, known, Miss, nil, 1},
+		{"unknown cached", false, false, false, unknown, Miss, entitlement.ErrNotFound, 2},
+		{"hit", false, false, false, known, Hit, nil, 2},
+		{"revalidate, source down: stale, not an error", true, true, false, known, Stale, nil, 3},
+		{"unknown: stale unknown", false, true, false, unknown, Stale, entitlement.ErrNotFound, 4},
+		{"still down: stale again", false, true, false, known, Stale, nil, 5},
+		{"source back: refetched", false, false, false, known, Miss, nil, 6},
+		{"then fresh", false, false, false, known, Hit, nil, 6},
+		{"revalidate, source now empty: unknown replaces the record", true, false, true, known, Miss, entitlement.ErrNotFound, 7},
+		{"source down: the unknown is what serves", false, true, false, known, NegativeHit, entitlement.ErrNotFound, 7},
+	}
+	c, src, _, down := newTest(Options{StaleIfError: time.Hour})
+	empty := &atomic.Bool{}
+	inner := src.lookup
+	src.lookup = func(ctx context.Context, k entitlement.Key) (*entitlement.Entitlement, error) {
+		if empty.Load() && !down.Load() {
+			return nil, entitlement.ErrNotFound
+		}
+		return inner(ctx, k)
+	}
+	for _, s := range steps {
+		if s.revalidate {
+			c.Revalidate()
+		}
+		down.Store(s.down)
+		empty.Store(s.empty)
+		e, got, err := c.Get(context.Background(), s.key)
+		if got != s.want {
+			t.Errorf("%s: outcome = %s, want %s", s.name, got, s.want)
+		}
+		if !errors.Is(err, s.wantErr) || (s.wantErr == nil && err != nil) {
+			t.Errorf("%s: err = %v, want %v", s.name, err, s.wantErr)
+		}
+		if s.wantErr == nil && (e == nil || e.Subject != "acme") {
+			t.Errorf("%s: entitlement = %+v", s.name, e)
+		}
+		if n := src.calls.Load(); n != s.wantCalls {
+			t.Errorf("%s: source calls = %d, want %d", s.name, n, s.wantCalls)
+		}
+	}
+}
+
+// TestRevalidateDuringFetch: a fetch in flight when records are marked
+// stores its answer, still marked: usable when the source fails, not fresh.
+func TestRevalidateDuringFetch(t *testing.T) {
+	c, src, _, down := newTest(Options{StaleIfError: time.Hour})
+	release := make(chan struct{})
+	started := make(chan struct{}, 1)
+	inner := src.lookup
+	src.lookup = func(ctx context.Context, k entitlement.Key) (*entitlement.Entitlement, error) {
+		select {
+		case started <- struct{}{}:
+			<-release
+		default: // later calls do not wait
+		}
+		return inner(ctx, k)
+	}
+	done := make(chan struct{})
+	go func() { c.Get(context.Background(), known); close(done) }()
+	<-started
+	c.Revalidate()
+	close(release)
+	<-done
+	down.Store(true)
+	if _, o, err := c.Get(context.Background(), known); o != Stale || err != nil {
+		t.Errorf("after a revalidation during the fetch, source down: %s %v, want stale", o, err)
+	}
+}
+
+// TestDeletionsAnnounced: for a source that announces deletions, an
+// unannounced "not found" for a key with a record (a source that came back
+// empty) serves the record until its stale window ends, a record replaces
+// it, or an invalidation drops it.
+func TestDeletionsAnnounced(t *testing.T) {
+	const ttl, stale = 30 * time.Second, time.Hour
+	type step struct {
+		name       string
+		advance    time.Duration
+		revalidate bool
+		invalidate bool
+		empty      bool
+		want       Outcome
+		wantErr    error
+	}
+	tests := []struct {
+		name  string
+		opts  Options
+		steps []step
+	}{
+		{"announced: the record outlives an empty source, for its stale window", Options{DeletionsAnnounced: true}, []step{
+			{"cold miss", 0, false, false, false, Miss, nil},
+			{"resubscribed to an empty source: the record serves", 0, true, false, true, SuspectNotFound, nil},
+			{"again, each time asking the source", time.Minute, false, false, true, SuspectNotFound, nil},
+			{"just inside ttl+stale_if_error", ttl + stale - time.Minute - time.Second, false, false, true, SuspectNotFound, nil},
+			{"past ttl+stale_if_error: unknown", time.Second, false, false, true, Miss, entitlement.ErrNotFound},
+			{"and remembered as unknown", 0, false, false, true, NegativeHit, entitlement.ErrNotFound},
+		}},
+		{"announced: a record from the source replaces it", Options{DeletionsAnnounced: true}, []step{
+			{"cold miss", 0, false, false, false, Miss, nil},
+			{"empty source", 0, true, false, true, SuspectNotFound, nil},
+			{"the writer puts it back", 0, false, false, false, Miss, nil},
+			{"fresh", 0, false, false, true, Hit, nil},
+			{"expired, empty again", ttl, false, false, true, SuspectNotFound, nil},
+		}},
+		{"announced: an invalidation makes the unknown believed", Options{DeletionsAnnounced: true}, []step{
+			{"cold miss", 0, false, false, false, Miss, nil},
+			{"the deletion is announced", 0, false, true, true, Miss, entitlement.ErrNotFound},
+		}},
+		{"not announced: unknown replaces the record at once", Options{}, []step{
+			{"cold miss", 0, false, false, false, Miss, nil},
+			{"revalidated, empty source", 0, true, false, true, Miss, entitlement.ErrNotFound},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.opts.TTL, tt.opts.StaleIfError = ttl, stale
+			c, src, clk, _ := newTest(tt.opts)
+			empty := &atomic.Bool{}
+			inner := src.lookup
+			src.lookup = func(ctx context.Context, k entitlement.Key) (*entitlement.Entitlement, error) {
+				if empty.Load() {
+					return nil, entitlement.ErrNotFound
+				}
+				return inner(ctx, k)
+			}
+			for _, s := range tt.steps {
+				clk.add(s.advance)
+				if s.revalidate {
+					c.Revalidate()
+				}
+				if s.invalidate {
+					c.InvalidateSubject("acme")
+				}
+				empty.Store(s.empty)
+				e, got, err := c.Get(context.Background(), known)
+				if got != s.want {
+					t.Errorf("%s: outcome = %s, want %s", s.name, got, s.want)
+				}
+				if !errors.Is(err, s.wantErr) || (s.wantErr == nil && err != nil) {
+					t.Errorf("%s: err = %v, want %v", s.name, err, s.wantErr)
+				}
+				if s.wantErr == nil && (e == nil || e.Subject != "acme") {
+					t.Errorf("%s: entitlement = %+v", s.name, e)
+				}
+			}
+		})
 	}
 }
 
