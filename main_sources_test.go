@@ -75,10 +75,22 @@ func (b *billingService) set(subject, plan, status, key string) {
 // httpSourceDir writes the demo config with the http source.
 func httpSourceDir(t *testing.T, url, cache string) string {
 	t.Helper()
+	return httpSourceDirTimeout(t, url, "150ms", cache)
+}
+
+// httpSourceDirTimeout is httpSourceDir with the http source's timeout
+// given. Tests that hold the billing service until they release it give
+// every timeout generously (server.envoy_timeout bounds the others), so
+// that a busy machine cannot turn "held" into "timed out".
+func httpSourceDirTimeout(t *testing.T, url, timeout, cache string) string {
+	t.Helper()
 	dir := demoDir(t, "127.0.0.1:0")
 	path := filepath.Join(dir, "tollgate.yaml")
 	b, _ := os.ReadFile(path)
-	s := strings.Replace(string(b), "  source: file\n", "  source: http\n  http: {url: "+url+", timeout: 150ms}\n", 1)
+	s := strings.Replace(string(b), "  source: file\n", "  source: http\n  http: {url: "+url+", timeout: "+timeout+"}\n", 1)
+	if timeout != "150ms" {
+		s = strings.Replace(s, "  drain_timeout: 10s\n", "  drain_timeout: 10s\n  envoy_timeout: 5m\n", 1)
+	}
 	s = strings.Replace(s, `  cache:
     max_entries: 100000
     ttl: 30s
@@ -105,10 +117,16 @@ func TestHTTPSourceThroughServer(t *testing.T) {
 	t.Setenv("TOLLGATE_TEST_ADMIN_TOKEN", "test-admin-token-0123456789")
 	free := map[string]string{"x-api-key": "demo-free-key"}
 
+	// The cache's rule: while a source call for a key is in flight, every
+	// other miss on that key waits for it; a miss that comes after the
+	// answer was stored finds it (fetch looks again before calling). So the
+	// source is asked once however the 1000 Checks interleave, as long as
+	// the call succeeds: the timeouts here are generous so that a busy
+	// machine cannot make the held call fail.
 	t.Run("1000 concurrent checks for a cold subject make one source call", func(t *testing.T) {
 		b := newBillingService(t)
 		b.set("initech", "free", "active", "demo-free-key")
-		s := startServe(t, httpSourceDir(t, b.URL, "{ttl: 1m, timeout: 150ms}"))
+		s := startServe(t, httpSourceDirTimeout(t, b.URL, "1m", "{ttl: 1h, timeout: 2m}"))
 		hold := make(chan struct{})
 		b.mu.Lock()
 		b.hold = hold

@@ -94,6 +94,7 @@ func startServe(t *testing.T, cfgPath string, dialOpts ...grpc.DialOption) *serv
 		}
 		select {
 		case c := <-exit:
+			exit <- c // for stop, which the cleanup calls
 			t.Fatalf("serve exited with %d; log:\n%s", c, logs.String())
 		case <-time.After(5 * time.Millisecond):
 		}
@@ -127,7 +128,7 @@ func (s *server) check(t *testing.T, method, path string, headers map[string]str
 	for k, v := range headers {
 		h[k] = v
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	resp, err := authv3.NewAuthorizationClient(s.conn).Check(ctx, &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
 		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{

@@ -34,10 +34,6 @@ const (
 	DefaultMaxRetryAfter   = 30 * time.Second
 )
 
-// envoyTimeout is Envoy's default ext_authz timeout: a source call must end
-// well before it, or Envoy answers status_on_error before tollgate decides.
-const envoyTimeout = 200 * time.Millisecond
-
 // Options configure a Source. Zero values take the defaults.
 type Options struct {
 	// BaseURL is the service's root, http or https, optionally with a path
@@ -49,8 +45,10 @@ type Options struct {
 	// New; surrounding white space (a trailing newline) is trimmed. Set
 	// Token or TokenEnv, not both.
 	TokenEnv string
-	// Timeout bounds each call: dial, TLS, request and body. Default 50ms;
-	// it must be under Envoy's 200 ms ext_authz timeout.
+	// Timeout bounds each call: dial, TLS, request and body. Default 50ms.
+	// Keep it under Envoy's ext_authz timeout, or Envoy answers
+	// status_on_error before tollgate decides: config checks it against
+	// server.envoy_timeout, and New trusts that.
 	Timeout time.Duration
 	// MaxInFlight bounds concurrent calls; a Lookup over the bound fails at
 	// once with ErrTooManyInFlight instead of queueing. Default 64.
@@ -249,8 +247,8 @@ func New(opts Options) (*Source, error) {
 		return nil, err
 	}
 	switch {
-	case opts.Timeout < 0 || opts.Timeout >= envoyTimeout:
-		return nil, fmt.Errorf("httpsource: timeout %v must be positive and under Envoy's %v ext_authz timeout", opts.Timeout, envoyTimeout)
+	case opts.Timeout < 0:
+		return nil, fmt.Errorf("httpsource: timeout %v must not be negative", opts.Timeout)
 	case opts.MaxInFlight < 0:
 		return nil, errors.New("httpsource: max_in_flight must not be negative")
 	case opts.MaxIdleConns < 0:
