@@ -27,6 +27,7 @@ import (
 	"github.com/tollgate-authz/tollgate/config"
 	"github.com/tollgate-authz/tollgate/entitlement"
 	"github.com/tollgate-authz/tollgate/entitlement/file"
+	"github.com/tollgate-authz/tollgate/internal/asynclog"
 	"github.com/tollgate-authz/tollgate/internal/overload"
 	"github.com/tollgate-authz/tollgate/internal/tlsreload"
 	"github.com/tollgate-authz/tollgate/internal/watch"
@@ -47,7 +48,16 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log := newLogger(stderr, cfg.Log.Level)
+	// A Check never waits for its log line: lines go through a bounded
+	// queue, dropped and counted when stderr is slow, full or closed. The
+	// queue is flushed at exit, for at most logFlushTimeout.
+	logw := asynclog.New(stderr, asynclog.DefaultMaxBytes)
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), logFlushTimeout)
+		defer cancel()
+		_ = logw.Close(ctx)
+	}()
+	log := newLogger(logw, cfg.Log.Level)
 	// The quota store reports its mode to metrics, which build creates: hand
 	// it over once both exist.
 	var m *metrics.Metrics
@@ -62,6 +72,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer p.close()
 	m = p.metrics
+	m.LogDropped(logw.Dropped)
 	qs.reportMode()
 	if qs.watch != nil {
 		p.watchers = append(p.watchers, func(ctx context.Context) { qs.watch(ctx, cfg.Entitlements.File.PollInterval) })
@@ -69,6 +80,12 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	return p.serve(ctx, log)
 }
 
+// logFlushTimeout bounds how long the exit waits for queued log lines to
+// reach a slow stderr.
+const logFlushTimeout = 2 * time.Second
+
+// newLogger is the JSON logger at level; w should not block (serve gives it
+// an asynclog.Writer).
 func newLogger(w io.Writer, level string) *slog.Logger {
 	var l slog.Level
 	_ = l.UnmarshalText([]byte(level))
@@ -90,6 +107,9 @@ type pipeline struct {
 	// handlers are extra admin endpoints (the Stripe webhook).
 	handlers map[string]http.Handler
 	closers  []func()
+	// shutdownDelay waits out server.shutdown_delay during the drain; nil
+	// means time.After. Tests end the delay themselves.
+	shutdownDelay func(time.Duration) <-chan time.Time
 }
 
 // build wires the request path for cfg. It is shared by serve, validate and
@@ -196,6 +216,9 @@ func (p *pipeline) serve(ctx context.Context, log *slog.Logger) error {
 		})),
 		// Envoy keeps one long-lived connection per worker; allow its pings.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		// A connection with no Check for this long gets a GOAWAY, so idle
+		// connections (Envoy reconnects on its next Check) cannot pile up.
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: cfg.Server.MaxConnectionIdle}),
 		// Measured in BENCHMARKS.md: a pool of stream workers and tollgate's
 		// own CheckRequest decoder each cut the cost of a Check under load.
 		// authz.Register needs the codec.
@@ -226,7 +249,10 @@ func (p *pipeline) serve(ctx context.Context, log *slog.Logger) error {
 	healthpb.RegisterHealthServer(gs, hs)
 	hs.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 
-	adm := admin.New(promhttp.HandlerFor(p.metrics.Registry, promhttp.HandlerOpts{}))
+	adm := admin.New(promhttp.HandlerFor(p.metrics.Registry, promhttp.HandlerOpts{}), admin.Limits{
+		BodyTimeout: cfg.Admin.BodyTimeout, IdleTimeout: cfg.Admin.IdleTimeout,
+		MaxBodyBytes: cfg.Admin.MaxBodyBytes, MaxBodies: cfg.Admin.MaxConcurrentBodies,
+	})
 	adm.EnableInvalidation(cfg.AdminToken(), countingInvalidator{p.cache, p.metrics, "admin"})
 	for pattern, h := range p.handlers {
 		adm.Handle(pattern, h)
@@ -238,7 +264,7 @@ func (p *pipeline) serve(ctx context.Context, log *slog.Logger) error {
 	if cfg.AdminToken() == "" {
 		log.Info("POST /v1/invalidate is off: set admin.token_env to enable it")
 	}
-	hsrv := &http.Server{Handler: adm, ReadHeaderTimeout: 5 * time.Second}
+	hsrv := adm.HTTPServer(slog.NewLogLogger(log.Handler(), slog.LevelWarn))
 
 	errc := make(chan error, 2)
 	go func() { errc <- gs.Serve(lis) }()
@@ -262,15 +288,23 @@ func (p *pipeline) serve(ctx context.Context, log *slog.Logger) error {
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
-		log.Error("server failed", "error", err.Error())
 	}
 
-	// Drain: stop advertising, let in-flight Checks finish, then stop.
-	log.Info("draining", "timeout", cfg.Server.DrainTimeout.String())
+	// Drain: stop advertising first (before anything else, a log line
+	// included), keep serving for shutdown_delay while load balancers
+	// notice, then let in-flight Checks finish, then stop.
 	adm.Drain()
 	hs.Shutdown()
+	if err != nil {
+		log.Error("server failed", "error", err.Error())
+	}
+	log.Info("draining", "timeout", cfg.Server.DrainTimeout.String(), "shutdown_delay", cfg.Server.ShutdownDelay.String())
 	if d := cfg.Server.ShutdownDelay; d > 0 {
-		time.Sleep(d)
+		after := p.shutdownDelay
+		if after == nil {
+			after = time.After
+		}
+		<-after(d)
 	}
 	stopped := make(chan struct{})
 	go func() { gs.GracefulStop(); close(stopped) }()

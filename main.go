@@ -21,6 +21,10 @@ import (
 var version = "dev"
 
 func main() {
+	// A closed stdout or stderr (a log reader gone, `| head`) must not kill
+	// the server: writes to it fail with EPIPE instead, and the log counts
+	// the lines it could not write.
+	signal.Ignore(syscall.SIGPIPE)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	stop()

@@ -8,7 +8,7 @@ import (
 )
 
 func TestEndpoints(t *testing.T) {
-	s := New(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("metrics")) }))
+	s := New(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("metrics")) }), Limits{})
 	get := func(path string) (int, string) {
 		rec := httptest.NewRecorder()
 		s.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
@@ -71,10 +71,12 @@ func TestInvalidate(t *testing.T) {
 		{"empty", "Bearer s3cret", `{}`, 400, "set subject", "", ""},
 		{"bad digest", "Bearer s3cret", `{"api_key_sha256":"demo-free-key"}`, 400, "hex SHA-256", "", ""},
 		{"unknown field", "Bearer s3cret", `{"subjet":"acme"}`, 400, "must be JSON", "", ""},
+		{"two objects", "Bearer s3cret", `{"subject":"acme"} {"subject":"initech"}`, 400, "must be JSON", "", ""},
+		{"trailing garbage", "Bearer s3cret", `{"subject":"acme"} x`, 400, "must be JSON", "", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := New(nil)
+			s := New(nil, Limits{})
 			inv := &fakeInvalidator{}
 			s.EnableInvalidation("s3cret", inv)
 			r := httptest.NewRequest("POST", "/v1/invalidate", strings.NewReader(tt.body))
@@ -95,7 +97,7 @@ func TestInvalidate(t *testing.T) {
 		})
 	}
 	t.Run("no token configured: not served", func(t *testing.T) {
-		s := New(nil)
+		s := New(nil, Limits{})
 		s.EnableInvalidation("", &fakeInvalidator{})
 		rec := httptest.NewRecorder()
 		s.ServeHTTP(rec, httptest.NewRequest("POST", "/v1/invalidate", strings.NewReader(`{"subject":"a"}`)))
@@ -107,7 +109,7 @@ func TestInvalidate(t *testing.T) {
 
 func TestPprofOnlyWhenEnabled(t *testing.T) {
 	for _, on := range []bool{false, true} {
-		s := New(nil)
+		s := New(nil, Limits{})
 		if on {
 			s.EnablePprof()
 		}

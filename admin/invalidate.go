@@ -41,7 +41,7 @@ func (s *Server) EnableInvalidation(token string, inv Invalidator) {
 		var req InvalidateRequest
 		dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
 		dec.DisallowUnknownFields()
-		if err := dec.Decode(&req); err != nil {
+		if err := dec.Decode(&req); err != nil || dec.Decode(&struct{}{}) != io.EOF { // one object, nothing after it
 			plain(w, http.StatusBadRequest, "body must be JSON: {\"subject\": \"...\"} or {\"api_key_sha256\": \"...\"}\n")
 			return
 		}
