@@ -23,10 +23,11 @@
 // By subject: one GET. By API key: one EVALSHA of a script that resolves the
 // index and GETs the record, so one round trip either way. A missing record
 // or index entry is entitlement.ErrNotFound. Everything else (a timeout, a
-// refused connection, a key of the wrong type, JSON that is malformed or not a
-// valid record) is a *LookupError matching ErrUnavailable and never
-// ErrNotFound, so the cache serves stale-if-error instead of caching
-// "unknown". Each lookup is bounded by Options.Timeout (default 50 ms) when
+// refused connection, a reply such as LOADING, BUSY, MASTERDOWN, TRYAGAIN or
+// CLUSTERDOWN from a Redis that cannot serve yet, a key of the wrong type,
+// JSON that is malformed or not a valid record) is a *LookupError matching
+// ErrUnavailable and never ErrNotFound, so the cache serves stale-if-error
+// instead of caching "unknown". Each lookup is bounded by Options.Timeout (default 50 ms) when
 // the client honours context deadlines (go-redis ContextTimeoutEnabled).
 //
 // # Writes and invalidation
@@ -42,8 +43,13 @@
 // Redis pub/sub delivers at most once: a replica that is disconnected when a
 // message is published never sees it. Subscribe therefore calls onResync
 // every time its subscription is established (the first time included); the
-// caller purges its whole cache there, so nothing published while it was
-// away survives in it.
+// caller marks its whole cache for revalidation there (cache.Revalidate), so
+// nothing published while it was away is served as fresh. It does not drop
+// anything: a Redis that comes back still loading, or empty, must not take
+// away the records stale-if-error serves. Since every write publishes, a
+// deletion is always announced; the server's cache is therefore built with
+// cache.Options.DeletionsAnnounced, and an unannounced "not found" for a
+// subject it knew (a Redis restarted empty) does not lock that subject out.
 //
 // Redis Cluster: scripts touch keys they compute, so every key must live in
 // one slot: give a prefix with a hash tag, for example "{tollgate:ent}:".

@@ -12,7 +12,8 @@ import (
 )
 
 // How a replica wires the source: a cache in front, and a subscriber that
-// drops a changed subject at once and purges everything after a reconnect.
+// drops a changed subject at once and, after a reconnect, marks everything
+// for revalidation (keeping it to serve if Redis cannot answer yet).
 // (Not run: it needs a Redis.)
 func ExampleSource_Subscribe() {
 	ctx := context.Background()
@@ -24,7 +25,8 @@ func ExampleSource_Subscribe() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	entitlements := cache.New(src, cache.Options{})
+	// Every write publishes, so a deletion is always announced.
+	entitlements := cache.New(src, cache.Options{DeletionsAnnounced: true})
 
 	go func() {
 		_ = src.Subscribe(ctx,
@@ -34,7 +36,7 @@ func ExampleSource_Subscribe() {
 					entitlements.InvalidateKey(d) // a key cached as unknown may just have been issued
 				}
 			},
-			entitlements.Purge, // messages published while disconnected are lost
+			entitlements.Revalidate, // messages published while disconnected are lost
 		)
 	}()
 

@@ -71,10 +71,14 @@ const (
 	OutcomeTimeout  = "timeout"   // no answer within the timeout
 	OutcomeError    = "error"     // connection refused or reset, any other Redis error
 	OutcomeCanceled = "canceled"  // the caller gave up first
+	// OutcomeNotReady: Redis answered that it cannot serve yet (LOADING,
+	// BUSY, MASTERDOWN, TRYAGAIN, CLUSTERDOWN, too many clients), as a Redis
+	// that restarted with its data does until it has loaded it.
+	OutcomeNotReady = "not_ready"
 )
 
 // Outcomes lists every lookup outcome, for pre-creating metric series.
-var Outcomes = []string{OutcomeOK, OutcomeNotFound, OutcomeInvalid, OutcomeTimeout, OutcomeError, OutcomeCanceled}
+var Outcomes = []string{OutcomeOK, OutcomeNotFound, OutcomeInvalid, OutcomeTimeout, OutcomeError, OutcomeCanceled, OutcomeNotReady}
 
 var (
 	// ErrUnavailable matches every error Lookup returns other than
@@ -256,7 +260,19 @@ func (s *Source) classify(parent context.Context, err error) string {
 	if strings.Contains(err.Error(), "WRONGTYPE") {
 		return OutcomeInvalid
 	}
+	if notReady(err) {
+		return OutcomeNotReady
+	}
 	return OutcomeError
+}
+
+// notReady reports a reply by which Redis says it cannot serve for now.
+// Like every error it is never "not found": a Redis still loading its data
+// knows nothing yet, and must not make every subject unknown.
+func notReady(err error) bool {
+	return redis.IsLoadingError(err) || redis.IsMasterDownError(err) || redis.IsTryAgainError(err) ||
+		redis.IsClusterDownError(err) || redis.IsMaxClientsError(err) ||
+		strings.HasPrefix(err.Error(), "BUSY ")
 }
 
 // normalize checks a key and returns its id as stored: digests lower-case.

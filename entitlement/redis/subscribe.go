@@ -37,12 +37,13 @@ type message struct {
 // Delivery is at most once: what is published while the subscription is
 // down is lost. So onResync (which may be nil) is called each time the
 // subscription is established, the first time included: the caller should
-// purge its whole cache there. The first call also says the subscription is
+// mark its whole cache for revalidation there (cache.Revalidate), not drop
+// it, since Redis may have come back still loading or empty. The first call also says the subscription is
 // live, which tests use to know when a publish will be seen.
 //
 // A message that is not a JSON object is taken as a plain subject id, so a
 // writer can `PUBLISH tollgate:invalidate acme`. A JSON object that cannot
-// be read calls onResync, since its subject cannot be known.
+// be read calls onResync too, since its subject cannot be known.
 //
 // Callbacks run one at a time on the calling goroutine; a slow callback
 // delays the next message.
@@ -91,6 +92,14 @@ func (sub *subscriber) session(ctx context.Context) {
 			return
 		}
 		if err != nil {
+			var rerr redis.Error
+			if sub.up && errors.As(err, &rerr) {
+				// Redis answered our PING with an error, such as LOADING
+				// while it reads its data after a restart: the connection
+				// and the subscription are alive.
+				silent = 0
+				continue
+			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
 				silent++
@@ -134,12 +143,12 @@ func (sub *subscriber) established() {
 	case !sub.everUp:
 		log.Info("subscribed to entitlement invalidations", "source", "redis", "channel", sub.src.channel)
 	case !sub.up:
-		log.Info("resubscribed to entitlement invalidations; purging cached entitlements, since changes published meanwhile were missed",
+		log.Info("resubscribed to entitlement invalidations; cached entitlements will be revalidated, since changes published meanwhile were missed",
 			"source", "redis", "channel", sub.src.channel)
 	default:
 		// A confirmation while up: go-redis reconnected between two
 		// receives. Messages may have been missed all the same.
-		log.Info("resubscribed to entitlement invalidations after a reconnect; purging cached entitlements",
+		log.Info("resubscribed to entitlement invalidations after a reconnect; cached entitlements will be revalidated",
 			"source", "redis", "channel", sub.src.channel)
 	}
 	sub.up, sub.everUp, sub.downLogged = true, true, false
@@ -152,7 +161,7 @@ func (sub *subscriber) down(err error) {
 	if sub.up || !sub.downLogged {
 		msg := "cannot subscribe to entitlement invalidations; retrying"
 		if sub.everUp {
-			msg = "lost the entitlement invalidation subscription; retrying, and the cache will be purged on reconnect"
+			msg = "lost the entitlement invalidation subscription; retrying, and cached entitlements will be revalidated on reconnect"
 		}
 		sub.src.log.Warn(msg, "source", "redis", "channel", sub.src.channel, "err", err)
 		sub.downLogged = true
@@ -164,7 +173,7 @@ func (sub *subscriber) down(err error) {
 func (sub *subscriber) deliver(payload string) {
 	subject, digests, ok := parseMessage(payload)
 	if !ok {
-		sub.src.log.Warn("unreadable entitlement invalidation; purging cached entitlements",
+		sub.src.log.Warn("unreadable entitlement invalidation; cached entitlements will be revalidated",
 			"source", "redis", "channel", sub.src.channel, "bytes", len(payload))
 		sub.onResync()
 		return

@@ -80,7 +80,8 @@ func replica(t *testing.T, srv *redistest.Server, pubsub bool) *cache.Cache {
 	t.Helper()
 	// Generous timeouts: this test is about invalidation, not about failing fast.
 	src := newSource(t, srv.Client(), Options{Timeout: 150 * time.Millisecond})
-	c := cache.New(src, cache.Options{TTL: time.Hour, NegativeTTL: time.Hour, Timeout: 150 * time.Millisecond})
+	c := cache.New(src, cache.Options{TTL: time.Hour, NegativeTTL: time.Hour, Timeout: 150 * time.Millisecond,
+		StaleIfError: time.Hour, DeletionsAnnounced: true})
 	if !pubsub {
 		return c
 	}
@@ -98,7 +99,7 @@ func replica(t *testing.T, srv *redistest.Server, pubsub bool) *cache.Cache {
 				}
 			},
 			func() {
-				c.Purge()
+				c.Revalidate()
 				once.Do(func() { close(live) })
 			})
 	}()
@@ -211,7 +212,7 @@ func TestPublishedMessages(t *testing.T) {
 }
 
 // TestUnreadableMessageResyncs: a message whose subject cannot be known
-// purges everything rather than nothing.
+// resyncs everything rather than nothing.
 func TestUnreadableMessageResyncs(t *testing.T) {
 	srv := redistest.Start(t)
 	s := newSource(t, srv.Client(), Options{Logger: slog.New(slog.DiscardHandler)})
