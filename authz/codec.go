@@ -1,9 +1,14 @@
 package authz
 
 import (
+	"sync"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
 	grpcproto "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
 )
 
 // Codec is the gRPC codec for a server that answers Check: the standard
@@ -12,10 +17,15 @@ import (
 //   - Into a *Request (Register's handler), a CheckRequest is decoded
 //     without building the message: only what a decision reads is kept,
 //     as substrings of one copy of the bytes (wire.go). A decision reads
-//     there what it would read in the message proto.Unmarshal gives, and
-//     an error is proto.Unmarshal's.
+//     there what it would read in the message proto.Unmarshal gives.
 //   - Into a *authv3.CheckRequest (authv3.RegisterAuthorizationServer's
-//     handler), as every other message, the standard codec decodes it.
+//     handler), proto.Unmarshal decodes it.
+//   - Either way, invalid UTF-8 in a string (a header value, the path) is
+//     no error: each run of invalid bytes reads as U+FFFD, and the request
+//     gets a decision. Only bytes that are not a CheckRequest at all are an
+//     error, which Register's handler answers with INVALID_ARGUMENT (the
+//     generated handler's is grpc-go's INTERNAL).
+//   - Every other message goes to the standard codec.
 //   - A response with vtprotobuf's marshalling methods is encoded by them.
 //     go-control-plane generates those methods behind the build tag
 //     vtprotobuf: build with -tags vtprotobuf to use them. Without the tag,
@@ -71,13 +81,53 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 
 // Unmarshal implements encoding.CodecV2.
 func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
-	// Either way the error, if any, is proto.Unmarshal's, as with the
-	// standard codec.
+	// The error, if any, is proto.Unmarshal's, as with the standard codec.
 	switch m := v.(type) {
 	case *Request:
+		return m.decodeFrom(data)
+	case *checkInput:
+		m.err = m.q.decodeFrom(data)
+		return nil // see checkInput
+	case *authv3.CheckRequest:
 		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
 		defer buf.Free()
-		return m.decode(buf.ReadOnlyData())
+		return lenientUnmarshal(buf.ReadOnlyData(), m)
 	}
 	return std.Unmarshal(data, v)
+}
+
+// decodeFrom decodes data, as grpc-go hands it over, into q.
+func (q *Request) decodeFrom(data mem.BufferSlice) error {
+	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+	defer buf.Free()
+	return q.decode(buf.ReadOnlyData())
+}
+
+// checkInput is what Register's handler decodes into: the Request, and
+// the error when the bytes are not a CheckRequest. The codec keeps that
+// error here and returns none: grpc-go would answer any codec error with
+// INTERNAL at once, and the handler answers INVALID_ARGUMENT instead, since
+// the fault is the client's.
+type checkInput struct {
+	q   *Request
+	err error
+}
+
+// inputs pools checkInputs: one made per Check would be one more
+// allocation on the hot path.
+var inputs = sync.Pool{New: func() any { return new(checkInput) }}
+
+// decodeCheck decodes a Check into q with dec, grpc-go's decoding function
+// for Register's handler. Its error is dec's, or INVALID_ARGUMENT when the
+// bytes are not a CheckRequest.
+func decodeCheck(dec func(any) error, q *Request) error {
+	in := inputs.Get().(*checkInput)
+	in.q = q
+	err := dec(in)
+	if err == nil && in.err != nil {
+		err = status.Error(codes.InvalidArgument, "tollgate: the request is not a CheckRequest: "+in.err.Error())
+	}
+	*in = checkInput{}
+	inputs.Put(in)
+	return err
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -12,7 +13,6 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
@@ -244,7 +244,8 @@ func BenchmarkMarshalCheckResponse(b *testing.B) {
 // TestCheckOverGRPC serves Check as serve does (Codec, an interceptor
 // that may shed), registered either way, and gets over the wire what the
 // handler returns, or what Shed returns when the interceptor sheds; bytes
-// that proto.Unmarshal refuses get the standard codec's error.
+// that are not a CheckRequest get INVALID_ARGUMENT from Register's handler
+// (INTERNAL, grpc-go's answer to a codec error, from the generated one).
 func TestCheckOverGRPC(t *testing.T) {
 	srv, _ := demo(t, nil)
 	for _, reg := range registrations {
@@ -299,8 +300,34 @@ func TestCheckOverGRPC(t *testing.T) {
 				}
 			}
 			err = cc.Invoke(context.Background(), authv3.Authorization_Check_FullMethodName, []byte{0x0a, 0x05}, new(authv3.CheckResponse), grpc.ForceCodecV2(rawCodec{}))
-			if status.Code(err) != codes.Internal {
-				t.Errorf("truncated request: %v, want the standard codec's Internal error", err)
+			if got := status.Code(err); got != reg.notCheckRequest {
+				t.Errorf("truncated request: %v, want %v", err, reg.notCheckRequest)
+			}
+			// Invalid UTF-8 where Envoy may send it gets a decision.
+			shed.Store(false)
+			for _, tt := range []struct {
+				name string
+				b    []byte
+				want string
+			}{
+				{"header value", attrs(httpFields(mapHeader("x-api-key", "demo-free-key"), mapHeader("x-note", "caf\xe9"))), "ok"},
+				{"path", attrs(lenField(4, lenField(2, slices.Concat(lenField(2, []byte("GET")), lenField(4, []byte("/v1/search?q=\xff")), mapHeader("x-api-key", "demo-free-key"))))), "ok"},
+				{"API key", attrs(httpFields(mapHeader("x-api-key", "demo-free-key\xff"))), "invalid_credentials"},
+				{"raw value", attrs(httpFields(headerMap(append(entry("x-api-key", ""), lenField(3, []byte("\xfe"))...)))), "invalid_credentials"},
+			} {
+				got := new(authv3.CheckResponse)
+				err := cc.Invoke(context.Background(), authv3.Authorization_Check_FullMethodName, tt.b, got, grpc.ForceCodecV2(rawCodec{}))
+				select { // the interceptor's report, if it ran, is not checked here
+				case <-seen:
+				default:
+				}
+				if err != nil {
+					t.Errorf("invalid UTF-8 in the %s: %v, want a decision", tt.name, err)
+					continue
+				}
+				if c := got.GetDynamicMetadata().GetFields()["code"].GetStringValue(); c != tt.want {
+					t.Errorf("invalid UTF-8 in the %s: %s, want %s", tt.name, c, tt.want)
+				}
 			}
 		})
 	}

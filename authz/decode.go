@@ -2,6 +2,7 @@ package authz
 
 import (
 	"errors"
+	"strings"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -9,10 +10,10 @@ import (
 )
 
 // The wire-format primitives Request.decode (wire.go) reads a CheckRequest
-// with: one field at a time, strings checked as proto3 requires and kept
-// as substrings of one copy of the request, and anything unexpected
-// reported as errSlowPath, which sends the whole request to
-// proto.Unmarshal.
+// with: one field at a time, strings kept as substrings of one copy of the
+// request (invalid UTF-8 replaced, as lenientUnmarshal replaces it), and
+// anything unexpected reported as errSlowPath, which sends the whole
+// request to lenientUnmarshal.
 
 // errSlowPath sends a request to proto.Unmarshal.
 var errSlowPath = errors.New("authz: not on the fast path")
@@ -56,13 +57,23 @@ func merge(rest []byte, m proto.Message, depth int) error {
 	return proto.UnmarshalOptions{Merge: true, RecursionLimit: protowire.DefaultRecursionLimit - depth}.Unmarshal(rest, m)
 }
 
-// str is a string field's value, valid UTF-8 as proto3 requires.
+// str is a string field's value, made valid UTF-8 (see validString).
 func (f *field) str() (string, error) {
-	if f.typ != protowire.BytesType || !utf8.Valid(f.v) {
+	if f.typ != protowire.BytesType {
 		return "", errSlowPath
+	}
+	if !utf8.Valid(f.v) {
+		return validString(f.v), nil
 	}
 	return string(f.v), nil
 }
+
+// validString is v with each run of bytes that is not UTF-8 replaced by
+// U+FFFD. proto3 strings must be UTF-8, and Envoy does not check that it
+// sends them so: a header value in Latin-1 is decoded, not refused. The
+// replacement keeps everything derived from a request (a digest, a log
+// field, a response header) valid UTF-8.
+func validString(v []byte) string { return strings.ToValidUTF8(string(v), "\uFFFD") }
 
 // text is the strings of one message: s holds the same bytes as b.
 type text struct {
@@ -72,10 +83,13 @@ type text struct {
 
 func newText(b []byte) text { return text{b: b, s: string(b)} }
 
-// str is f.str, as a substring of t when f lies in t.b.
+// str is f.str, as a substring of t when f lies in t.b and is valid.
 func (t *text) str(f *field) (string, error) {
-	if f.typ != protowire.BytesType || !utf8.Valid(f.v) {
+	if f.typ != protowire.BytesType {
 		return "", errSlowPath
+	}
+	if !utf8.Valid(f.v) {
+		return validString(f.v), nil
 	}
 	return t.sub(f.v), nil
 }

@@ -3,12 +3,15 @@ package authz_test
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/tollgate-authz/tollgate/authz"
 )
 
 // checkWellFormed fails unless resp is a complete answer Envoy can act on.
@@ -44,7 +47,10 @@ func checkWellFormed(t *testing.T, resp *authv3.CheckResponse, err error) {
 
 // FuzzCheckRequest feeds arbitrary method, path, header names and values
 // (through headers and raw header_map bytes) and arbitrary serialized
-// CheckRequests to the handler: every input gets a well-formed answer.
+// CheckRequests to the handler: every input gets a well-formed answer. The
+// same strings, written to the wire as they are (invalid UTF-8 included,
+// which Envoy may send), get a decision from Register's handler, never a
+// gRPC error, and a response that can be sent.
 func FuzzCheckRequest(f *testing.F) {
 	f.Add("GET", "/v1/search?q=1", "x-api-key", "demo-free-key", []byte("demo-free-key"), false, []byte(nil))
 	f.Add("POST", "/v1/chat", "authorization", "Bearer demo-pro-key", []byte("Bearer demo-pro-key"), true, []byte(nil))
@@ -52,7 +58,20 @@ func FuzzCheckRequest(f *testing.F) {
 	f.Add("GET", "v1/no-slash", "x-tollgate-admin", "\xff\xfe", []byte{0xff, 0x00}, true, []byte(nil))
 	f.Add("PUT", strings.Repeat("/a", 500), "content-type", "application/grpc", []byte("application/grpc"), false, []byte(nil))
 	srv, _ := demo(f, nil)
+	var viaWire registrar
+	authz.Register(&viaWire, srv)
 	f.Fuzz(func(t *testing.T, method, path, hk, hv string, raw []byte, useRaw bool, wire []byte) {
+		headers := mapHeader(strings.ToLower(hk), hv)
+		if useRaw {
+			headers = headerMap(slices.Concat(lenField(1, []byte(hk)), lenField(3, raw)), append(entry(":path", path), lenField(3, raw)...))
+		}
+		b := attrs(lenField(4, lenField(2, slices.Concat(lenField(2, []byte(method)), lenField(4, []byte(path)), lenField(5, []byte("api.example.com")), headers))))
+		resp, err := viaWire.check(context.Background(), b)
+		checkWellFormed(t, resp, err)
+		if _, err := proto.Marshal(resp); err != nil {
+			t.Fatalf("the response to %q cannot be sent: %v", b, err)
+		}
+
 		cr := req(method, path, map[string]string{strings.ToLower(hk): hv})
 		if useRaw {
 			cr.Attributes.Request.Http.Headers = nil
@@ -60,7 +79,7 @@ func FuzzCheckRequest(f *testing.F) {
 				{Key: hk, RawValue: raw}, {Key: ":path", RawValue: raw},
 			}}
 		}
-		resp, err := srv.Check(context.Background(), cr)
+		resp, err = srv.Check(context.Background(), cr)
 		checkWellFormed(t, resp, err)
 
 		var any authv3.CheckRequest

@@ -32,7 +32,7 @@ func serveCheck(srv any, ctx context.Context, dec func(any) error, interceptor g
 	s := srv.(*Server)
 	q := requests.Get().(*Request)
 	defer q.release()
-	if err := dec(q); err != nil {
+	if err := decodeCheck(dec, q); err != nil { // INVALID_ARGUMENT for bytes that are not a CheckRequest
 		return nil, err
 	}
 	if interceptor == nil {

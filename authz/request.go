@@ -63,6 +63,9 @@ func (r *request) fromProto(cr *authv3.CheckRequest) {
 			v := hv.GetValue()
 			if raw := hv.GetRawValue(); raw != nil {
 				v, raws = raws[:len(raw)], raws[len(raw):]
+				if !utf8.ValidString(v) { // as the wire decoder reads it
+					v = strings.ToValidUTF8(v, "\uFFFD")
+				}
 			}
 			r.headers = append(r.headers, header{hv.GetKey(), v})
 		}

@@ -19,23 +19,28 @@ import (
 // decode (and a map when there are context extensions); the headers go to
 // the Request's pooled storage.
 //
-// The view must be the one the message would give, and bytes that
-// proto.Unmarshal refuses must be refused. So anything unexpected (malformed
-// data, invalid UTF-8 in a string, a field with another wire type, headers
-// in both the map and header_map, more map headers than Envoy sends, deep
-// nesting) makes decode start over with proto.Unmarshal and fill the view
-// from the message. FuzzCheckFromWire holds decisions made from the wire to
-// the ones made from proto.Unmarshal's message.
+// The view must be the one the message would give, and bytes that are not
+// a CheckRequest must be refused. So anything unexpected (malformed data, a
+// field with another wire type, headers in both the map and header_map,
+// more map headers than Envoy sends, deep nesting) makes decode start over
+// with lenientUnmarshal and fill the view from the message.
+// FuzzCheckFromWire holds decisions made from the wire to the ones made
+// from lenientUnmarshal's message.
+//
+// Invalid UTF-8 in a string is not an error, here or in lenientUnmarshal:
+// Envoy sends header values as it received them, and a gRPC error would
+// make Envoy answer status_on_error for a request that deserves a decision.
+// Each run of invalid bytes reads as U+FFFD, in both paths alike.
 
 // decode replaces q's request with the wire-format CheckRequest b. Its
-// error, if any, is proto.Unmarshal's.
+// error, if any, is lenientUnmarshal's: b is not a CheckRequest.
 func (q *Request) decode(b []byte) error {
 	q.r.reset()
 	d := wireDecoder{t: newText(b), r: &q.r}
 	if err := d.checkRequest(b); err != nil {
 		q.r.reset()
 		var cr authv3.CheckRequest
-		if err := proto.Unmarshal(b, &cr); err != nil {
+		if err := lenientUnmarshal(b, &cr); err != nil {
 			return err
 		}
 		q.r.fromProto(&cr)
@@ -229,9 +234,9 @@ func (d *wireDecoder) headerValue(b []byte) error {
 			h.name, err = d.t.str(&f)
 		case 2:
 			h.value, err = d.t.str(&f)
-		case 3: // bytes: no UTF-8 to check
+		case 3: // bytes, read as a string: made valid UTF-8 as a string is
 			if err = f.msg(); err == nil {
-				raw = d.t.sub(f.v)
+				raw, err = d.t.str(&f)
 			}
 		default:
 			err = skip(f, headerValueShape, 5)
@@ -258,10 +263,11 @@ func (d *wireDecoder) headerValue(b []byte) error {
 const maxSkipDepth = 100
 
 // skip checks a field the server does not read as the runtime checks it
-// while decoding: a string must be valid UTF-8, a message must be well
-// formed all the way down. A known field with another wire type than its
-// kind's (the runtime keeps it as an unknown field, or reads it as packed)
-// is errSlowPath too. depth is how many messages deep f's message is.
+// while decoding: a message must be well formed all the way down. A string
+// may hold invalid UTF-8 (lenientUnmarshal would replace it, and the field
+// is not read). A known field with another wire type than its kind's (the
+// runtime keeps it as an unknown field, or reads it as packed) is
+// errSlowPath too. depth is how many messages deep f's message is.
 func skip(f field, s *shape, depth int) error {
 	if int(f.num) >= len(s.fields) || !s.fields[f.num].known {
 		return nil // an unknown field: next has checked that it is well formed
@@ -269,8 +275,6 @@ func skip(f field, s *shape, depth int) error {
 	fs := &s.fields[f.num]
 	switch {
 	case f.typ != fs.typ:
-		return errSlowPath
-	case fs.utf8 && !utf8.Valid(f.v):
 		return errSlowPath
 	case fs.msg != nil:
 		if depth >= maxSkipDepth || fs.msg.slow {
@@ -363,4 +367,65 @@ func shapeFor(m proto.Message) *shape {
 		panic("authz: no wire shape for " + string(m.ProtoReflect().Descriptor().FullName()))
 	}
 	return s
+}
+
+// lenientUnmarshal is proto.Unmarshal, except that a string field holding
+// invalid UTF-8 (which proto.Unmarshal refuses in proto3) is read with
+// each run of invalid bytes replaced by U+FFFD, as validString does. Its
+// error, if any, is proto.Unmarshal's: b is not a CheckRequest even so.
+func lenientUnmarshal(b []byte, cr *authv3.CheckRequest) error {
+	err := proto.Unmarshal(b, cr)
+	if err == nil {
+		return nil
+	}
+	fixed, changed, ok := validUTF8(b, checkRequestShape, 0)
+	if !ok || !changed {
+		return err
+	}
+	proto.Reset(cr)
+	return proto.Unmarshal(fixed, cr)
+}
+
+// validUTF8 is the message b of shape s with the invalid UTF-8 in its
+// string fields, all the way down, replaced as validString replaces it.
+// changed says whether anything was; ok is false when b is not well
+// formed (or nests deeper than the runtime reads), and is left to
+// proto.Unmarshal to refuse. depth is how many messages deep b is.
+func validUTF8(b []byte, s *shape, depth int) (out []byte, changed, ok bool) {
+	if depth > protowire.DefaultRecursionLimit {
+		return nil, false, false
+	}
+	out = make([]byte, 0, len(b))
+	for len(b) > 0 {
+		f, n := next(b)
+		if n < 0 {
+			return nil, false, false
+		}
+		raw := b[:n]
+		b = b[n:]
+		if f.typ != protowire.BytesType || int(f.num) >= len(s.fields) || !s.fields[f.num].known {
+			out = append(out, raw...)
+			continue
+		}
+		fs := &s.fields[f.num]
+		v, fixed := f.v, false
+		switch {
+		case fs.utf8 && !utf8.Valid(v):
+			v, fixed = []byte(validString(v)), true
+		case fs.msg != nil:
+			sub, ch, ok := validUTF8(v, fs.msg, depth+1)
+			if !ok {
+				return nil, false, false
+			}
+			v, fixed = sub, ch
+		}
+		if !fixed {
+			out = append(out, raw...)
+			continue
+		}
+		changed = true
+		out = protowire.AppendTag(out, f.num, protowire.BytesType)
+		out = protowire.AppendBytes(out, v)
+	}
+	return out, changed, true
 }

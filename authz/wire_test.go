@@ -13,7 +13,9 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -33,9 +35,11 @@ var registrations = []struct {
 	name     string
 	register func(grpc.ServiceRegistrar, *authz.Server)
 	req      string // the type interceptors see
+	// notCheckRequest is the answer to bytes that are not a CheckRequest.
+	notCheckRequest codes.Code
 }{
-	{"message", func(r grpc.ServiceRegistrar, s *authz.Server) { authv3.RegisterAuthorizationServer(r, s) }, "*authv3.CheckRequest"},
-	{"view", authz.Register, "*authz.Request"},
+	{"message", func(r grpc.ServiceRegistrar, s *authz.Server) { authv3.RegisterAuthorizationServer(r, s) }, "*authv3.CheckRequest", codes.Internal},
+	{"view", authz.Register, "*authz.Request", codes.InvalidArgument},
 }
 
 // registrar keeps the service registered on it, to call its Check handler
@@ -66,7 +70,8 @@ func (r *registrar) check(ctx context.Context, b []byte) (*authv3.CheckResponse,
 
 // twoWays decides each request twice, on two servers built alike from
 // testdata/wire.yaml: from the wire, as Register serves it, and from the
-// message proto.Unmarshal makes, as Decide does. Both servers see the same
+// message lenientUnmarshal makes (proto.Unmarshal's, with invalid UTF-8
+// replaced), as Decide does. Both servers see the same
 // Checks in the same order, so their caches and quotas agree.
 type twoWays struct {
 	wire  registrar
@@ -82,21 +87,28 @@ func newTwoWays(t testing.TB) *twoWays {
 	return w
 }
 
-// check fails unless deciding b from the wire gives what proto.Unmarshal
-// and Decide give: an error for the same bytes, else the same response and
-// the same Result.
+// check fails unless deciding b from the wire gives what lenientUnmarshal
+// and Decide give: INVALID_ARGUMENT for the bytes lenientUnmarshal
+// refuses, else the same response and the same Result. Every response can
+// be sent: its strings are valid UTF-8.
 func (w *twoWays) check(t *testing.T, b []byte) {
 	t.Helper()
 	ctx := context.Background()
 	var cr authv3.CheckRequest
-	werr := proto.Unmarshal(b, &cr)
+	werr := authz.LenientUnmarshal(b, &cr)
 	w.seen = lastResult{}
 	got, err := w.wire.check(ctx, b)
-	if fmt.Sprint(err) != fmt.Sprint(werr) {
-		t.Fatalf("error = %v, proto.Unmarshal's = %v", err, werr)
-	}
 	if werr != nil {
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), werr.Error()) {
+			t.Fatalf("error = %v, want INVALID_ARGUMENT with lenientUnmarshal's %v", err, werr)
+		}
 		return
+	}
+	if err != nil {
+		t.Fatalf("error = %v, want a decision", err)
+	}
+	if _, err := proto.Marshal(got); err != nil {
+		t.Fatalf("the response cannot be sent: %v", err)
 	}
 	want, res := w.proto.Decide(ctx, &cr)
 	if got, want := sortedRemovals(got), sortedRemovals(want); !proto.Equal(got, want) {
@@ -275,6 +287,14 @@ func viewCases(t testing.TB) []wireCase {
 		{"invalid UTF-8 in the destination", attrs(httpFields(free), lenField(2, lenField(2, []byte{0xff})))},
 		{"invalid UTF-8 in the query", attrs(httpFields(free, lenField(7, []byte{0xfe})))},
 		{"invalid UTF-8 in a header name", attrs(httpFields(mapHeader("x-\xff", "v"), free))},
+		{"invalid UTF-8 in a header value", attrs(httpFields(mapHeader("x-note", "caf\xe9"), free))},
+		{"invalid UTF-8 in the API key", attrs(httpFields(mapHeader("x-api-key", "demo-free-key\xff")))},
+		{"invalid UTF-8 in the path", attrs(lenField(4, lenField(2, slices.Concat(lenField(2, []byte("GET")), lenField(4, []byte("/v1/search/\xc3\x28")), free))))},
+		{"invalid UTF-8 in the method", attrs(lenField(4, lenField(2, slices.Concat(lenField(2, []byte("G\xffT")), lenField(4, []byte("/v1/search")), free))))},
+		{"invalid UTF-8 in a JWT claim", attrs(httpFields(), jwtMetadata("ac\xffme"))},
+		{"invalid UTF-8 and headers in both", attrs(httpFields(mapHeader("x-api-key", "demo-free-key"), mapHeader("x-note", "\xfe"), headerMap(raw("x-b", "c"))))},
+		{"invalid UTF-8 and a method as fixed64", attrs(httpFields(free, mapHeader("x-note", "\xfe"), tagged(2, protowire.Fixed64Type, make([]byte, 8))))},
+		{"invalid UTF-8 in a raw value and a header name", attrs(httpFields(headerMap(raw("x-api-key", "demo-free-key"), raw("x-\xff", "\xfe\xff"))))},
 		{"destination as a varint", attrs(httpFields(free), tagged(2, protowire.VarintType, []byte{1}))},
 		{"time seconds as bytes", attrs(lenField(4, lenField(1, lenField(1, []byte("x")))), httpFields(free))},
 		{"principal as a varint", attrs(httpFields(free), lenField(1, tagged(4, protowire.VarintType, []byte{1})))},

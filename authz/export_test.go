@@ -1,0 +1,5 @@
+package authz
+
+// LenientUnmarshal is lenientUnmarshal, the reference the tests hold the
+// wire decoder to.
+var LenientUnmarshal = lenientUnmarshal
