@@ -42,8 +42,9 @@ func (p *pipeline) openRedis(log *slog.Logger) (entitlement.Source, error) {
 				}
 			},
 			// Messages published while the subscription was down are lost:
-			// start from a clean cache whenever it (re)connects.
-			func() { p.cache.Purge() })
+			// revalidate everything whenever it (re)connects. Nothing is
+			// dropped: a Redis back from a restart may be loading or empty.
+			p.cache.Revalidate)
 	})
 	return src, nil
 }

@@ -134,8 +134,11 @@ func build(cfg *config.Config, log *slog.Logger, quotas authz.Quotas) (*pipeline
 		counted = src // these sources report finer outcomes themselves
 	}
 	p.cache = cache.New(counted, cache.Options{
-		MaxEntries: cc.MaxEntries, TTL: cc.TTL, NegativeTTL: cc.NegativeTTL,
+		MaxEntries: cc.MaxEntries, NegativeMaxEntries: cc.NegativeMaxEntries, TTL: cc.TTL, NegativeTTL: cc.NegativeTTL,
 		StaleIfError: cc.StaleIfError, Timeout: cc.Timeout,
+		// Every redis write publishes: an unannounced "unknown" is a Redis
+		// that lost its data, not a deletion (cache.Options).
+		DeletionsAnnounced: cfg.Entitlements.Source == "redis",
 	})
 	rt, err := cfg.Runtime()
 	if err != nil {
@@ -186,7 +189,9 @@ func (p *pipeline) reloadConfig(log *slog.Logger) {
 		}
 	}
 	p.metrics.QuotaPolicies(next.Policy.QuotaPolicies())
-	p.cache.Purge()
+	// Marked, not dropped: while the source cannot answer, the records
+	// keep serving under stale_if_error.
+	p.cache.Revalidate()
 	log.Info("config reloaded", "file", p.cfg.Path)
 }
 

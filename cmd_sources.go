@@ -60,7 +60,7 @@ func (p *pipeline) openSource(log *slog.Logger) (entitlement.Source, error) {
 				log.Error("entitlements reload failed; keeping the last good data", "error", err.Error())
 				return
 			}
-			p.cache.Purge()
+			p.cache.Revalidate()
 			log.Info("entitlements reloaded", "file", ec.File.Path, "subjects", p.fileSrc.Len())
 		},
 	})
@@ -87,8 +87,9 @@ func (p *pipeline) openStripe(log *slog.Logger) (entitlement.Source, error) {
 				log.Error("stripe customer map reload failed; keeping the last good map", "error", err.Error())
 				return
 			}
-			// A changed map can move a key to another subject.
-			p.cache.Purge()
+			// A changed map can move a key to another subject: ask Stripe
+			// again, and serve the last answers while it cannot answer.
+			p.cache.Revalidate()
 			log.Info("stripe customer map reloaded", "file", sc.Customers)
 		}})
 		if err != nil {

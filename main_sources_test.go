@@ -206,7 +206,7 @@ func TestHTTPSourceThroughServer(t *testing.T) {
 
 	t.Run("memory stays bounded under a flood of unknown keys", func(t *testing.T) {
 		b := newBillingService(t)
-		s := startServe(t, httpSourceDir(t, b.URL, "{max_entries: 200, ttl: 1m, negative_ttl: 1m, timeout: 150ms}"))
+		s := startServe(t, httpSourceDir(t, b.URL, "{max_entries: 200, negative_max_entries: 100, ttl: 1m, negative_ttl: 1m, timeout: 150ms}"))
 		var wg sync.WaitGroup
 		for w := range 8 {
 			wg.Add(1)
@@ -221,8 +221,9 @@ func TestHTTPSourceThroughServer(t *testing.T) {
 			}()
 		}
 		wg.Wait()
-		if got := metricValue(t, s, "tollgate_entitlement_cache_entries"); got != "200" {
-			t.Errorf("cache entries = %s, want 200 (max_entries)", got)
+		// Unknown keys are held apart from known subjects, up to negative_max_entries.
+		if got := metricValue(t, s, "tollgate_entitlement_cache_entries"); got != "100" {
+			t.Errorf("cache entries = %s, want 100 (negative_max_entries)", got)
 		}
 	})
 }

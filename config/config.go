@@ -164,6 +164,9 @@ type Cache struct {
 	NegativeTTL  time.Duration `yaml:"negative_ttl"`
 	StaleIfError time.Duration `yaml:"stale_if_error"`
 	Timeout      time.Duration `yaml:"timeout"`
+	// NegativeMaxEntries bounds the unknown-key answers, held apart from
+	// the records of known subjects so that a flood cannot evict them.
+	NegativeMaxEntries int `yaml:"negative_max_entries"`
 }
 
 // Headers names the trusted headers sent upstream.
@@ -274,6 +277,9 @@ func (c *Config) defaults() {
 	defDur(&c.Entitlements.Stripe.PollInterval, time.Second)
 	if c.Entitlements.Cache.MaxEntries == 0 {
 		c.Entitlements.Cache.MaxEntries = 100000
+	}
+	if c.Entitlements.Cache.NegativeMaxEntries == 0 {
+		c.Entitlements.Cache.NegativeMaxEntries = 10000
 	}
 	defDur(&c.Entitlements.Cache.TTL, 30*time.Second)
 	defDur(&c.Entitlements.Cache.NegativeTTL, 5*time.Second)
@@ -421,6 +427,9 @@ func Parse(name string, data []byte) (*Config, error) {
 	cc := c.Entitlements.Cache
 	if cc.MaxEntries < 0 {
 		fail("entitlements.cache.max_entries", "must not be negative")
+	}
+	if cc.NegativeMaxEntries < 0 {
+		fail("entitlements.cache.negative_max_entries", "must not be negative")
 	}
 	if cc.NegativeTTL > cc.TTL {
 		fail("entitlements.cache.negative_ttl", "%v is longer than ttl %v", cc.NegativeTTL, cc.TTL)

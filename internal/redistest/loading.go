@@ -59,12 +59,15 @@ func (s *Server) LoadFrom(master *Server) (finish func()) {
 // Fill adds n small keys named redistest:fill:<i>.
 func (s *Server) Fill(n int) {
 	s.t.Helper()
-	p := s.Client().Pipeline()
-	for i := range n {
-		p.Set(context.Background(), "redistest:fill:"+strconv.Itoa(i), "x", 0)
-	}
-	if _, err := p.Exec(context.Background()); err != nil {
-		s.t.Fatalf("redistest: fill: %v", err)
+	c := s.Client()
+	for i := 0; i < n; i += 1000 {
+		p := c.Pipeline()
+		for j := i; j < min(i+1000, n); j++ {
+			p.Set(context.Background(), "redistest:fill:"+strconv.Itoa(j), "x", 0)
+		}
+		if _, err := p.Exec(context.Background()); err != nil {
+			s.t.Fatalf("redistest: fill: %v", err)
+		}
 	}
 }
 
