@@ -72,6 +72,7 @@ var titles = map[policy.Code]string{
 	policy.RateLimited:             "Rate limited",
 	policy.RouteNotAllowed:         "Route not allowed",
 	policy.EntitlementsUnavailable: "Entitlements unavailable",
+	policy.CostTooLarge:            "Cost too large",
 }
 
 // grpcCodes is what a gRPC client sees for each refusal.
@@ -86,6 +87,7 @@ var grpcCodes = map[policy.Code]codes.Code{
 	policy.RateLimited:             codes.ResourceExhausted,
 	policy.RouteNotAllowed:         codes.PermissionDenied,
 	policy.EntitlementsUnavailable: codes.Unavailable,
+	policy.CostTooLarge:            codes.InvalidArgument,
 }
 
 // NewRuntime precomputes response templates for p and chain.

@@ -273,6 +273,14 @@ func (s *Server) spend(ctx context.Context, rt *Runtime, q *Request, d *policy.D
 	}
 	used = used[:len(items)]
 	clear(used)
+	// A cost that can never fit is refused before any counter is asked.
+	if i := policy.FirstTooLarge(spends); i >= 0 {
+		d.Spends, d.Used, d.Denied, d.Code = spends, used, i, policy.CostTooLarge
+		if s.obs != nil {
+			s.obs.ObserveQuota(spends[i].Quota, "too_large")
+		}
+		return
+	}
 	denied, err := s.quotas.Spend(ctx, d.Entitlement.Subject, items, used)
 	d.Spends, d.Used, d.Denied = spends, used, denied
 	switch {
@@ -428,6 +436,16 @@ func (rt *Runtime) problem(r *request, d *policy.Decision, t *template, detail s
 			o.str("resets_at", sp.Reset.UTC().Format(time.RFC3339))
 		}
 	}
+	if sp := d.TooLargeSpend(); sp != nil {
+		o.str("quota", sp.Quota)
+		if !sp.Credits {
+			o.int("limit", sp.Limit)
+		}
+		o.int("cost", sp.Cost)
+		if sp.MaxCost > 0 {
+			o.int("max_cost", sp.MaxCost)
+		}
+	}
 	if d.Entitlement != nil {
 		o.strIf("upgrade_url", d.UpgradeURL)
 	}
@@ -463,6 +481,10 @@ func (rt *Runtime) detail(r *request, d *policy.Decision, now time.Time) string 
 		return "No API route matches " + r.method() + " " + r.pathOnly() + "."
 	case policy.EntitlementsUnavailable:
 		return "Entitlements could not be checked right now; retry shortly."
+	case policy.CostTooLarge:
+		if sp := d.TooLargeSpend(); sp != nil {
+			return costTooLargeDetail(sp)
+		}
 	}
 	if sp, used := d.DeniedSpend(); sp != nil {
 		return quotaDetail(d.Code, sp, used, now)
@@ -483,6 +505,17 @@ func quotaDetail(c policy.Code, sp *policy.Spend, used int64, now time.Time) str
 	}
 	return "The " + sp.Quota + " quota of " + limit + " per " + sp.Period.String() +
 		" is spent; it resets at " + sp.Reset.UTC().Format(time.RFC3339) + "."
+}
+
+// costTooLargeDetail says why a cost can never be admitted.
+func costTooLargeDetail(sp *policy.Spend) string {
+	cost := strconv.FormatInt(sp.Cost, 10)
+	if sp.MaxCost > 0 && sp.Cost > sp.MaxCost {
+		return "This request costs " + cost + ", more than the most one request may cost (" +
+			strconv.FormatInt(sp.MaxCost, 10) + "); split it into smaller requests."
+	}
+	return "This request costs " + cost + ", more than the whole " + sp.Quota + " quota of " +
+		strconv.FormatInt(sp.Limit, 10) + " per " + sp.Period.String() + "; split it, or upgrade for a larger quota."
 }
 
 func statusOf(e *entitlement.Entitlement) entitlement.Status {

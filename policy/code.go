@@ -17,6 +17,9 @@ const (
 	RateLimited
 	RouteNotAllowed
 	EntitlementsUnavailable
+	// CostTooLarge: the request costs more than its route's max_cost, or
+	// more than the whole limit of the quota it spends; it can never fit.
+	CostTooLarge
 	numCodes
 )
 
@@ -41,6 +44,7 @@ var codeNames = [numCodes]string{
 	RateLimited:             "rate_limited",
 	RouteNotAllowed:         "route_not_allowed",
 	EntitlementsUnavailable: "entitlements_unavailable",
+	CostTooLarge:            "cost_too_large",
 }
 
 // String is the code as users see it, for example "feature_not_in_plan".
@@ -75,6 +79,7 @@ var DefaultStatus = [numCodes]int{
 	RateLimited:             429,
 	RouteNotAllowed:         403,
 	EntitlementsUnavailable: 503,
+	CostTooLarge:            400,
 }
 
 // StatusTable is DefaultStatus with overrides applied.

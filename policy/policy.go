@@ -44,6 +44,8 @@ type Route struct {
 	Feature string
 	Quota   string
 	Cost    int64
+	// MaxCost bounds what one request may cost; 0: no bound but the limit.
+	MaxCost int64
 	// costHeader and costExt read a per-request cost; Cost is the fallback.
 	costHeader, costExt string
 	// PlansWithFeature lists, in file order, the plans that include Feature.
@@ -203,6 +205,7 @@ func compileRoute(at string, rs RouteSpec) (*Route, []error) {
 	if (rs.CostFrom.Header != "" || rs.CostFrom.ContextExtension != "") && rs.Quota == "" {
 		fail("cost_from", "a cost needs a quota to spend it from")
 	}
+	compileMaxCost(r, rs, fail)
 	if h := strings.ToLower(rs.Match.Host); h != "" {
 		if rest, ok := strings.CutPrefix(h, "*."); ok {
 			r.host, r.hostWild = "."+rest, true

@@ -226,7 +226,7 @@ func TestCodeTable(t *testing.T) {
 		"missing_credentials": 401, "invalid_credentials": 401, "subscription_inactive": 402,
 		"payment_failed": 402, "feature_not_in_plan": 402, "quota_exhausted": 402,
 		"insufficient_credits": 402, "rate_limited": 429, "route_not_allowed": 403,
-		"entitlements_unavailable": 503,
+		"entitlements_unavailable": 503, "cost_too_large": 400,
 	}
 	for name, st := range want {
 		c, ok := ParseCode(name)

@@ -103,8 +103,14 @@ type RouteSpec struct {
 	// Cost is what one request spends; default 1.
 	Cost *int64 `yaml:"cost"`
 	// CostFrom reads the cost from the request instead, falling back to Cost
-	// when absent or not a non-negative integer.
+	// when absent, negative or not an integer. An integer too large for
+	// int64 is the largest cost, and so refused.
 	CostFrom CostFromSpec `yaml:"cost_from"`
+	// MaxCost, when set (≥ 1), is the most one request may cost: a request
+	// that costs more is refused with cost_too_large, before any counter is
+	// touched. Whatever it is, a cost above the whole limit of the quota it
+	// spends is refused the same way.
+	MaxCost *int64 `yaml:"max_cost"`
 }
 
 // CostFromSpec names where a request's cost comes from. Set one field.

@@ -1,7 +1,9 @@
 package policy
 
 import (
+	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -88,12 +90,46 @@ type Spend struct {
 	// Counter names the counter within the subject: the quota name, or for
 	// credits the name and the balance, so that a new balance written by the
 	// billing system starts a new count (see README: credits).
-	Counter  string
-	Limit    int64
-	Cost     int64
+	Counter string
+	Limit   int64
+	Cost    int64
+	// MaxCost is the route's max_cost for the route's own spend; 0: none.
+	MaxCost  int64
 	Start    time.Time
 	Reset    time.Time
 	FailOpen bool
+}
+
+// TooLarge reports whether the spend can never be admitted, whatever the
+// counter holds: its cost is above the route's max_cost, or above the whole
+// limit of a quota. A limit of 0 (a quota the plan lacks, or one zeroed for
+// the subject) is left to the store, which refuses it as exhausted; so are
+// credits, whose balance can be topped up.
+func (s *Spend) TooLarge() bool {
+	if s.MaxCost > 0 && s.Cost > s.MaxCost {
+		return true
+	}
+	return !s.Credits && s.Limit > 0 && s.Cost > s.Limit
+}
+
+// TooLargeSpend returns the spend a CostTooLarge refusal names, or nil.
+func (d *Decision) TooLargeSpend() *Spend {
+	if d.Code == CostTooLarge && d.Denied >= 0 && d.Denied < len(d.Spends) {
+		return &d.Spends[d.Denied]
+	}
+	return nil
+}
+
+// FirstTooLarge returns the index of the first spend that is TooLarge, or
+// -1. The caller refuses such a request with CostTooLarge without asking
+// the store: no counter is touched.
+func FirstTooLarge(spends []Spend) int {
+	for i := range spends {
+		if spends[i].TooLarge() {
+			return i
+		}
+	}
+	return -1
 }
 
 // DenialCode is the code for a request this spend did not fit.
@@ -145,20 +181,22 @@ func (p *Policy) Spends(r *Route, e *entitlement.Entitlement, now time.Time, req
 		}
 		return append(out, Spend{
 			Quota: CreditsQuota, Credits: true, Counter: CreditsQuota + "/" + strconv.FormatInt(bal, 10),
-			Limit: bal, Cost: cost, Start: e.PeriodStart, Reset: reset,
+			Limit: bal, Cost: cost, MaxCost: r.MaxCost, Start: e.PeriodStart, Reset: reset,
 		})
 	}
 	if pl == nil {
 		// An unknown plan declares no quotas: nothing to spend from.
-		return append(out, Spend{Quota: r.Quota, Period: quota.Month, Counter: r.Quota, Limit: 0, Cost: cost, Start: now, Reset: now.Add(time.Hour)})
+		return append(out, Spend{Quota: r.Quota, Period: quota.Month, Counter: r.Quota, Limit: 0, Cost: cost, MaxCost: r.MaxCost, Start: now, Reset: now.Add(time.Hour)})
 	}
 	q := pl.Quotas[r.Quota]
 	if q == nil {
 		// This plan lacks the quota another plan declares: it has none of it.
 		start, reset := quota.Window(quota.Month, now, time.Time{})
-		return append(out, Spend{Quota: r.Quota, Period: quota.Month, Counter: r.Quota, Limit: 0, Cost: cost, Start: start, Reset: reset})
+		return append(out, Spend{Quota: r.Quota, Period: quota.Month, Counter: r.Quota, Limit: 0, Cost: cost, MaxCost: r.MaxCost, Start: start, Reset: reset})
 	}
-	return append(out, p.quotaSpend(q, e, now, cost))
+	sp := p.quotaSpend(q, e, now, cost)
+	sp.MaxCost = r.MaxCost
+	return append(out, sp)
 }
 
 func (p *Policy) quotaSpend(q *Quota, e *entitlement.Entitlement, now time.Time, cost int64) Spend {
@@ -188,11 +226,42 @@ func (r *Route) cost(req RequestView, ext map[string]string) int64 {
 		v, ok = ext[r.costExt]
 	}
 	if ok {
-		if n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil && n >= 0 {
-			return n
-		}
+		return parseCost(v, r.Cost)
 	}
 	return r.Cost
+}
+
+// parseCost reads a cost sent with a request: a non-negative decimal
+// integer, with spaces around it. An integer too large for int64 is
+// math.MaxInt64, which no quota admits: a client must not get a huge cost
+// counted as the fallback. Anything else, negative numbers included, is
+// fallback.
+func parseCost(v string, fallback int64) int64 {
+	n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+	switch {
+	case err == nil && n >= 0:
+		return n
+	case errors.Is(err, strconv.ErrRange) && n > 0:
+		return math.MaxInt64
+	}
+	return fallback
+}
+
+// compileMaxCost reads the route's max_cost.
+func compileMaxCost(r *Route, rs RouteSpec, fail func(path, msg string, args ...any)) {
+	if rs.MaxCost == nil {
+		return
+	}
+	switch m := *rs.MaxCost; {
+	case m < 1:
+		fail("max_cost", "must be at least 1")
+	case rs.Quota == "":
+		fail("max_cost", "a cost needs a quota to spend it from")
+	case r.Cost > m:
+		fail("cost", "%d is above max_cost %d", r.Cost, m)
+	default:
+		r.MaxCost = m
+	}
 }
 
 // validQuotaName keeps names safe to quote in RateLimit header fields.
