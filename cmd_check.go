@@ -224,7 +224,7 @@ func (d *dryQuotas) Spend(ctx context.Context, group string, items []quota.Item,
 			}
 		}
 		used[i] = u
-		fits := u+it.Cost <= it.Limit
+		fits := quota.Fits(u, it.Cost, it.Limit)
 		if !fits && denied < 0 {
 			denied = i
 		}

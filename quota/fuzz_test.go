@@ -71,7 +71,7 @@ func (m exactModel) spend(op costOp, limit int64) int {
 		total[k] = addSat(total[k], max(op.costs[i], 0))
 	}
 	for i, k := range op.keys {
-		if !fits(m[k], total[k], limit) {
+		if !Fits(m[k], total[k], limit) {
 			return i
 		}
 	}

@@ -71,7 +71,7 @@ func (m *Memory) Spend(_ context.Context, group string, items []Item, used []int
 		}
 		used[i] = u
 		// Checked, never wrapped: a huge cost must not fit by overflowing.
-		if denied < 0 && !fits(u, keyCost(items, i), it.Limit) {
+		if denied < 0 && !Fits(u, keyCost(items, i), it.Limit) {
 			denied = i
 		}
 	}

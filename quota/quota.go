@@ -92,10 +92,10 @@ type Store interface {
 // down). The caller applies the quota's failure policy.
 var ErrUnavailable = errors.New("quota store unavailable")
 
-// fits reports whether cost more units fit a counter at used within limit:
+// Fits reports whether cost more units fit a counter at used within limit:
 // used + cost ≤ limit, computed without overflow. A cost of 0 (or less,
 // which counts as 0) always fits: it admits nothing.
-func fits(used, cost, limit int64) bool {
+func Fits(used, cost, limit int64) bool {
 	if cost <= 0 {
 		return true
 	}

@@ -369,7 +369,7 @@ func (s *Leased) spend(ctx context.Context, group string, items []Item, used []i
 		// u only grows within a window, so Redis cannot give more than
 		// Limit − seen: refuse without asking. Checked arithmetic, so that
 		// no cost fits by overflowing.
-		if !fits(seen, cost-avail, it.Limit) {
+		if !Fits(seen, cost-avail, it.Limit) {
 			if denied < 0 {
 				denied = i
 			}
