@@ -54,8 +54,8 @@ func DecodeJSON(body []byte) (*Entitlement, error) {
 			return nil, fmt.Errorf("%q: want %s, got a JSON %s", te.Field, te.Type, te.Value)
 		}
 		var pe *time.ParseError
-		if errors.As(err, &pe) {
-			return nil, fmt.Errorf("a time is not RFC 3339: %w", err)
+		if errors.As(err, &pe) { // its message quotes the value: name the field instead
+			return nil, fmt.Errorf("%s: a time is not RFC 3339", badTime(body))
 		}
 		var se *json.SyntaxError
 		if errors.As(err, &se) {
@@ -70,9 +70,30 @@ func DecodeJSON(body []byte) (*Entitlement, error) {
 	return e, nil
 }
 
+// badTime names the first time field of body that is not an RFC 3339 time.
+func badTime(body []byte) string {
+	var times struct {
+		PeriodStart  json.RawMessage `json:"period_start"`
+		PeriodEnd    json.RawMessage `json:"period_end"`
+		PastDueSince json.RawMessage `json:"past_due_since"`
+	}
+	_ = json.Unmarshal(body, &times)
+	for _, f := range []struct {
+		name string
+		v    json.RawMessage
+	}{{"period_start", times.PeriodStart}, {"period_end", times.PeriodEnd}, {"past_due_since", times.PastDueSince}} {
+		var t time.Time
+		if len(f.v) > 0 && json.Unmarshal(f.v, &t) != nil {
+			return `"` + f.name + `"`
+		}
+	}
+	return "a time field"
+}
+
 // Validate checks what every record must hold: a subject, a plan, a known
-// status, no negative credits or quota, and a period that does not end
-// before it starts. Errors name the JSON field.
+// status, no negative credits or quota, a period that does not end before
+// it starts, and times that can be written in RFC 3339 in UTC. Errors name
+// the JSON field.
 func (e *Entitlement) Validate() error {
 	switch {
 	case e.Subject == "":
@@ -87,6 +108,15 @@ func (e *Entitlement) Validate() error {
 		return errors.New(`"credits" must not be negative`)
 	case !e.PeriodStart.IsZero() && !e.PeriodEnd.IsZero() && e.PeriodEnd.Before(e.PeriodStart):
 		return errors.New(`"period_end" is before "period_start"`)
+	}
+	for _, t := range []struct {
+		name string
+		t    time.Time
+	}{{"period_start", e.PeriodStart}, {"period_end", e.PeriodEnd}, {"past_due_since", e.PastDueSince}} {
+		// Written back in UTC (ToJSON), a time must stay in RFC 3339's years.
+		if y := t.t.UTC().Year(); !t.t.IsZero() && (y < 0 || y > 9999) {
+			return fmt.Errorf("%q is out of range: in UTC its year is not 0000 to 9999", t.name)
+		}
 	}
 	for q, n := range e.Quotas {
 		if n < 0 {

@@ -64,7 +64,7 @@ type fakeStripe struct {
 	fail      map[string]fakeFailure       // path → answer
 	delay     time.Duration
 	hold      chan struct{} // when not nil, calls wait for it to close (or their client to go)
-	pageLimit int // when > 0, caps every list page
+	pageLimit int           // when > 0, caps every list page
 	calls     map[string]int
 	versions  []string // Stripe-Version of each authorised call
 

@@ -305,7 +305,7 @@ func TestStripeFailures(t *testing.T) {
 		name         string
 		path         string
 		fail         fakeFailure
-		stall        bool // Stripe never answers, until the test ends
+		stall        bool   // Stripe never answers, until the test ends
 		customer     string // in the map; default cus_acme
 		wantNotFound bool
 		wantIn       string
