@@ -76,6 +76,9 @@ func (r *redisFlags) open(fs *flag.FlagSet) (*redissource.Source, func(), error)
 	if r.addr == "" {
 		return nil, nil, fmt.Errorf("%w: %s: --redis ADDR is required (or set %s)", errUsage, fs.Name(), redisEnv)
 	}
+	if err := config.CheckHostPort(r.addr); err != nil {
+		return nil, nil, fmt.Errorf("%w: %s: --redis: %v", errUsage, fs.Name(), err)
+	}
 	if r.timeout <= 0 {
 		return nil, nil, fmt.Errorf("%w: %s: --timeout must be positive", errUsage, fs.Name())
 	}

@@ -5,8 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"net"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -289,26 +292,115 @@ func toStrings(v any) []string {
 	return out
 }
 
-// TestEntitlementsRedisDown: an unreachable Redis is a plain error (exit 1),
-// one line, within the timeout.
+// TestEntitlementsRedisDown: an unreachable Redis, or one that accepts
+// connections and never answers, is a plain error (exit 1), one line, that
+// names the command; a stalled one is ended by --timeout.
 func TestEntitlementsRedisDown(t *testing.T) {
 	srv := redistest.Start(t)
 	srv.Kill()
-	for _, args := range [][]string{
-		{"get", "--subject", "acme"},
-		{"delete", "--subject", "acme"},
-		{"set", "--subject", "acme", "--plan", "pro", "--status", "active"},
+	stalled := stalledServer(t)
+	for _, target := range []struct {
+		name, addr string
+		timedOut   bool // the error says the command timed out
+	}{
+		{"killed", srv.Addr(), false},
+		{"stalled", stalled, true},
 	} {
-		start := time.Now()
-		_, err := entitlementsCmd(t, "", append(args, "--redis", srv.Addr(), "--timeout", "2s")...)
-		if err == nil || errors.Is(err, errUsage) {
-			t.Fatalf("%s: err = %v, want a plain error", args[0], err)
+		for _, args := range [][]string{
+			{"get", "--subject", "acme"},
+			{"delete", "--subject", "acme"},
+			{"set", "--subject", "acme", "--plan", "pro", "--status", "active"},
+		} {
+			t.Run(target.name+" "+args[0], func(t *testing.T) {
+				done := make(chan error, 1)
+				go func() {
+					var out bytes.Buffer
+					done <- cmdEntitlements(context.Background(), append(args, "--redis", target.addr, "--timeout", "200ms"), strings.NewReader(""), &out)
+				}()
+				var err error
+				select {
+				case err = <-done:
+				case <-time.After(time.Minute): // far past --timeout, however loaded the machine
+					t.Fatal("still waiting for Redis: --timeout was not applied")
+				}
+				if err == nil || errors.Is(err, errUsage) {
+					t.Fatalf("err = %v, want a plain error", err)
+				}
+				if strings.Contains(err.Error(), "\n") {
+					t.Errorf("error is not one line: %q", err)
+				}
+				if !strings.HasPrefix(err.Error(), "entitlements "+args[0]+": ") {
+					t.Errorf("error %q does not name the command", err)
+				}
+				if timedOut := strings.Contains(err.Error(), "deadline exceeded") || strings.Contains(err.Error(), "i/o timeout"); target.timedOut && !timedOut {
+					t.Errorf("error %q does not say it timed out", err)
+				}
+			})
 		}
-		if !strings.HasPrefix(err.Error(), "entitlements "+args[0]+": ") {
-			t.Errorf("%s: error %q does not name the command", args[0], err)
+	}
+}
+
+// stalledServer is a TCP server that accepts connections, reads what it is
+// sent and never answers, until the test ends.
+func stalledServer(t *testing.T) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		lis.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
 		}
-		if took := time.Since(start); took > 3*time.Second {
-			t.Errorf("%s took %v with --timeout 2s", args[0], took)
+	})
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			go io.Copy(io.Discard, c)
 		}
+	}()
+	return lis.Addr().String()
+}
+
+// TestEntitlementsRedisAddressHoldsNoPassword: a Redis URL with a password,
+// in --redis or in TOLLGATE_REDIS, is refused (exit 2) without printing it.
+func TestEntitlementsRedisAddressHoldsNoPassword(t *testing.T) {
+	const secret = "Sup3rS3cretRedisPass"
+	srv := redistest.Start(t)
+	url := "redis://default:" + secret + "@" + srv.Addr()
+	for _, tt := range []struct {
+		name string
+		args []string
+		env  string
+	}{
+		{"flag", []string{"entitlements", "get", "--subject", "acme", "--redis", url}, ""},
+		{"environment", []string{"entitlements", "delete", "--subject", "acme"}, url},
+		{"password without a scheme", []string{"entitlements", "get", "--subject", "acme", "--redis", ":" + secret + "@" + srv.Addr()}, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv(redisEnv, tt.env)
+			var stdout, stderr bytes.Buffer
+			code := run(context.Background(), tt.args, strings.NewReader(""), &stdout, &stderr)
+			if code != 2 {
+				t.Errorf("exit %d, want 2; stderr %q", code, stderr.String())
+			}
+			if !strings.Contains(stderr.String(), "--redis: ") || !strings.Contains(stderr.String(), "is not host:port") {
+				t.Errorf("stderr %q does not say what is wrong with --redis", stderr.String())
+			}
+			if out := stdout.String() + stderr.String(); strings.Contains(out, secret) {
+				t.Errorf("the password is printed: %q", out)
+			}
+		})
 	}
 }

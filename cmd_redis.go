@@ -36,6 +36,11 @@ type redisConn struct {
 // not nil, is told of each reload of a client certificate. The client
 // connects lazily: an unreachable server is not an error here.
 func dialRedis(rc config.RedisConn, path string, timeout time.Duration, onReload func(error)) (*redisConn, error) {
+	// Checked here too, for the CLI: an address never holds a password,
+	// so logging it (and go-redis's errors, which quote it) is safe.
+	if err := config.CheckHostPort(rc.Address); err != nil {
+		return nil, fmt.Errorf("%s.address: %v", path, err)
+	}
 	opts := quota.RedisOptions(rc.Address)
 	if timeout > 0 {
 		opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout, opts.PoolTimeout = timeout, timeout, timeout, timeout
@@ -50,9 +55,6 @@ func dialRedis(rc config.RedisConn, path string, timeout time.Duration, onReload
 	c := &redisConn{}
 	if t := rc.TLS; t.Enabled {
 		tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName}
-		if _, _, err := net.SplitHostPort(rc.Address); err != nil {
-			return nil, fmt.Errorf("%s.address: %v", path, err)
-		}
 		if t.CAFile != "" {
 			pem, err := os.ReadFile(t.CAFile)
 			if err != nil {
