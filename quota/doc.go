@@ -10,6 +10,10 @@
 // while spending locally from small leases, so that well-behaved traffic
 // makes no Redis round trip.
 //
+// Every store admits a spend only if used + cost ≤ limit, computed without
+// overflow (see Fits): no sequence of costs, however large or negative,
+// takes a counter past its limit.
+//
 // All stores are safe for concurrent use. Memory's Spend costs one mutex
 // (sharded by subject) and a map lookup per item.
 package quota
