@@ -106,20 +106,30 @@ func TestLeasedExhaustedCachedLocally(t *testing.T) {
 		return []Item{{Key: "acme/requests", Cost: 1, Limit: 5, Reset: clk.Now().Truncate(time.Minute).Add(reset)}}
 	}
 	used := make([]int64, 1)
+	redisNow := func() time.Time {
+		t.Helper()
+		now, err := c.Time(ctx).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return now
+	}
+	before := redisNow()
 	for i := range 5 {
 		if d, err := s.Spend(ctx, "acme", item(time.Minute), used); d != -1 || err != nil {
 			t.Fatalf("spend %d: denied=%d err=%v", i, d, err)
 		}
 	}
+	after := redisNow()
 
-	before, st0 := scriptCalls(t, c), s.Stats()
+	calls0, st0 := scriptCalls(t, c), s.Stats()
 	for i := range 100 {
 		d, err := s.Spend(ctx, "acme", item(time.Minute), used)
 		if d != 0 || err != nil || used[0] != 5 {
 			t.Fatalf("spend %d after exhaustion: denied=%d used=%v err=%v, want denied=0 used=[5]", i, d, used, err)
 		}
 	}
-	if got := scriptCalls(t, c) - before; got != 0 {
+	if got := scriptCalls(t, c) - calls0; got != 0 {
 		t.Errorf("redis ran %d scripts while the counter was known spent, want 0", got)
 	}
 	st := s.Stats()
@@ -130,10 +140,13 @@ func TestLeasedExhaustedCachedLocally(t *testing.T) {
 		t.Errorf("round trips went from %d to %d while exhausted", st0.RoundTrips, st.RoundTrips)
 	}
 
-	// The counter lives in Redis until its window ends, plus the slack.
-	pttl, err := c.PTTL(ctx, s.redisKey("acme", "acme/requests")).Result()
-	if want := time.Minute + defaultSlack; err != nil || pttl > want || pttl < want-5*time.Second {
-		t.Errorf("PTTL = %v (err %v), want about %v", pttl, err, want)
+	// The counter lives in Redis until its window ends, plus the slack: its
+	// expiry was set, by Redis's clock, between before and after.
+	exp, err := c.PExpireTime(ctx, s.redisKey("acme", "acme/requests")).Result()
+	ttl := time.Minute + defaultSlack
+	lo, hi := before.Add(ttl).Truncate(time.Millisecond), after.Add(ttl+time.Millisecond-1).Truncate(time.Millisecond)
+	if at := time.UnixMilli(int64(exp / time.Millisecond)); err != nil || at.Before(lo) || at.After(hi) {
+		t.Errorf("PEXPIRETIME = %v (err %v), want %v after a time between %v and %v", at, err, ttl, before, after)
 	}
 
 	clk.Add(time.Minute) // the window ends
@@ -141,7 +154,7 @@ func TestLeasedExhaustedCachedLocally(t *testing.T) {
 	if d != -1 || err != nil || used[0] != 1 {
 		t.Fatalf("spend after reset: denied=%d used=%v err=%v, want allowed with used=[1]", d, used, err)
 	}
-	if got := scriptCalls(t, c) - before; got != 1 {
+	if got := scriptCalls(t, c) - calls0; got != 1 {
 		t.Errorf("redis ran %d scripts after the reset, want 1 (a new lease)", got)
 	}
 }
