@@ -177,7 +177,9 @@ func TestLeasedMultiReplica(t *testing.T) {
 	prefix := fmt.Sprintf("multi%d:", testPrefixes.Add(1))
 	stores := make([]*Leased, replicas)
 	for i := range stores {
-		stores[i] = NewLeased(LeasedOptions{Client: srv.Client(), Prefix: prefix, LeaseSize: leaseSize, Timeout: time.Second, Now: clk.Now})
+		// Timeouts far past any round trip: a busy machine must not turn
+		// into errors here (TestLeasedMultiReplicaSlowRedis is about those).
+		stores[i] = NewLeased(LeasedOptions{Client: patientClient(t, srv), Prefix: prefix, LeaseSize: leaseSize, Timeout: time.Minute, Now: clk.Now})
 	}
 
 	var admitted [replicas]atomic.Int64
