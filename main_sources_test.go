@@ -206,7 +206,7 @@ func TestHTTPSourceThroughServer(t *testing.T) {
 
 	t.Run("memory stays bounded under a flood of unknown keys", func(t *testing.T) {
 		b := newBillingService(t)
-		s := startServe(t, httpSourceDir(t, b.URL, "{max_entries: 200, negative_max_entries: 100, ttl: 1m, negative_ttl: 1m, timeout: 150ms}"))
+		s := startServe(t, httpSourceDirTimeout(t, b.URL, "1m", "{max_entries: 200, negative_max_entries: 100, ttl: 1m, negative_ttl: 1m, timeout: 2m}"))
 		var wg sync.WaitGroup
 		for w := range 8 {
 			wg.Add(1)
