@@ -1,0 +1,556 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/tollgate-authz/tollgate/config"
+)
+
+// patience bounds how long these tests wait for the server to do something.
+// It only limits a failing test; a passing one moves on as soon as the
+// server acts. It is never compared with a measured time.
+const patience = 30 * time.Second
+
+// servingLine reads r (a server's stderr) until the "serving" line and
+// returns the addresses it names.
+func servingLine(t *testing.T, r io.Reader) (grpcAddr, adminAddr string) {
+	t.Helper()
+	type addrs struct{ GRPC, Admin string }
+	found := make(chan addrs, 1)
+	go func() {
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			var line struct{ Msg, GRPC, Admin string }
+			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "serving" {
+				found <- addrs{line.GRPC, line.Admin}
+				return
+			}
+		}
+		close(found)
+	}()
+	select {
+	case a, ok := <-found:
+		if !ok {
+			t.Fatal("stderr ended before the serving line")
+		}
+		return a.GRPC, a.Admin
+	case <-time.After(patience):
+		t.Fatal("no serving line")
+	}
+	return "", ""
+}
+
+func dialGRPC(t *testing.T, addr string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// checkKey sends one Check for GET /v1/search with an API key and returns
+// the decision's code, or the gRPC error. It is safe from any goroutine.
+func checkKey(conn *grpc.ClientConn, key string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
+	defer cancel()
+	h := map[string]string{":method": "GET", ":path": "/v1/search", ":authority": "api.example.com", "x-api-key": key}
+	resp, err := authv3.NewAuthorizationClient(conn).Check(ctx, &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+			Method: "GET", Path: "/v1/search", Host: "api.example.com", Headers: h,
+		}},
+	}})
+	if err != nil {
+		return "", err
+	}
+	return code(resp), nil
+}
+
+func healthStatus(conn *grpc.ClientConn) string {
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
+	defer cancel()
+	hr, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: authv3.Authorization_ServiceDesc.ServiceName})
+	if err != nil {
+		return err.Error()
+	}
+	return hr.GetStatus().String()
+}
+
+func getStatus(t *testing.T, url string) int {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// TestStalledStderrNeverBlocksChecks is issue 11's hole 3 against the real
+// server: stderr is a pipe nobody reads. A flood of unknown keys (each a
+// logged denial) fills the pipe and the log queue; Checks keep being
+// answered, the lines that do not fit are dropped and counted, a paying
+// customer is still let in, and the server still drains and stops.
+func TestStalledStderrNeverBlocksChecks(t *testing.T) {
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := demoDir(t, "127.0.0.1:0")
+	cfgPath := filepath.Join(dir, "tollgate.yaml")
+	editFile(t, cfgPath, "  drain_timeout: 10s\n", "  drain_timeout: 10s\n  max_in_flight: 16\n")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	exit := make(chan int, 1)
+	go func() { exit <- run(ctx, []string{"serve", "--config", cfgPath}, nil, io.Discard, pw) }()
+	// Runs first (cleanups are last in, first out): closing the pipe frees
+	// any write still blocked in it, so that a failing run ends.
+	t.Cleanup(func() {
+		cancel()
+		pr.Close()
+		<-exit
+		pw.Close()
+	})
+	grpcAddr, adminAddr := servingLine(t, pr) // then nobody reads the pipe again
+	conn := dialGRPC(t, grpcAddr)
+	s := &server{grpc: grpcAddr, admin: adminAddr, conn: conn}
+
+	// Flood until the log has had to drop lines: the pipe (64 KiB) and the
+	// queue (1 MiB) are full by then. Every Check gets an answer meanwhile.
+	const workers, batch, most = 32, 1000, 200_000
+	sent := 0
+	for metricValue(t, s, "tollgate_log_dropped_total") == "0" {
+		if sent >= most {
+			t.Fatalf("%d Checks and no log line dropped", sent)
+		}
+		errs := make(chan error, batch)
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Go(func() {
+				for i := w; i < batch; i += workers {
+					got, err := checkKey(conn, fmt.Sprintf("unknown-%d-%d", sent, i))
+					if err == nil && got != "invalid_credentials" && got != "entitlements_unavailable" { // decided or shed
+						err = fmt.Errorf("unknown key answered %q", got)
+					}
+					if err != nil {
+						errs <- err
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatalf("with stderr stalled after %d Checks: %v", sent, err)
+		}
+		sent += batch
+	}
+
+	if got, err := checkKey(conn, "demo-free-key"); got != "ok" || err != nil {
+		t.Errorf("paying customer with stderr stalled: %q, %v; want ok", got, err)
+	}
+	if got := getStatus(t, "http://"+adminAddr+"/readyz"); got != 200 {
+		t.Errorf("/readyz = %d, want 200 before the drain", got)
+	}
+	cancel()
+	select {
+	case got := <-exit:
+		exit <- got // for the cleanup
+		if got != 0 {
+			t.Errorf("exit status = %d, want 0", got)
+		}
+	case <-time.After(patience):
+		t.Fatal("serve did not stop with stderr stalled")
+	}
+}
+
+// tollgateBinary builds tollgate once for the tests that run it as a
+// process.
+var tollgateBinary = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "tollgate-bin-")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "tollgate")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+// TestClosedStderrDoesNotKill is issue 11's hole 4, as the issue ran it:
+// `(tollgate serve … 2>&1 >/dev/null) | head -c 10`, then a Check whose
+// denial is logged. The built binary must keep serving and exit 0 on
+// SIGTERM, not die of SIGPIPE.
+func TestClosedStderrDoesNotKill(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin, err := tollgateBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := demoDir(t, "127.0.0.1:0")
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "serve", "--config", filepath.Join(dir, "tollgate.yaml"))
+	cmd.Stderr = pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close() // the child holds the write end now
+	done := make(chan struct{}) // closed once the process is reaped
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		select {
+		case <-done:
+		default:
+			cmd.Process.Kill() // by its PID
+			<-done
+		}
+	})
+	grpcAddr, _ := servingLine(t, pr)
+	pr.Close() // the reader is gone, as `head` is after ten bytes
+
+	conn := dialGRPC(t, grpcAddr)
+	if got, err := checkKey(conn, "nobody-knows-this-key"); got != "invalid_credentials" || err != nil {
+		t.Fatalf("unknown key: %q, %v; want invalid_credentials", got, err)
+	}
+	if got, err := checkKey(conn, "demo-free-key"); got != "ok" || err != nil {
+		t.Errorf("after a log line to a closed stderr: %q, %v; want ok", got, err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatalf("SIGTERM: %v (the process is gone)", err)
+	}
+	select {
+	case <-done:
+		if waitErr != nil {
+			t.Errorf("tollgate ended with %v, want exit status 0", waitErr)
+		}
+	case <-time.After(patience):
+		t.Fatal("tollgate did not stop on SIGTERM")
+	}
+}
+
+// TestIdleGRPCConnectionIsClosed is the gRPC half of issue 11's hole 7: a
+// connection that carries no Check for server.max_connection_idle is sent
+// away (the client sees it go idle) instead of being held forever.
+func TestIdleGRPCConnectionIsClosed(t *testing.T) {
+	dir := demoDir(t, "127.0.0.1:0")
+	cfgPath := filepath.Join(dir, "tollgate.yaml")
+	editFile(t, cfgPath, "  drain_timeout: 10s\n", "  drain_timeout: 10s\n  max_connection_idle: 100ms\n")
+	s := startServe(t, cfgPath)
+	if got := code(s.check(t, "GET", "/v1/search", map[string]string{"x-api-key": "demo-free-key"})); got != "ok" {
+		t.Fatalf("Check = %q, want ok", got)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
+	defer cancel()
+	for st := s.conn.GetState(); st == connectivity.Ready; st = s.conn.GetState() {
+		if !s.conn.WaitForStateChange(ctx, st) {
+			t.Fatalf("connection still %s after %s idle", st, patience)
+		}
+	}
+	// The next Check reconnects.
+	if got := code(s.check(t, "GET", "/v1/search", map[string]string{"x-api-key": "demo-free-key"})); got != "ok" {
+		t.Errorf("Check after the idle close = %q, want ok", got)
+	}
+}
+
+// slowPost starts a POST to /v1/invalidate on a raw connection that
+// declares length bytes and sends only the first one.
+func slowPost(t *testing.T, addr string, length int) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(patience))
+	fmt.Fprintf(c, "POST /v1/invalidate HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer test-admin-token-0123456789\r\nContent-Length: %d\r\n\r\n{", length)
+	return c
+}
+
+// answerAndClose reads the response on c (its status, or "no response"),
+// then reads on until the server closes c; "still open" if it does not.
+func answerAndClose(c net.Conn) string {
+	status := "no response"
+	br := bufio.NewReader(c)
+	if resp, err := http.ReadResponse(br, nil); err == nil {
+		status = strconv.Itoa(resp.StatusCode)
+		resp.Body.Close()
+	}
+	if _, err := io.Copy(io.Discard, br); err != nil {
+		if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+			return status + ", still open"
+		}
+	}
+	return status
+}
+
+// postInvalidate sends a whole POST /v1/invalidate and returns its status.
+func postInvalidate(t *testing.T, addr, body string) int {
+	t.Helper()
+	req, _ := http.NewRequest("POST", "http://"+addr+"/v1/invalidate", strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer test-admin-token-0123456789")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// TestSlowAdminBodies is the admin half of issue 11's hole 7 through
+// serve: clients sending large bodies a byte at a time to POST
+// /v1/invalidate.
+func TestSlowAdminBodies(t *testing.T) {
+	t.Setenv("TOLLGATE_TEST_ADMIN_TOKEN", "test-admin-token-0123456789")
+	start := func(t *testing.T, adminOpts string) *server {
+		dir := demoDir(t, "127.0.0.1:0")
+		cfgPath := filepath.Join(dir, "tollgate.yaml")
+		editFile(t, cfgPath, "admin: {token_env: TOLLGATE_TEST_ADMIN_TOKEN}\n",
+			"admin: {token_env: TOLLGATE_TEST_ADMIN_TOKEN, "+adminOpts+"}\n")
+		return startServe(t, cfgPath)
+	}
+
+	t.Run("a slow body is cut and its connection closed", func(t *testing.T) {
+		s := start(t, "body_timeout: 200ms")
+		c := slowPost(t, s.admin, 1_000_000)
+		go func() { // a byte at a time, until the server hangs up
+			for {
+				time.Sleep(20 * time.Millisecond)
+				if _, err := c.Write([]byte(" ")); err != nil {
+					return
+				}
+			}
+		}()
+		if got := answerAndClose(c); strings.HasSuffix(got, "still open") {
+			t.Errorf("slow body: %s after %s", got, patience)
+		}
+	})
+
+	t.Run("bodies over the bound are refused at once", func(t *testing.T) {
+		s := start(t, "body_timeout: 1h, max_concurrent_bodies: 1")
+		// One slow body holds the only slot: whole bodies get 503 from the
+		// moment its handler runs.
+		holder := slowPost(t, s.admin, len(`{"subject":"acme"}`))
+		waitFor(t, func() bool { return postInvalidate(t, s.admin, `{"subject":"acme"}`) == 503 })
+		const others = 19
+		answers := make(chan string, others)
+		for range others {
+			c := slowPost(t, s.admin, 1_000_000)
+			go func() { answers <- answerAndClose(c) }()
+		}
+		for range others {
+			if got := <-answers; got != "503" {
+				t.Errorf("slow body over the bound: %s, want 503 and the connection closed", got)
+			}
+		}
+		// The holder finishes: the slot is free again.
+		fmt.Fprint(holder, `"subject":"acme"}`)
+		resp, err := http.ReadResponse(bufio.NewReader(holder), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("the slot holder's request = %d, want 200", resp.StatusCode)
+		}
+		if got := postInvalidate(t, s.admin, `{"subject":"acme"}`); got != 200 {
+			t.Errorf("invalidate after the slot was freed = %d, want 200", got)
+		}
+	})
+}
+
+// gateWriter passes writes through until the test shuts the gate; then
+// each write waits until the gate is opened again.
+type gateWriter struct {
+	syncBuffer
+	mu   sync.Mutex
+	gate chan struct{} // nil: open
+}
+
+func (g *gateWriter) shut() {
+	g.mu.Lock()
+	g.gate = make(chan struct{})
+	g.mu.Unlock()
+}
+
+func (g *gateWriter) open() {
+	g.mu.Lock()
+	if g.gate != nil {
+		close(g.gate)
+		g.gate = nil
+	}
+	g.mu.Unlock()
+}
+
+func (g *gateWriter) Write(p []byte) (int, error) {
+	g.mu.Lock()
+	gate := g.gate
+	g.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
+	return g.syncBuffer.Write(p)
+}
+
+// TestDrainSequence is issue 10's item 5: the order serve stops in. On
+// SIGTERM (the context cancelled), with one Check held inside the billing
+// service:
+//  1. /readyz turns 503 and gRPC health NOT_SERVING before anything is
+//     written to the log (the log is stalled then, as a full pipe would be);
+//  2. serve waits out server.shutdown_delay, and during it the listener
+//     still accepts new connections and answers their Checks;
+//  3. after it the listener closes, while the held Check is still running;
+//  4. the held Check completes with its real answer, then serve returns.
+//
+// The test owns the shutdown delay's clock, so no step depends on timing.
+func TestDrainSequence(t *testing.T) {
+	b := newBillingService(t)
+	b.set("initech", "free", "active", "demo-free-key")
+	b.set("acme", "pro", "active", "demo-pro-key")
+	cfgPath := httpSourceDirTimeout(t, b.URL, "1m", "{ttl: 1h, timeout: 2m}")
+	editFile(t, cfgPath, "  drain_timeout: 10s\n", "  drain_timeout: 1m\n  shutdown_delay: 7s\n")
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &gateWriter{}
+	defer logs.open()
+	log := newLogger(logs, "info")
+	p, err := build(cfg, log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.close()
+	delayAsked := make(chan time.Duration, 1)
+	endDelay := make(chan time.Time)
+	p.shutdownDelay = func(d time.Duration) <-chan time.Time { delayAsked <- d; return endDelay }
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	served := make(chan error, 1)
+	go func() { served <- p.serve(ctx, log) }()
+	grpcAddr, adminAddr := "", ""
+	waitFor(t, func() bool {
+		for _, l := range strings.Split(logs.String(), "\n") {
+			var line struct{ Msg, GRPC, Admin string }
+			if json.Unmarshal([]byte(l), &line) == nil && line.Msg == "serving" {
+				grpcAddr, adminAddr = line.GRPC, line.Admin
+			}
+		}
+		return grpcAddr != ""
+	})
+	conn := dialGRPC(t, grpcAddr)
+	if got, err := checkKey(conn, "demo-pro-key"); got != "ok" || err != nil { // now cached
+		t.Fatalf("before the drain: %q, %v; want ok", got, err)
+	}
+
+	// A Check for a cold key, held inside the billing service.
+	hold := make(chan struct{})
+	b.mu.Lock()
+	b.hold = hold
+	b.mu.Unlock()
+	held := make(chan string, 1)
+	calls := b.calls.Load()
+	go func() {
+		got, err := checkKey(conn, "demo-free-key")
+		if err != nil {
+			got = err.Error()
+		}
+		held <- got
+	}()
+	waitFor(t, func() bool { return b.calls.Load() > calls })
+
+	// 1. SIGTERM with the log stalled: readiness and health flip anyway.
+	logs.shut()
+	cancel()
+	waitFor(t, func() bool {
+		return getStatus(t, "http://"+adminAddr+"/readyz") == 503 && healthStatus(conn) == "NOT_SERVING"
+	})
+	logs.open()
+
+	// 2. The shutdown delay: asked for as configured, and while it lasts a
+	// new connection is accepted and its Check answered.
+	select {
+	case d := <-delayAsked:
+		if d != 7*time.Second {
+			t.Errorf("shutdown delay = %v, want server.shutdown_delay 7s", d)
+		}
+	case <-time.After(patience):
+		t.Fatal("serve did not wait out server.shutdown_delay")
+	}
+	during := dialGRPC(t, grpcAddr)
+	if got, err := checkKey(during, "demo-pro-key"); got != "ok" || err != nil {
+		t.Errorf("new connection during the shutdown delay: %q, %v; want ok", got, err)
+	}
+	if got := healthStatus(during); got != "NOT_SERVING" {
+		t.Errorf("health during the shutdown delay = %s, want NOT_SERVING", got)
+	}
+
+	// 3. The delay over, the listener closes; the held Check is not done.
+	close(endDelay)
+	waitFor(t, func() bool {
+		c, err := net.Dial("tcp", grpcAddr)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+	select {
+	case got := <-held:
+		t.Fatalf("the held Check ended before its source answered: %q", got)
+	case err := <-served:
+		t.Fatalf("serve returned (%v) with a Check in flight", err)
+	default:
+	}
+
+	// 4. The source answers: the held Check gets its real answer, and
+	// serve returns.
+	close(hold)
+	if got := <-held; got != "ok" {
+		t.Errorf("held Check = %q, want ok", got)
+	}
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Errorf("serve = %v", err)
+		}
+	case <-time.After(patience):
+		t.Fatal("serve did not return after the last Check")
+	}
+	for _, want := range []string{`"msg":"draining"`, `"msg":"stopped"`} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("log lacks %s", want)
+		}
+	}
+}
