@@ -226,6 +226,7 @@ func TestClosedStderrDoesNotKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	pw.Close() // the child holds the write end now
+
 	done := make(chan struct{}) // closed once the process is reaped
 	var waitErr error
 	go func() { waitErr = cmd.Wait(); close(done) }()
