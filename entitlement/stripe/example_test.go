@@ -17,7 +17,7 @@ func ExampleNewWebhook() {
 	customers, err := stripesource.OpenMap("stripe-customers.yaml", stripesource.MapOptions{
 		OnReload: func(err error) {
 			if err == nil && c != nil {
-				c.Purge() // a key may have moved to another subject
+				c.Revalidate() // a key may have moved: ask again, keep serving meanwhile
 			}
 		},
 	})
