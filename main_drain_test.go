@@ -358,6 +358,20 @@ func TestSlowAdminBodies(t *testing.T) {
 		}
 	})
 
+	t.Run("an idle keep-alive connection is closed", func(t *testing.T) {
+		s := start(t, "idle_timeout: 100ms")
+		c, err := net.Dial("tcp", s.admin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(patience))
+		fmt.Fprint(c, "GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n")
+		if got := answerAndClose(c); got != "200" {
+			t.Errorf("GET /healthz, then idle: %s, want 200 and the connection closed", got)
+		}
+	})
+
 	t.Run("bodies over the bound are refused at once", func(t *testing.T) {
 		s := start(t, "body_timeout: 1h, max_concurrent_bodies: 1")
 		// One slow body holds the only slot: whole bodies get 503 from the
@@ -446,21 +460,34 @@ func TestDrainSequence(t *testing.T) {
 		t.Fatal(err)
 	}
 	logs := &gateWriter{}
-	defer logs.open()
 	log := newLogger(logs, "info")
 	p, err := build(cfg, log, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer p.close()
+	t.Cleanup(p.close)
 	delayAsked := make(chan time.Duration, 1)
 	endDelay := make(chan time.Time)
 	p.shutdownDelay = func(d time.Duration) <-chan time.Time { delayAsked <- d; return endDelay }
+	hold := make(chan struct{}) // the billing service holds requests until closed
+	var delayEnded, holdReleased sync.Once
 
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	served := make(chan error, 1)
-	go func() { served <- p.serve(ctx, log) }()
+	served := make(chan struct{}) // closed when serve has returned
+	var serveErr error
+	go func() { serveErr = p.serve(ctx, log); close(served) }()
+	// Runs before the billing service closes: whatever step failed, let
+	// serve finish.
+	t.Cleanup(func() {
+		logs.open()
+		delayEnded.Do(func() { close(endDelay) })
+		holdReleased.Do(func() { close(hold) })
+		cancel()
+		select {
+		case <-served:
+		case <-time.After(patience):
+		}
+	})
 	grpcAddr, adminAddr := "", ""
 	waitFor(t, func() bool {
 		for _, l := range strings.Split(logs.String(), "\n") {
@@ -477,7 +504,6 @@ func TestDrainSequence(t *testing.T) {
 	}
 
 	// A Check for a cold key, held inside the billing service.
-	hold := make(chan struct{})
 	b.mu.Lock()
 	b.hold = hold
 	b.mu.Unlock()
@@ -519,7 +545,7 @@ func TestDrainSequence(t *testing.T) {
 	}
 
 	// 3. The delay over, the listener closes; the held Check is not done.
-	close(endDelay)
+	delayEnded.Do(func() { close(endDelay) })
 	waitFor(t, func() bool {
 		c, err := net.Dial("tcp", grpcAddr)
 		if err == nil {
@@ -530,21 +556,21 @@ func TestDrainSequence(t *testing.T) {
 	select {
 	case got := <-held:
 		t.Fatalf("the held Check ended before its source answered: %q", got)
-	case err := <-served:
-		t.Fatalf("serve returned (%v) with a Check in flight", err)
+	case <-served:
+		t.Fatalf("serve returned (%v) with a Check in flight", serveErr)
 	default:
 	}
 
 	// 4. The source answers: the held Check gets its real answer, and
 	// serve returns.
-	close(hold)
+	holdReleased.Do(func() { close(hold) })
 	if got := <-held; got != "ok" {
 		t.Errorf("held Check = %q, want ok", got)
 	}
 	select {
-	case err := <-served:
-		if err != nil {
-			t.Errorf("serve = %v", err)
+	case <-served:
+		if serveErr != nil {
+			t.Errorf("serve = %v", serveErr)
 		}
 	case <-time.After(patience):
 		t.Fatal("serve did not return after the last Check")
