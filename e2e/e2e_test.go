@@ -427,8 +427,12 @@ func TestFailureModeAllow(t *testing.T) {
 					t.Errorf("upstream saw client-sent x-tollgate-subject %q, want it removed", got)
 				}
 			}
-			if got := e.envoy.stat(t, "http."+e.envoy.statPrefix+".ext_authz.failure_mode_allowed"); got != 1 {
-				t.Errorf("ext_authz.failure_mode_allowed = %d, want 1", got)
+			// At least this request. Not exactly one: on a shared machine a
+			// stray client of another process, still dialing a port that
+			// this Envoy's listener now reuses, can add to it (seen once:
+			// 166).
+			if got := e.envoy.stat(t, "http."+e.envoy.statPrefix+".ext_authz.failure_mode_allowed"); got < 1 {
+				t.Errorf("ext_authz.failure_mode_allowed = %d, want at least 1", got)
 			}
 		})
 	}
