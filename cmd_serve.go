@@ -167,7 +167,14 @@ func (p *pipeline) policy() *policy.Policy {
 // reloadConfig applies a changed config file. Only the policy, identity and
 // response settings change live; the log says which other edits need a restart.
 func (p *pipeline) reloadConfig(log *slog.Logger) {
+	unchanged := watch.Unchanged(p.cfg.Path)
 	next, err := config.Load(p.cfg.Path)
+	if !unchanged() {
+		// Written again while it was read: maybe read half written. The
+		// watch reports the new write once it settles.
+		log.Info("config changed while it was read; waiting for it to settle", "file", p.cfg.Path)
+		return
+	}
 	if err == nil {
 		var rt *authz.Runtime
 		if rt, err = next.Runtime(); err == nil {

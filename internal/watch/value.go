@@ -77,13 +77,25 @@ func (v *Value[T]) reloadSettled() {
 }
 
 // stamps are the files' stamps, as one comparable string.
-func (v *Value[T]) stamps() string {
+func (v *Value[T]) stamps() string { return stampsOf(v.paths) }
+
+func stampsOf(paths []string) string {
 	var b []byte
-	for _, p := range v.paths {
+	for _, p := range paths {
 		st := statOf(p)
 		b = fmt.Appendf(b, "%d/%d/%v;", st.mod.UnixNano(), st.size, st.ok)
 	}
 	return string(b)
+}
+
+// Unchanged notes the files' stamps now and returns a function that reports
+// whether they are still the same. A caller that loads a file itself (not
+// through Value) calls it after the load: false means a write overlapped
+// the load, which may have read the file half written, so the load is to be
+// dropped; File reports the new write once it settles.
+func Unchanged(paths ...string) func() bool {
+	before := stampsOf(paths)
+	return func() bool { return stampsOf(paths) == before }
 }
 
 // Watch reloads whenever one of the files changes and settles (see File),

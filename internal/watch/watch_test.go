@@ -134,3 +134,29 @@ func TestValueDropsALoadOverlappingAWrite(t *testing.T) {
 		t.Errorf("%d loads, want 3", loads)
 	}
 }
+
+// TestUnchanged: a write between the snapshot and the check is seen, so a
+// caller that loads a file itself can drop a load the write overlapped.
+func TestUnchanged(t *testing.T) {
+	tests := []struct {
+		name  string
+		write func(path string)
+		want  bool
+	}{
+		{"nothing written", func(string) {}, true},
+		{"rewritten with other content", func(p string) { os.WriteFile(p, []byte("rules: []\nmore: 1\n"), 0o600) }, false},
+		{"truncated", func(p string) { os.WriteFile(p, nil, 0o600) }, false},
+		{"removed", func(p string) { os.Remove(p) }, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "tollgate.yaml")
+			os.WriteFile(path, []byte("rules: []\n"), 0o600)
+			unchanged := Unchanged(path)
+			tt.write(path)
+			if got := unchanged(); got != tt.want {
+				t.Errorf("Unchanged after %s = %v, want %v", tt.name, got, tt.want)
+			}
+		})
+	}
+}
