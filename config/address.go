@@ -15,23 +15,25 @@ import (
 // Redact has taken its userinfo out: no error, and so no log line, prints a
 // password written into an address.
 
-// Redact is s with the userinfo of a URL or an address (everything from
-// the scheme, or the start, up to the last '@' before the path) replaced by
-// "xxxxx", and any query dropped, for quoting s in errors and logs. Other
-// strings are returned as they are.
+// Redact is s made safe to quote in errors and logs: the userinfo of a URL
+// or an address (everything from the scheme, or the start, up to the last
+// '@') is replaced by "xxxxx"; then everything from the first '?', '#', or
+// character that starts an option of a connection string (',', ';', '=',
+// white space) is cut and shown as "…". The order matters: a password may
+// itself hold any of those characters, so the userinfo goes first, up to
+// the last '@'. What is left is a scheme, a host and a port or a path.
 func Redact(s string) string {
-	if i := strings.IndexAny(s, "?#"); i >= 0 {
-		s = s[:i] + "?…"
+	if at := strings.LastIndexByte(s, '@'); at >= 0 {
+		start := 0
+		if j := strings.Index(s, "://"); j >= 0 && j < at {
+			start = j + len("://")
+		}
+		s = s[:start] + "xxxxx" + s[at:]
 	}
-	at := strings.LastIndexByte(s, '@')
-	if at < 0 {
-		return s
+	if i := strings.IndexAny(s, "?#,;= \t\r\n"); i >= 0 {
+		s = s[:i] + "…"
 	}
-	start := 0
-	if j := strings.Index(s, "://"); j >= 0 && j < at {
-		start = j + len("://")
-	}
-	return s[:start] + "xxxxx" + s[at:]
+	return s
 }
 
 // CheckHostPort accepts host:port (a name, an IPv4 address, or an IPv6
@@ -43,13 +45,14 @@ func CheckHostPort(addr string) error {
 	}
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil || host == "" {
-		return fmt.Errorf("%q is not host:port", addr)
+		return fmt.Errorf("%q is not host:port", Redact(addr))
 	}
 	if strings.ContainsAny(host, " /\\") {
-		return fmt.Errorf("%q is not host:port: the host has a space or a slash", addr)
+		return fmt.Errorf("%q is not host:port: the host has a space or a slash", Redact(addr))
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return fmt.Errorf("%q: the port is not a number from 1 to 65535", addr)
+		// Not the port itself: "user:password" has the shape of host:port.
+		return fmt.Errorf("host %q: the port is not a number from 1 to 65535", Redact(host))
 	}
 	return nil
 }
@@ -60,7 +63,7 @@ func CheckHostPort(addr string) error {
 func checkListenAddress(addr string, unixOK bool) error {
 	if p, ok := strings.CutPrefix(addr, "unix://"); ok {
 		if !unixOK {
-			return fmt.Errorf("%q: a unix socket is not supported here", addr)
+			return fmt.Errorf("%q: a unix socket is not supported here", Redact(addr))
 		}
 		if p == "" {
 			return fmt.Errorf("%q: the socket path is empty", addr)
@@ -70,12 +73,12 @@ func checkListenAddress(addr string, unixOK bool) error {
 	if strings.Contains(addr, "://") || strings.Contains(addr, "@") {
 		return fmt.Errorf("%q is not host:port or unix:///path", Redact(addr))
 	}
-	_, port, err := net.SplitHostPort(addr)
+	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		return fmt.Errorf("%q is not host:port or unix:///path", addr)
+		return fmt.Errorf("%q is not host:port or unix:///path", Redact(addr))
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
-		return fmt.Errorf("%q: the port is not a number from 0 to 65535", addr)
+		return fmt.Errorf("host %q: the port is not a number from 0 to 65535", Redact(host))
 	}
 	return nil
 }
@@ -94,7 +97,9 @@ func checkHTTPURL(raw string) error {
 	case u.User != nil || strings.Contains(u.Host, "@"):
 		return fmt.Errorf("%q %w", Redact(raw), errHasUserinfo)
 	case u.Scheme != "http" && u.Scheme != "https" || u.Host == "":
-		return fmt.Errorf("%q is not an http(s) URL", Redact(raw))
+		// Scheme, host and path only: an opaque URL ("user:password")
+		// keeps its secret in u.Opaque.
+		return fmt.Errorf("%q is not an http(s) URL", Redact(u.Scheme+"://"+u.Host+u.Path))
 	}
 	return nil
 }

@@ -209,7 +209,7 @@ func TestAddressesAreCheckedWithoutEchoingSecrets(t *testing.T) {
 		{"redis password with an @ in it", redisSource("redis://u:" + secret + "@x@r:6379"),
 			`entitlements.redis.address: "redis://xxxxx@r:6379"`},
 		{"redis without a port", redisSource("redis.internal"), `t.yaml:3: entitlements.redis.address: "redis.internal" is not host:port`},
-		{"redis port out of range", redisSource("r:70000"), `entitlements.redis.address: "r:70000": the port is not a number from 1 to 65535`},
+		{"redis port out of range", redisSource("r:70000"), `entitlements.redis.address: host "r": the port is not a number from 1 to 65535`},
 		{"redis port not a number", redisSource("r:redis"), `the port is not a number`},
 		{"redis empty host", redisSource(":6379"), `entitlements.redis.address: ":6379" is not host:port`},
 		{"quota store URL with a password", quotaStore("redis://default:" + secret + "@r:6379"),
@@ -222,13 +222,13 @@ func TestAddressesAreCheckedWithoutEchoingSecrets(t *testing.T) {
 		{"http URL that does not parse", httpSource("http://alice:" + secret + "@[::1/x"),
 			`t.yaml:3: entitlements.http.url: "http://xxxxx@[::1/x" is not a URL`},
 		{"http URL with a token in the query", httpSource("ftp://billing/x?token=" + secret),
-			`entitlements.http.url: "ftp://billing/x?…" is not an http(s) URL`},
+			`entitlements.http.url: "ftp://billing/x" is not an http(s) URL`},
 		{"stripe api_base with credentials", "entitlements:\n  source: stripe\n  stripe: {secret_key_env: K, customers: c.yaml, api_base: \"https://u:" + secret + "@api.stripe.test\"}\n",
 			`t.yaml:3: entitlements.stripe.api_base: "https://xxxxx@api.stripe.test" has credentials in it`},
 		{"grpc address with credentials", "entitlements: {file: {path: e.yaml}}\nserver: {grpc_address: \"u:" + secret + "@127.0.0.1:9191\"}\n",
 			`t.yaml:2: server.grpc_address: "xxxxx@127.0.0.1:9191" is not host:port or unix:///path`},
 		{"admin port out of range", "entitlements: {file: {path: e.yaml}}\nserver: {admin_address: \"127.0.0.1:99999\"}\n",
-			`t.yaml:2: server.admin_address: "127.0.0.1:99999": the port is not a number from 0 to 65535`},
+			`t.yaml:2: server.admin_address: host "127.0.0.1": the port is not a number from 0 to 65535`},
 		{"grpc any port", "entitlements: {file: {path: e.yaml}}\nserver: {grpc_address: \"127.0.0.1:0\"}\n", ""},
 	}
 	for _, tt := range tests {
@@ -255,12 +255,56 @@ func TestRedact(t *testing.T) {
 		{"r:6379", "r:6379"},
 		{"redis://:pw@r:6379", "redis://xxxxx@r:6379"},
 		{"u:pw@r:6379", "xxxxx@r:6379"},
-		{"https://h/p?token=t", "https://h/p?…"},
-		{"https://u:p@h/p#frag@x", "https://xxxxx@h/p?…"},
+		{"https://h/p?token=t", "https://h/p…"},
+		{"https://u:p@h/p#frag@x", "https://xxxxx@x"},
+		// A password that holds '?', '#', '/' or '@' is masked whole.
+		{"redis://:hunter2?x@redis:6379", "redis://xxxxx@redis:6379"},
+		{"https://user:pa?ss@host/x", "https://xxxxx@host/x"},
+		{"redis://:a#b/c@d@r:6379", "redis://xxxxx@r:6379"},
+		// Connection strings carry options, a password among them.
+		{"cache.example.net:6380,password=SECRETKEY=,ssl=True", "cache.example.net:6380…"},
+		{"host=r port=6379 password=SECRETKEY", "host…"},
+		{"r:6379;password=SECRETKEY", "r:6379…"},
 	}
 	for _, tt := range tests {
-		if got := Redact(tt.in); got != tt.want {
+		got := Redact(tt.in)
+		if got != tt.want {
 			t.Errorf("Redact(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+		for _, secret := range []string{"pw", "hunter2", "pa?ss", "SECRETKEY", "a#b"} {
+			if strings.Contains(tt.in, secret) && strings.Contains(got, secret) {
+				t.Errorf("Redact(%q) = %q still holds %q", tt.in, got, secret)
+			}
+		}
+	}
+}
+
+// TestAddressErrorsNeverQuoteAPassword: whatever is wrong with an address,
+// its error does not hold the password written into it.
+func TestAddressErrorsNeverQuoteAPassword(t *testing.T) {
+	const secret = "SECRETKEY"
+	for _, addr := range []string{
+		"redis://:" + secret + "?x@redis:6379",
+		"redis://:" + secret + "#x@redis:6379",
+		"cache.example.net:6380,password=" + secret + ",ssl=True",
+		"cache.example.net:6380;password=" + secret,
+		"r:" + secret,
+		"r:6379 password=" + secret,
+		"unix://" + secret + "@x",
+	} {
+		for name, check := range map[string]func(string) error{
+			"CheckHostPort":      CheckHostPort,
+			"checkListenAddress": func(a string) error { return checkListenAddress(a, false) },
+			"checkHTTPURL":       checkHTTPURL,
+		} {
+			err := check(addr)
+			if err == nil {
+				t.Errorf("%s(%q) accepted it", name, addr)
+				continue
+			}
+			if strings.Contains(err.Error(), secret) {
+				t.Errorf("%s(%q): %v", name, addr, err)
+			}
 		}
 	}
 }
