@@ -15,6 +15,7 @@ import (
 	"runtime"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -76,14 +77,36 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case err == nil:
 		return 0
 	case errors.Is(err, errUsage):
-		fmt.Fprintln(stderr, "tollgate: "+strings.TrimPrefix(err.Error(), "usage: "))
+		writeBounded(stderr, "tollgate: "+strings.TrimPrefix(err.Error(), "usage: ")+"\n")
 		return 2
 	default:
 		// A config can have several problems: one line each, all prefixed.
+		var b strings.Builder
 		for _, line := range strings.Split(err.Error(), "\n") {
-			fmt.Fprintln(stderr, "tollgate: "+line)
+			b.WriteString("tollgate: " + line + "\n")
 		}
+		writeBounded(stderr, b.String())
 		return 1
+	}
+}
+
+// finalWriteBound is how long run waits to write its last error. serve's
+// own log is asynchronous and closed by then; this write is direct, and
+// stderr may be a pipe nobody reads: the process must still exit.
+var finalWriteBound = 2 * time.Second
+
+// writeBounded writes s to w, giving up after finalWriteBound.
+func writeBounded(w io.Writer, s string) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = io.WriteString(w, s)
+	}()
+	t := time.NewTimer(finalWriteBound)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
 	}
 }
 
