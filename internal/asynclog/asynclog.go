@@ -10,8 +10,8 @@
 //
 // Costs: a Write copies p into the queue under a mutex (no allocation once
 // the queue has grown to its working size) and wakes the writer goroutine;
-// memory is bounded by twice MaxBytes (the queue and the batch being
-// written). All methods are safe for concurrent use.
+// memory is bounded by about twice MaxBytes (the queue and the batch being
+// written; a buffer's capacity may round up past MaxBytes as it grows). All methods are safe for concurrent use.
 package asynclog
 
 import (
