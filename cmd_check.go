@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"strings"
 	"time"
 
@@ -224,7 +225,9 @@ func (d *dryQuotas) Spend(ctx context.Context, group string, items []quota.Item,
 			}
 		}
 		used[i] = u
-		fits := quota.Fits(u, it.Cost, it.Limit)
+		// The server spends items naming one counter as one summed cost
+		// (saturating), so check that sum, not each item's own cost.
+		fits := quota.Fits(u, counterCost(items, it.Key), it.Limit)
 		if !fits && denied < 0 {
 			denied = i
 		}
@@ -234,4 +237,20 @@ func (d *dryQuotas) Spend(ctx context.Context, group string, items []quota.Item,
 		})
 	}
 	return denied, nil
+}
+
+// counterCost is the summed cost of the items naming counter key, each
+// negative cost counting as 0, saturating at math.MaxInt64: what a store
+// spends on that counter for the request.
+func counterCost(items []quota.Item, key string) int64 {
+	var c int64
+	for _, it := range items {
+		if it.Key != key {
+			continue
+		}
+		if c += max(it.Cost, 0); c < 0 {
+			return math.MaxInt64
+		}
+	}
+	return c
 }

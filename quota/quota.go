@@ -93,13 +93,13 @@ type Store interface {
 var ErrUnavailable = errors.New("quota store unavailable")
 
 // Fits reports whether cost more units fit a counter at used within limit:
-// used + cost ≤ limit, computed without overflow. A cost of 0 (or less,
-// which counts as 0) always fits: it admits nothing.
+// used + cost ≤ limit, computed without overflow. A negative cost counts as
+// 0, and a cost of 0 fits only while used ≤ limit: a counter already over
+// its limit (the limit was lowered, or spends counted while Redis was down
+// were written back) refuses every cost, as used + 0 ≤ limit says.
 func Fits(used, cost, limit int64) bool {
-	if cost <= 0 {
-		return true
-	}
-	used = max(used, 0)
+	cost, used = max(cost, 0), max(used, 0)
+	// used ≤ limit first, so limit − used cannot overflow.
 	return used <= limit && cost <= limit-used
 }
 

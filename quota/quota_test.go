@@ -1,6 +1,7 @@
 package quota
 
 import (
+	"math"
 	"testing"
 	"time"
 )
@@ -38,5 +39,37 @@ func BenchmarkKey(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		_ = Key("d2a84f4b8b650937ec8f73cd8be2c74add5a911ba64df27458ed8229da804a26", "requests", start)
+	}
+}
+
+func TestFits(t *testing.T) {
+	const maxI, minI = math.MaxInt64, math.MinInt64
+	cases := []struct {
+		name              string
+		used, cost, limit int64
+		want              bool
+	}{
+		{"room left", 3, 2, 5, true},
+		{"exactly to the limit", 2, 3, 5, true},
+		{"one past the limit", 4, 2, 5, false},
+		{"cost 0 on a counter below its limit", 3, 0, 5, true},
+		{"cost 0 on a counter at its limit", 5, 0, 5, true},
+		{"cost 0 on a counter over its limit (limit lowered)", 6, 0, 5, false},
+		{"negative cost on a counter over its limit", 6, -1, 5, false},
+		{"the smallest cost on a counter over its limit", 6, minI, 5, false},
+		{"negative cost on a counter within its limit", 5, -1, 5, true},
+		{"cost 0 under a negative limit", 0, 0, -1, false},
+		{"cost 0 under a zero limit", 0, 0, 0, true},
+		{"huge cost never wraps", 2, maxI, 5, false},
+		{"huge cost on a huge limit", 0, maxI, maxI, true},
+		{"huge use over a small limit", maxI, 1, 5, false},
+		{"negative use counts as 0", -3, 5, 5, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := Fits(c.used, c.cost, c.limit); got != c.want {
+				t.Errorf("Fits(%d, %d, %d) = %v, want %v", c.used, c.cost, c.limit, got, c.want)
+			}
+		})
 	}
 }

@@ -112,10 +112,14 @@ import (
 // ErrUnavailable; Resilient turns that into the quota's failure policy. A
 // caller whose context was canceled gets context.Canceled instead: a client
 // that went away is not an outage.
-// A spend waits for a round trip at most Timeout (default 50 ms), whatever
-// the client's own timeouts. Requests that waited for the subject's lock
-// while a round trip failed fail at once instead of queueing one timeout
-// each.
+// A spend waits for a round trip at most Timeout (default 50 ms), or until
+// its own deadline if that is nearer, whatever the client's own timeouts. A
+// request fails only for its own round trip: one that timed out fails its
+// requester alone, and requests of any subject (those queued for the same
+// subject's lock included) still make their own. A wait cut short by the
+// caller's own deadline is the caller running out of time, not Redis
+// failing: it returns ErrUnavailable but does not count as a failed round
+// trip (Resilient's mode does not move).
 //
 // Counters of one subject share a Redis Cluster slot (the subject is the
 // key's hash tag), so the script may touch several of them at once.
@@ -129,9 +133,6 @@ type Leased struct {
 	now       func() time.Time
 	seed      maphash.Seed
 	lateReply time.Duration
-	// failures counts failed round trips; a request that sees it move while
-	// waiting for its subject's lock gives up instead of trying again.
-	failures atomic.Uint64
 	// Round trips given up by their requester: how many, how many got no
 	// reply, the units their late replies granted, and how many still run.
 	abandoned, unanswered, adopted atomic.Uint64
@@ -176,8 +177,8 @@ type LeasedStats struct {
 	// CachedRefusals is how many spends were refused without Redis because
 	// a counter was known to be too spent for them.
 	CachedRefusals uint64
-	// Errors is how many round trips failed (timeouts included), plus the
-	// requests that gave up because one failed while they waited.
+	// Errors is how many round trips failed (timeouts included). A wait
+	// cut short by the caller's own deadline or cancellation is not one.
 	Errors uint64
 	// Abandoned is how many round trips ran past their requester's wait
 	// (Timeout, or the caller's deadline or cancellation).
@@ -331,9 +332,6 @@ func (s *Leased) spendTrip(ctx context.Context, group string, items []Item, used
 // errNeedsRedis is what spendCached returns when leases do not cover a spend.
 var errNeedsRedis = fmt.Errorf("%w: spend needs a lease from redis", ErrUnavailable)
 
-// errGaveUp is returned by a request that waited while a round trip failed.
-var errGaveUp = fmt.Errorf("%w: redis failed while waiting for the subject's lock", ErrUnavailable)
-
 // spendCached is Spend without Redis: it answers from leases and cached
 // refusals, or returns errNeedsRedis. Resilient uses it while Redis is down,
 // so units already leased (and so already counted globally) keep serving.
@@ -348,7 +346,6 @@ func (s *Leased) spend(ctx context.Context, group string, items []Item, used []i
 	}
 	sh := &s.shards[maphash.String(s.seed, group)%leaseShards]
 	now := s.now()
-	gen := s.failures.Load()
 	g := sh.acquire(group, now)
 	defer g.refs.Add(-1)
 	g.mu.Lock()
@@ -363,6 +360,14 @@ func (s *Leased) spend(ctx context.Context, group string, items []Item, used []i
 			avail, seen = l.avail, l.seen
 		}
 		used[i] = max(seen-avail, 0)
+		if cost == 0 {
+			// Admits nothing, and fits only a counter within its limit
+			// (as far as this replica knows), as in Fits.
+			if !Fits(used[i], 0, it.Limit) && denied < 0 {
+				denied = i
+			}
+			continue
+		}
 		if cost <= avail {
 			continue
 		}
@@ -387,14 +392,12 @@ func (s *Leased) spend(ctx context.Context, group string, items []Item, used []i
 		if !remote {
 			return -1, tripNone, errNeedsRedis
 		}
-		if s.failures.Load() != gen {
-			sh.errors.Add(1)
-			return -1, tripNone, errGaveUp
-		}
 		sh.roundTrips.Add(1)
 		d, tr, err := s.lease(ctx, group, g, items, used, now)
 		if err != nil {
-			sh.errors.Add(1)
+			if tr == tripFailed {
+				sh.errors.Add(1)
+			}
 			return -1, tr, err
 		}
 		if d >= 0 {
@@ -563,6 +566,8 @@ func (s *Leased) lease(ctx context.Context, group string, g *leaseGroup, items [
 	if dl, ok := ctx.Deadline(); ok {
 		wait = min(wait, time.Until(dl))
 	}
+	// cut: the caller's deadline, not Timeout, bounds the wait.
+	cut := wait < s.timeout
 	lkeys := make([]string, len(idx))
 	for j, i := range idx {
 		lkeys[j] = items[i].Key
@@ -580,15 +585,20 @@ func (s *Leased) lease(ctx context.Context, group string, g *leaseGroup, items [
 	res, err, ok := s.claim(c)
 	if !ok {
 		// A caller that went away (Envoy reset the stream) says nothing
-		// about Redis: no failure policy, no one else gives up.
+		// about Redis: no failure policy, no failed round trip.
 		if errors.Is(ctx.Err(), context.Canceled) {
 			return -1, tripNone, fmt.Errorf("quota: redis lease: %w", ctx.Err())
 		}
-		s.failures.Add(1)
+		if cut {
+			// The caller ran out of its own time before Timeout: Redis was
+			// not given its Timeout, so this says nothing about it. The
+			// timer fires no earlier than the deadline, so the caller's
+			// time is up either way.
+			return -1, tripNone, fmt.Errorf("%w: redis lease: no reply before the caller's deadline (%v): %w", ErrUnavailable, wait, context.DeadlineExceeded)
+		}
 		return -1, tripFailed, fmt.Errorf("%w: redis lease: no reply within %v", ErrUnavailable, wait)
 	}
 	if err != nil {
-		s.failures.Add(1)
 		return -1, tripFailed, fmt.Errorf("%w: redis lease: %w", ErrUnavailable, err)
 	}
 

@@ -661,3 +661,118 @@ func TestLeasedPeek(t *testing.T) {
 		t.Errorf("after the window: %d, want 0", got)
 	}
 }
+
+// TestLeasedTimeoutFailsOnlyItsOwnRequest: one round trip that times out
+// fails its own request, not a request of another subject that was already
+// under way (it waited for its subject's lock while the round trip failed):
+// that one makes its own round trip, and Redis, healthy again, answers it.
+// The test holds the other subject's lock itself, so the order is certain.
+func TestLeasedTimeoutFailsOnlyItsOwnRequest(t *testing.T) {
+	srv := redistest.Start(t)
+	s := NewLeased(LeasedOptions{Client: patientClient(t, srv), Prefix: fmt.Sprintf("own%d:", testPrefixes.Add(1)),
+		LeaseSize: 1, Timeout: 200 * time.Millisecond, LateReply: 10 * time.Minute})
+	ctx := context.Background()
+	reset := time.Now().Add(time.Hour)
+	items := func(key string) []Item { return []Item{{Key: key, Cost: 1, Limit: 100, Reset: reset}} }
+	for _, g := range []string{"slow", "queued"} {
+		if d, err := s.Spend(ctx, g, items("k"), make([]int64, 1)); d != -1 || err != nil {
+			t.Fatalf("warm-up %s: denied=%d err=%v", g, d, err)
+		}
+	}
+	// Hold "queued"'s lock, as a spend whose round trip is in progress
+	// would (with a reference, so that no sweep waits for the lock).
+	sh := &s.shards[maphash.String(s.seed, "queued")%leaseShards]
+	g := sh.acquire("queued", time.Now())
+	g.mu.Lock()
+	type result struct {
+		d   int
+		err error
+	}
+	queued := make(chan result, 1)
+	go func() {
+		d, err := s.Spend(ctx, "queued", items("k"), make([]int64, 1))
+		queued <- result{d, err}
+	}()
+	// The queued spend has started (it holds a reference to its group)
+	// and is waiting for the lock.
+	for deadline := time.Now().Add(time.Minute); g.refs.Load() != 2; {
+		if time.Now().After(deadline) {
+			t.Fatal("the queued spend never reached its subject's lock")
+		}
+		time.Sleep(time.Millisecond)
+	}
+
+	srv.Pause()
+	_, err := s.Spend(ctx, "slow", items("k"), make([]int64, 1))
+	srv.Resume()
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("spend with redis paused: err=%v, want ErrUnavailable", err)
+	}
+	g.mu.Unlock()
+	g.refs.Add(-1)
+	select {
+	case r := <-queued:
+		if r.d != -1 || r.err != nil {
+			t.Errorf("queued spend of another subject after one round trip timed out: denied=%d err=%v, want spent", r.d, r.err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("queued spend still waiting after a minute")
+	}
+	// A later spend of the subject whose round trip failed makes its own.
+	if d, err := s.Spend(ctx, "slow", items("k"), make([]int64, 1)); d != -1 || err != nil {
+		t.Errorf("next spend of the failed subject: denied=%d err=%v, want spent", d, err)
+	}
+	waitLate(t, s)
+	if st := s.Stats(); st.Errors != 1 {
+		t.Errorf("stats %+v, want 1 error: the round trip that timed out", st)
+	}
+}
+
+// TestLeasedCallerDeadlineIsNotAnOutage: a wait cut short by the caller's
+// own deadline, nearer than Timeout, is the caller running out of time: the
+// request fails, but the mode does not move. A wait that ran its whole
+// Timeout does move it.
+func TestLeasedCallerDeadlineIsNotAnOutage(t *testing.T) {
+	srv := redistest.Start(t)
+	cases := []struct {
+		name     string
+		timeout  time.Duration // the store's
+		deadline time.Duration // the caller's; 0: none
+		wantMode string
+		wantErrs uint64
+	}{
+		{"caller's deadline nearer than timeout", 10 * time.Minute, 100 * time.Millisecond, ModePrimary, 0},
+		{"timeout nearer than the caller's deadline", 100 * time.Millisecond, 10 * time.Minute, ModeDegraded, 1},
+		{"timeout and no deadline", 100 * time.Millisecond, 0, ModeDegraded, 1},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s := NewLeased(LeasedOptions{Client: patientClient(t, srv), Prefix: fmt.Sprintf("dl%d:", testPrefixes.Add(1)),
+				LeaseSize: 1, Timeout: c.timeout, LateReply: 10 * time.Minute})
+			r := NewResilient(s, NewMemory(nil), ResilientOptions{FailAfter: 1})
+			items := []Item{{Key: "k", Cost: 1, Limit: 100, Reset: time.Now().Add(time.Hour)}}
+			if d, err := r.Spend(context.Background(), "warm", items, make([]int64, 1)); d != -1 || err != nil {
+				t.Fatalf("warm-up: denied=%d err=%v", d, err)
+			}
+			ctx := context.Background()
+			if c.deadline > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, c.deadline)
+				defer cancel()
+			}
+			srv.Pause()
+			_, err := r.Spend(ctx, "g", items, make([]int64, 1))
+			srv.Resume()
+			if !errors.Is(err, ErrUnavailable) {
+				t.Errorf("fail-closed spend with redis paused: err=%v, want ErrUnavailable", err)
+			}
+			if got := r.Mode(); got != c.wantMode {
+				t.Errorf("mode = %s, want %s", got, c.wantMode)
+			}
+			waitLate(t, s)
+			if got := s.Stats().Errors; got != c.wantErrs {
+				t.Errorf("Errors = %d, want %d", got, c.wantErrs)
+			}
+		})
+	}
+}

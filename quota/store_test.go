@@ -65,6 +65,13 @@ func testStoreBehaviour(t *testing.T, newStore storeFactory) {
 			{0, []Item{item("a", 5, 5, time.Hour)}, -1, []int64{5}},
 			{0, []Item{item("a", 0, 5, time.Hour)}, -1, []int64{5}},
 		}},
+		{"cost zero is refused once the counter is over a lowered limit", []spend{
+			{0, []Item{item("a", 5, 5, time.Hour)}, -1, []int64{5}},
+			{0, []Item{item("a", 0, 3, time.Hour)}, 0, []int64{5}},
+			{0, []Item{item("a", -1, 3, time.Hour)}, 0, []int64{5}},
+			{0, []Item{item("b", 0, 3, time.Hour), item("a", 0, 3, time.Hour)}, 1, []int64{0, 5}},
+			{0, []Item{item("a", 0, 5, time.Hour)}, -1, []int64{5}},
+		}},
 		{"cost above the limit never fits", []spend{
 			{0, []Item{item("a", 6, 5, time.Hour)}, 0, []int64{0}},
 		}},
@@ -88,6 +95,7 @@ func testStoreBehaviour(t *testing.T, newStore storeFactory) {
 		}},
 		{"a negative limit admits nothing", []spend{
 			{0, []Item{item("a", 1, -1, time.Hour)}, 0, []int64{0}},
+			{0, []Item{item("a", 0, -1, time.Hour)}, 0, []int64{0}},
 			{0, []Item{item("a", math.MaxInt64, math.MinInt64, time.Hour)}, 0, []int64{0}},
 		}},
 		{"one counter named twice in a spend is checked on the sum", []spend{
