@@ -39,7 +39,9 @@ const (
 // Leased primary answered from a local lease: that says nothing about Redis.
 // FailAfter (default 3) failed round trips in a row, with no successful one
 // between them, switch to degraded; a single failure under load only fails
-// (or falls back for) its own request. While degraded, Resilient does not
+// (or falls back for) its own request: a Leased primary makes every other
+// request try its own round trip. A round trip whose wait was cut short by
+// the caller's own deadline (or cancellation) is no failure of the primary. While degraded, Resilient does not
 // call the primary for every request: one request per RetryEvery (default
 // 250 ms) tries it, and the others go straight to the policy. The first
 // successful round trip switches back to primary; a try that the primary
