@@ -268,6 +268,7 @@ func (p *pipeline) serve(ctx context.Context, log *slog.Logger) error {
 	adm.EnableInvalidation(cfg.AdminToken(), countingInvalidator{p.cache, p.metrics, "admin"})
 	for pattern, h := range p.handlers {
 		adm.Handle(pattern, h)
+		MaxBodiesPerClient: cfg.Admin.MaxBodiesPerClient, MinBodyRate: cfg.Admin.MinBodyRate,
 	}
 	if cfg.Admin.Pprof {
 		adm.EnablePprof()

@@ -373,7 +373,7 @@ func TestSlowAdminBodies(t *testing.T) {
 	})
 
 	t.Run("bodies over the bound are refused at once", func(t *testing.T) {
-		s := start(t, "body_timeout: 1h, max_concurrent_bodies: 1")
+		s := start(t, "body_timeout: 1h, max_concurrent_bodies: 1, min_body_rate: -1")
 		// One slow body holds the only slot: whole bodies get 503 from the
 		// moment its handler runs.
 		holder := slowPost(t, s.admin, len(`{"subject":"acme"}`))
@@ -401,6 +401,49 @@ func TestSlowAdminBodies(t *testing.T) {
 		}
 		if got := postInvalidate(t, s.admin, `{"subject":"acme"}`); got != 200 {
 			t.Errorf("invalidate after the slot was freed = %d, want 200", got)
+		}
+	})
+
+	t.Run("a body below min_body_rate is cut long before body_timeout", func(t *testing.T) {
+		s := start(t, "body_timeout: 1h, min_body_rate: 1000")
+		c := slowPost(t, s.admin, 1_000_000)
+		go func() { // 50 bytes/s, until the server hangs up
+			for {
+				time.Sleep(20 * time.Millisecond)
+				if _, err := c.Write([]byte(" ")); err != nil {
+					return
+				}
+			}
+		}()
+		if got := answerAndClose(c); strings.HasSuffix(got, "still open") {
+			t.Errorf("trickling body: %s after %s", got, patience)
+		}
+	})
+
+	t.Run("one client address holds at most max_bodies_per_client", func(t *testing.T) {
+		s := start(t, "body_timeout: 1h, max_concurrent_bodies: 4, max_bodies_per_client: 2, min_body_rate: -1")
+		slowPost(t, s.admin, 100)
+		slowPost(t, s.admin, 100)
+		// Both held: this client's next body is refused, the pool not full.
+		waitFor(t, func() bool { return postInvalidate(t, s.admin, `{"subject":"acme"}`) == 503 })
+		// Another address on the loopback network gets in (where the
+		// system lets a client bind one: Linux does).
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+		c, err := d.Dial("tcp", s.admin)
+		if err != nil {
+			t.Skipf("cannot dial from 127.0.0.2: %v", err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(patience))
+		body := `{"subject":"acme"}`
+		fmt.Fprintf(c, "POST /v1/invalidate HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer test-admin-token-0123456789\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("invalidate from another address = %d, want 200", resp.StatusCode)
 		}
 	})
 }

@@ -121,7 +121,7 @@ func TestIdleConnectionIsClosed(t *testing.T) {
 // being read, the next request with a body is answered 503 without waiting;
 // requests without a body are served; a slot freed is taken again.
 func TestBodiesOverTheBoundAreRefusedAtOnce(t *testing.T) {
-	s := New(nil, Limits{MaxBodies: 2, BodyTimeout: time.Hour, ReadHeaderTimeout: time.Hour})
+	s := New(nil, Limits{MaxBodies: 2, BodyTimeout: time.Hour, ReadHeaderTimeout: time.Hour, MinBodyRate: -1})
 	started := make(chan struct{}, 10)
 	s.Handle("POST /upload", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		started <- struct{}{}

@@ -206,10 +206,20 @@ type Admin struct {
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
 	// MaxBodyBytes caps one request body on every admin endpoint. Default 1 MiB.
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
-	// MaxConcurrentBodies bounds request bodies being read at once across
-	// all admin endpoints; over it a request with a body is answered 503 at
-	// once. Default 16.
+	// MaxConcurrentBodies bounds request bodies being read at once on each
+	// admin endpoint (the Stripe webhook and /v1/invalidate have separate
+	// pools); over it a request with a body is answered 503 at once.
+	// Default 16.
 	MaxConcurrentBodies int `yaml:"max_concurrent_bodies"`
+	// MaxBodiesPerClient bounds the bodies one client IP address reads at
+	// once on each admin endpoint, so one client cannot take the pool.
+	// Default 2; at most MaxConcurrentBodies. Behind a proxy every client
+	// has the proxy's address: raise it there.
+	MaxBodiesPerClient int `yaml:"max_bodies_per_client"`
+	// MinBodyRate, in bytes per second, is the slowest a request body may
+	// arrive after its first second; a slower client's connection is closed.
+	// Default 1024; negative: off (only BodyTimeout applies).
+	MinBodyRate int64 `yaml:"min_body_rate"`
 }
 
 // AdminToken resolves the admin token from the environment or the file.
@@ -266,6 +276,12 @@ func (c *Config) defaults() {
 	}
 	if c.Admin.MaxConcurrentBodies == 0 {
 		c.Admin.MaxConcurrentBodies = 16
+	}
+	if c.Admin.MaxBodiesPerClient == 0 {
+		c.Admin.MaxBodiesPerClient = 2
+	}
+	if c.Admin.MinBodyRate == 0 {
+		c.Admin.MinBodyRate = 1024
 	}
 	def(&c.Log.Level, "info")
 	if c.Log.AllowSampleRate == nil {
@@ -345,6 +361,9 @@ func Parse(name string, data []byte) (*Config, error) {
 	}
 	if c.Admin.MaxConcurrentBodies < 0 {
 		fail("admin.max_concurrent_bodies", "must not be negative")
+	}
+	if c.Admin.MaxBodiesPerClient < 0 {
+		fail("admin.max_bodies_per_client", "must not be negative")
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
