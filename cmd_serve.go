@@ -264,11 +264,11 @@ func (p *pipeline) serve(ctx context.Context, log *slog.Logger) error {
 	adm := admin.New(promhttp.HandlerFor(p.metrics.Registry, promhttp.HandlerOpts{}), admin.Limits{
 		BodyTimeout: cfg.Admin.BodyTimeout, IdleTimeout: cfg.Admin.IdleTimeout,
 		MaxBodyBytes: cfg.Admin.MaxBodyBytes, MaxBodies: cfg.Admin.MaxConcurrentBodies,
+		MaxBodiesPerClient: cfg.Admin.MaxBodiesPerClient, MinBodyRate: cfg.Admin.MinBodyRate,
 	})
 	adm.EnableInvalidation(cfg.AdminToken(), countingInvalidator{p.cache, p.metrics, "admin"})
 	for pattern, h := range p.handlers {
 		adm.Handle(pattern, h)
-		MaxBodiesPerClient: cfg.Admin.MaxBodiesPerClient, MinBodyRate: cfg.Admin.MinBodyRate,
 	}
 	if cfg.Admin.Pprof {
 		adm.EnablePprof()
