@@ -6,8 +6,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/tollgate-authz/tollgate/authz"
 	"github.com/tollgate-authz/tollgate/config"
 	"github.com/tollgate-authz/tollgate/metrics"
@@ -48,7 +46,6 @@ func newQuotaStore(cfg *config.Config, metricsOf func() *metrics.Metrics, log *s
 		return nil, err
 	}
 	if log != nil {
-		redis.SetLogger(redisLog{log})
 		client.warm(log, "quota_store.redis")
 	}
 	leased := quota.NewLeased(quota.LeasedOptions{

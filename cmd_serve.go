@@ -15,6 +15,7 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
@@ -58,6 +59,9 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		_ = logw.Close(ctx)
 	}()
 	log := newLogger(logw, cfg.Log.Level)
+	// go-redis logs dial failures from inside a call (a Check's, too):
+	// through the queue, never straight to stderr.
+	redis.SetLogger(redisLog{log})
 	// The quota store reports its mode to metrics, which build creates: hand
 	// it over once both exist.
 	var m *metrics.Metrics
