@@ -23,9 +23,9 @@ const (
 	Miss                       // asked the source
 	Stale                      // the source failed; an expired record was served
 	Error                      // the source failed and nothing usable was cached
-	// SuspectNotFound: the source said "unknown", unannounced, for a key
-	// that held a record; the record was served instead (see
-	// Options.DeletionsAnnounced).
+	// SuspectNotFound: the source said "not found" but could not vouch
+	// for it (entitlement.ErrNotFoundUnconfirmed: it may have lost its
+	// data) for a key that held a record; the record was served instead.
 	SuspectNotFound
 )
 
@@ -52,15 +52,13 @@ type Options struct {
 	NegativeTTL        time.Duration // default 5s
 	StaleIfError       time.Duration // how long past expiry a record may serve during an outage; 0 disables
 	Timeout            time.Duration // per source call; default 100ms, under Envoy's 200ms
-	// DeletionsAnnounced says the source announces every deletion through
-	// Invalidate (the redis source's pub/sub). Then an unannounced "not
-	// found" for a key that holds a record is doubted: it is what a source
-	// that lost its data (a Redis restarted empty) answers for everyone.
-	// The record keeps serving, as it would if the source were down
-	// (outcome SuspectNotFound), until a record from the source replaces
-	// it, Invalidate drops it, or its stale-if-error window ends (TTL +
-	// StaleIfError after it was fetched). Without it, "not found" replaces
-	// a record at once.
+	// DeletionsAnnounced has no effect. It made every "not found" for a
+	// key holding a record doubted, which kept a deletion missed by the
+	// subscriber serving for TTL + StaleIfError. Doubt now comes from the
+	// source itself: see entitlement.ErrNotFoundUnconfirmed in fetch.
+	//
+	// Deprecated: the cache doubts exactly the answers the source marks
+	// unconfirmed, whatever this says.
 	DeletionsAnnounced bool
 	Now                func() time.Time
 }
@@ -197,10 +195,11 @@ func (c *Cache) fetch(ctx context.Context, key entitlement.Key) result {
 		c.store(gen, key, &entry{ent: ent, expires: now.Add(c.opts.TTL), usableUntil: now.Add(c.opts.TTL + c.opts.StaleIfError), epoch: epoch})
 		return result{ent: ent, outcome: Miss}
 	case err == nil || errors.Is(err, entitlement.ErrNotFound):
-		if old, ok := c.pos.Peek(key); ok && c.opts.DeletionsAnnounced && now.Before(old.usableUntil) {
-			// Known a moment ago, unknown now, and no deletion announced:
-			// as likely a source that lost its data as a deletion whose
-			// announcement we missed. Treat it like an outage.
+		if old, ok := c.pos.Peek(key); ok && errors.Is(err, entitlement.ErrNotFoundUnconfirmed) && now.Before(old.usableUntil) {
+			// Known a moment ago, and the source cannot say whether the
+			// key was deleted or its data was lost (a Redis restarted
+			// empty): treat it like an outage. A "not found" it vouches
+			// for is believed at once, announced or not.
 			return result{ent: old.ent, outcome: SuspectNotFound}
 		}
 		c.store(gen, key, &entry{expires: now.Add(c.opts.NegativeTTL), usableUntil: now.Add(c.opts.NegativeTTL + c.opts.StaleIfError), epoch: epoch})
@@ -288,7 +287,8 @@ func (c *Cache) InvalidateSubject(subject string) int {
 // missed changes: the next lookup of each key asks the source. Nothing is
 // dropped. Until the source answers, a record serves as if expired: under
 // StaleIfError while the source fails. An answer from the source replaces
-// it ("unknown" too, unless DeletionsAnnounced). A fetch in flight still
+// it ("unknown" too, unless the source cannot vouch for it:
+// entitlement.ErrNotFoundUnconfirmed). A fetch in flight still
 // stores its answer, marked for revalidation. O(1).
 func (c *Cache) Revalidate() {
 	c.epoch.Add(1)

@@ -388,18 +388,19 @@ func TestRevalidateDuringFetch(t *testing.T) {
 	}
 }
 
-// TestDeletionsAnnounced: for a source that announces deletions, an
-// unannounced "not found" for a key with a record (a source that came back
-// empty) serves the record until its stale window ends, a record replaces
-// it, or an invalidation drops it.
-func TestDeletionsAnnounced(t *testing.T) {
+// TestUnconfirmedNotFound: a "not found" the source cannot vouch for (a
+// source that came back empty) serves a key's record until its stale window
+// ends, a record replaces it, or an invalidation drops it. A plain "not
+// found" (a deletion, announced or not) replaces the record at once.
+func TestUnconfirmedNotFound(t *testing.T) {
 	const ttl, stale = 30 * time.Second, time.Hour
+	lost, deleted := entitlement.ErrNotFoundUnconfirmed, entitlement.ErrNotFound
 	type step struct {
 		name       string
 		advance    time.Duration
 		revalidate bool
 		invalidate bool
-		empty      bool
+		answer     error // nil: the source has the record
 		want       Outcome
 		wantErr    error
 	}
@@ -408,39 +409,48 @@ func TestDeletionsAnnounced(t *testing.T) {
 		opts  Options
 		steps []step
 	}{
-		{"announced: the record outlives an empty source, for its stale window", Options{DeletionsAnnounced: true}, []step{
-			{"cold miss", 0, false, false, false, Miss, nil},
-			{"resubscribed to an empty source: the record serves", 0, true, false, true, SuspectNotFound, nil},
-			{"again, each time asking the source", time.Minute, false, false, true, SuspectNotFound, nil},
-			{"just inside ttl+stale_if_error", ttl + stale - time.Minute - time.Second, false, false, true, SuspectNotFound, nil},
-			{"past ttl+stale_if_error: unknown", time.Second, false, false, true, Miss, entitlement.ErrNotFound},
-			{"and remembered as unknown", 0, false, false, true, NegativeHit, entitlement.ErrNotFound},
+		{"unconfirmed: the record outlives an empty source, for its stale window", Options{}, []step{
+			{"cold miss", 0, false, false, nil, Miss, nil},
+			{"resubscribed to an empty source: the record serves", 0, true, false, lost, SuspectNotFound, nil},
+			{"again, each time asking the source", time.Minute, false, false, lost, SuspectNotFound, nil},
+			{"just inside ttl+stale_if_error", ttl + stale - time.Minute - time.Second, false, false, lost, SuspectNotFound, nil},
+			{"past ttl+stale_if_error: unknown", time.Second, false, false, lost, Miss, entitlement.ErrNotFound},
+			{"and remembered as unknown", 0, false, false, lost, NegativeHit, entitlement.ErrNotFound},
 		}},
-		{"announced: a record from the source replaces it", Options{DeletionsAnnounced: true}, []step{
-			{"cold miss", 0, false, false, false, Miss, nil},
-			{"empty source", 0, true, false, true, SuspectNotFound, nil},
-			{"the writer puts it back", 0, false, false, false, Miss, nil},
-			{"fresh", 0, false, false, true, Hit, nil},
-			{"expired, empty again", ttl, false, false, true, SuspectNotFound, nil},
+		{"unconfirmed: a record from the source replaces it", Options{}, []step{
+			{"cold miss", 0, false, false, nil, Miss, nil},
+			{"empty source", 0, true, false, lost, SuspectNotFound, nil},
+			{"the writer puts it back", 0, false, false, nil, Miss, nil},
+			{"fresh", 0, false, false, lost, Hit, nil},
+			{"expired, empty again", ttl, false, false, lost, SuspectNotFound, nil},
 		}},
-		{"announced: an invalidation makes the unknown believed", Options{DeletionsAnnounced: true}, []step{
-			{"cold miss", 0, false, false, false, Miss, nil},
-			{"the deletion is announced", 0, false, true, true, Miss, entitlement.ErrNotFound},
+		{"unconfirmed: an invalidation makes it believed", Options{}, []step{
+			{"cold miss", 0, false, false, nil, Miss, nil},
+			{"invalidated", 0, false, true, lost, Miss, entitlement.ErrNotFound},
 		}},
-		{"not announced: unknown replaces the record at once", Options{}, []step{
-			{"cold miss", 0, false, false, false, Miss, nil},
-			{"revalidated, empty source", 0, true, false, true, Miss, entitlement.ErrNotFound},
+		{"confirmed: a deletion the replica missed is believed at once", Options{}, []step{
+			{"cold miss", 0, false, false, nil, Miss, nil},
+			{"revalidated after a missed message", 0, true, false, deleted, Miss, entitlement.ErrNotFound},
+			{"and remembered as unknown", 0, false, false, nil, NegativeHit, entitlement.ErrNotFound},
+		}},
+		{"confirmed: believed when the record expires, too", Options{}, []step{
+			{"cold miss", 0, false, false, nil, Miss, nil},
+			{"expired", ttl, false, false, deleted, Miss, entitlement.ErrNotFound},
+		}},
+		{"confirmed: believed even with the deprecated DeletionsAnnounced", Options{DeletionsAnnounced: true}, []step{
+			{"cold miss", 0, false, false, nil, Miss, nil},
+			{"revalidated after a missed message", 0, true, false, deleted, Miss, entitlement.ErrNotFound},
 		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			tt.opts.TTL, tt.opts.StaleIfError = ttl, stale
 			c, src, clk, _ := newTest(tt.opts)
-			empty := &atomic.Bool{}
+			var answer atomic.Pointer[error]
 			inner := src.lookup
 			src.lookup = func(ctx context.Context, k entitlement.Key) (*entitlement.Entitlement, error) {
-				if empty.Load() {
-					return nil, entitlement.ErrNotFound
+				if err := answer.Load(); err != nil && *err != nil {
+					return nil, *err
 				}
 				return inner(ctx, k)
 			}
@@ -452,7 +462,7 @@ func TestDeletionsAnnounced(t *testing.T) {
 				if s.invalidate {
 					c.InvalidateSubject("acme")
 				}
-				empty.Store(s.empty)
+				answer.Store(&s.answer)
 				e, got, err := c.Get(context.Background(), known)
 				if got != s.want {
 					t.Errorf("%s: outcome = %s, want %s", s.name, got, s.want)

@@ -14,10 +14,12 @@
 //     replaces it, by Invalidate, by eviction, or when its stale-if-error
 //     window ends. Revalidate (config reload, source reload, pub/sub
 //     resubscription) marks records for revalidation and drops nothing, so
-//     it never takes away what stale-if-error serves. With
-//     DeletionsAnnounced, an unannounced "not found" for a known key does
-//     not replace its record before the window ends either (outcome
-//     SuspectNotFound): a source that comes back empty is treated as down.
+//     it never takes away what stale-if-error serves. A "not found" the
+//     source cannot vouch for (entitlement.ErrNotFoundUnconfirmed: a Redis
+//     that may have lost its data) does not replace a known key's record
+//     before the window ends either (outcome SuspectNotFound): a source
+//     that comes back empty is treated as down. A plain "not found" (a
+//     deletion) replaces the record at once.
 //   - Invalidate takes effect at once, also for a fetch that is already in
 //     flight: its answer is not stored.
 //

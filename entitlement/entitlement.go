@@ -97,6 +97,20 @@ type Key struct {
 // answer, not a fault: the cache stores it (briefly) and the caller gets 401.
 var ErrNotFound = errors.New("entitlement: not found")
 
+// ErrNotFoundUnconfirmed is a "not found" the source cannot vouch for: it
+// may have lost its data (a Redis restarted empty) rather than the key having
+// been deleted. It matches ErrNotFound. The cache believes it for a key it
+// holds nothing for, and keeps serving a record it holds (cache.Options).
+var ErrNotFoundUnconfirmed error = notFoundUnconfirmed{}
+
+type notFoundUnconfirmed struct{}
+
+func (notFoundUnconfirmed) Error() string {
+	return "entitlement: not found, unconfirmed (the source may have lost its data)"
+}
+
+func (notFoundUnconfirmed) Is(target error) bool { return target == ErrNotFound }
+
 // Source looks entitlements up. Any error other than ErrNotFound means the
 // backend could not answer; the cache may then serve a stale record.
 type Source interface {

@@ -11,6 +11,8 @@
 //	tollgate:ent:key:<sha256-hex>        STRING  the subject an API-key digest belongs to
 //	tollgate:ent:subject-keys:<subject>  SET     the subject's digests, so that Put and Delete
 //	                                             can remove index entries no longer listed
+//	tollgate:ent:meta:dataset            STRING  the dataset marker (MarkerSuffix): set by
+//	                                             deletes and key revocations, never expires
 //
 // A record is a JSON string rather than a hash because it is read whole on
 // every lookup, it nests (features, quotas), and the same JSON is what the
@@ -20,9 +22,12 @@
 //
 // # Lookups
 //
-// By subject: one GET. By API key: one EVALSHA of a script that resolves the
-// index and GETs the record, so one round trip either way. A missing record
-// or index entry is entitlement.ErrNotFound. Everything else (a timeout, a
+// By subject: a GET of the record pipelined with a GET of the marker. By API
+// key: one EVALSHA of a script that resolves the index and GETs the record,
+// or the marker when either is missing. One round trip either way. A
+// missing record or index entry is entitlement.ErrNotFound when the marker
+// is set, and entitlement.ErrNotFoundUnconfirmed (Redis may have lost its
+// data; the cache doubts it) when it is not. Everything else (a timeout, a
 // refused connection, a reply such as LOADING, BUSY, MASTERDOWN, TRYAGAIN or
 // CLUSTERDOWN from a Redis that cannot serve yet, a key of the wrong type,
 // JSON that is malformed or not a valid record) is a *LookupError matching
@@ -46,10 +51,9 @@
 // caller marks its whole cache for revalidation there (cache.Revalidate), so
 // nothing published while it was away is served as fresh. It does not drop
 // anything: a Redis that comes back still loading, or empty, must not take
-// away the records stale-if-error serves. Since every write publishes, a
-// deletion is always announced; the server's cache is therefore built with
-// cache.Options.DeletionsAnnounced, and an unannounced "not found" for a
-// subject it knew (a Redis restarted empty) does not lock that subject out.
+// away the records stale-if-error serves. A deletion missed that way is
+// still believed at the next lookup, thanks to the marker; an "unknown" from
+// a Redis restarted empty (no marker) does not lock out a subject it knew.
 //
 // Redis Cluster: scripts touch keys they compute, so every key must live in
 // one slot: give a prefix with a hash tag, for example "{tollgate:ent}:".

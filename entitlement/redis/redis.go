@@ -55,6 +55,18 @@ type Options struct {
 	Logger *slog.Logger
 }
 
+// MarkerSuffix names the dataset marker, the key prefix + "meta:dataset".
+// Every Delete, and every Put that revokes an API key, sets it (no TTL) to
+// the time of the write; other Puts refresh it if it is there but never
+// create it, so that replaying records into an emptied Redis leaves the
+// subjects not yet replayed doubted rather than unknown. A lookup
+// that finds nothing reads it in the same round trip: present, the key is
+// really not there (entitlement.ErrNotFound, believed at once); absent, this
+// Redis lost its data (restarted empty, flushed) or was never written by a
+// writer that sets it, and the answer is entitlement.ErrNotFoundUnconfirmed,
+// which the cache doubts for a key it holds a record for.
+const MarkerSuffix = "meta:dataset"
+
 // Observer is told about lookups, for metrics. Calls come from many
 // goroutines at once; implementations must be safe for that, and fast.
 type Observer interface {
@@ -66,7 +78,7 @@ type Observer interface {
 // Lookup outcomes, as reported to Observer.Call and in LookupError.Outcome.
 const (
 	OutcomeOK       = "ok"        // a valid record
-	OutcomeNotFound = "not_found" // no record, or no index entry
+	OutcomeNotFound = "not_found" // no record, or no index entry (confirmed or not)
 	OutcomeInvalid  = "invalid"   // a value that is not a valid record, or a key of the wrong type
 	OutcomeTimeout  = "timeout"   // no answer within the timeout
 	OutcomeError    = "error"     // connection refused or reset, any other Redis error
@@ -111,6 +123,7 @@ type Source struct {
 	subjectPfx  string // prefix + "subject:"
 	keyPfx      string // prefix + "key:"
 	keySetPfx   string // prefix + "subject-keys:"
+	markerKey   string // prefix + "meta:dataset"
 	channel     string
 	timeout     time.Duration
 	healthCheck time.Duration
@@ -152,6 +165,7 @@ func New(opts Options) (*Source, error) {
 		subjectPfx:  opts.Prefix + "subject:",
 		keyPfx:      opts.Prefix + "key:",
 		keySetPfx:   opts.Prefix + "subject-keys:",
+		markerKey:   opts.Prefix + MarkerSuffix,
 		channel:     opts.Channel,
 		timeout:     opts.Timeout,
 		healthCheck: opts.HealthCheck,
@@ -190,17 +204,21 @@ func (s *Source) Lookup(ctx context.Context, key entitlement.Key) (*entitlement.
 	var (
 		body    string
 		subject string
+		marked  bool
 		err     error
 	)
 	if key.Kind == entitlement.BySubject {
 		subject = id
-		body, err = s.client.Get(rctx, s.recordKey(id)).Result()
+		body, marked, err = s.bySubject(rctx, id)
 	} else {
-		subject, body, err = s.byKey(rctx, id)
+		subject, body, marked, err = s.byKey(rctx, id)
 	}
 	switch {
 	case errors.Is(err, redis.Nil):
 		s.obs.Call(kind, OutcomeNotFound, time.Since(start))
+		if !marked {
+			return nil, entitlement.ErrNotFoundUnconfirmed
+		}
 		return nil, entitlement.ErrNotFound
 	case err != nil:
 		return nil, s.fail(kind, start, s.classify(ctx, err), err)
@@ -213,27 +231,59 @@ func (s *Source) Lookup(ctx context.Context, key entitlement.Key) (*entitlement.
 	return ent, nil
 }
 
-// byKey resolves a digest and reads its record in one round trip. It
-// returns redis.Nil when the index entry or the record is missing.
-func (s *Source) byKey(ctx context.Context, digest string) (subject, body string, err error) {
-	res, err := lookupByKeyScript.Run(ctx, s.client, []string{s.indexKey(digest)}, s.subjectPfx).StringSlice()
-	if err != nil {
-		return "", "", err
+// bySubject reads a record and the dataset marker in one round trip (two
+// GETs, pipelined: a replica's suggested ACL allows GET and EVALSHA only).
+// It returns redis.Nil when the record is missing, and then whether the
+// marker is set.
+func (s *Source) bySubject(ctx context.Context, subject string) (body string, marked bool, err error) {
+	p := s.client.Pipeline()
+	rec := p.Get(ctx, s.recordKey(subject))
+	mark := p.Get(ctx, s.markerKey)
+	if _, err := p.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return "", false, err
 	}
-	if len(res) != 2 {
-		return "", "", redis.Nil
+	if err := rec.Err(); err != nil {
+		if errors.Is(err, redis.Nil) {
+			err = mark.Err()
+			if err == nil {
+				return "", true, redis.Nil
+			}
+			if errors.Is(err, redis.Nil) {
+				return "", false, redis.Nil
+			}
+		}
+		return "", false, err
 	}
-	return res[0], res[1], nil
+	return rec.Val(), true, nil
 }
 
-// lookupByKeyScript: KEYS[1] the index entry; ARGV[1] the record key prefix.
-// Returns {} when either is missing, else {subject, record}.
+// byKey resolves a digest and reads its record in one round trip. It
+// returns redis.Nil when the index entry or the record is missing, and then
+// whether the dataset marker is set.
+func (s *Source) byKey(ctx context.Context, digest string) (subject, body string, marked bool, err error) {
+	res, err := lookupByKeyScript.Run(ctx, s.client, []string{s.indexKey(digest), s.markerKey}, s.subjectPfx).StringSlice()
+	if err != nil {
+		return "", "", false, err
+	}
+	if len(res) != 2 {
+		return "", "", len(res) == 1 && res[0] == "1", redis.Nil
+	}
+	return res[0], res[1], true, nil
+}
+
+// lookupByKeyScript: KEYS[1] the index entry, KEYS[2] the dataset marker;
+// ARGV[1] the record key prefix. Returns {subject, record}, or when either
+// is missing {"1"} if the marker is set, else {"0"}.
 var lookupByKeyScript = redis.NewScript(`
 local subject = redis.call('GET', KEYS[1])
-if not subject then return {} end
-local rec = redis.call('GET', ARGV[1] .. subject)
-if not rec then return {} end
-return {subject, rec}
+if subject then
+  local rec = redis.call('GET', ARGV[1] .. subject)
+  if rec then return {subject, rec} end
+end
+-- GET, not EXISTS: scripts run under the caller's ACL, and a replica's
+-- suggested user may only GET.
+if redis.call('GET', KEYS[2]) then return {'1'} end
+return {'0'}
 `)
 
 func (s *Source) fail(kind string, start time.Time, outcome string, cause error) error {

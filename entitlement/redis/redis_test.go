@@ -373,7 +373,7 @@ func TestPutReplacesKeyIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 	slices.Sort(keys)
-	want := []string{"tollgate:ent:key:" + digestC, "tollgate:ent:subject-keys:initech", "tollgate:ent:subject:initech"}
+	want := []string{"tollgate:ent:key:" + digestC, "tollgate:ent:meta:dataset", "tollgate:ent:subject-keys:initech", "tollgate:ent:subject:initech"}
 	if !slices.Equal(keys, want) {
 		t.Errorf("keys after delete = %v, want %v", keys, want)
 	}

@@ -130,7 +130,7 @@ func resyncingReplica(t *testing.T, srv *redistest.Server) (*cache.Cache, <-chan
 	t.Helper()
 	src := newSource(t, fastClient(t, srv), Options{HealthCheck: 50 * time.Millisecond})
 	c := cache.New(src, cache.Options{TTL: time.Hour, NegativeTTL: time.Minute, StaleIfError: time.Hour,
-		Timeout: time.Second, DeletionsAnnounced: true})
+		Timeout: time.Second})
 	ctx, cancel := context.WithCancel(context.Background())
 	resyncs := make(chan struct{}, 10)
 	live := make(chan struct{})
@@ -275,4 +275,72 @@ func pingsSeen(t *testing.T, srv *redistest.Server) int {
 		}
 	}
 	return n
+}
+
+// TestMissedDeletionIsBelieved: a deletion or key revocation a replica never
+// heard of (it was published while the subscription was down; Revalidate
+// stands in for the resync) is believed at the next lookup, because the
+// writer set the dataset marker. A Redis that lost its data, marker
+// included, or that is being replayed, is still doubted.
+func TestMissedDeletionIsBelieved(t *testing.T) {
+	acme, keyA, keyB := bySubject("acme"), byKey(digestA), byKey(digestB)
+	tests := []struct {
+		name   string
+		change func(t *testing.T, srv *redistest.Server, w *Source)
+		gone   []entitlement.Key // believed unknown at once
+		served []entitlement.Key // still served (doubted)
+	}{
+		{"subject deleted", func(t *testing.T, _ *redistest.Server, w *Source) {
+			if err := w.Delete(context.Background(), "acme"); err != nil {
+				t.Fatal(err)
+			}
+		}, []entitlement.Key{acme, keyA, keyB}, nil},
+		{"key revoked", func(t *testing.T, _ *redistest.Server, w *Source) {
+			mustPut(t, w, rec("acme", entitlement.StatusActive, digestB))
+		}, []entitlement.Key{keyA}, []entitlement.Key{acme, keyB}},
+		{"redis emptied", func(t *testing.T, srv *redistest.Server, _ *Source) {
+			if err := srv.Client().FlushAll(context.Background()).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}, nil, []entitlement.Key{acme, keyA, keyB}},
+		{"redis emptied, replay under way", func(t *testing.T, srv *redistest.Server, w *Source) {
+			if err := srv.Client().FlushAll(context.Background()).Err(); err != nil {
+				t.Fatal(err)
+			}
+			mustPut(t, w, rec("initech", entitlement.StatusActive, digestC))
+		}, nil, []entitlement.Key{acme, keyA, keyB}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := redistest.Start(t)
+			w := newSource(t, srv.Client(), Options{})
+			mustPut(t, w, rec("acme", entitlement.StatusActive, digestA, digestB))
+			// An earlier deletion set the marker, as in any live dataset.
+			mustPut(t, w, rec("gone", entitlement.StatusActive))
+			if err := w.Delete(context.Background(), "gone"); err != nil {
+				t.Fatal(err)
+			}
+			src := newSource(t, srv.Client(), Options{Timeout: 150 * time.Millisecond})
+			c := cache.New(src, cache.Options{TTL: time.Hour, NegativeTTL: time.Minute, StaleIfError: time.Hour, Timeout: time.Second})
+			ctx := context.Background()
+			for _, k := range []entitlement.Key{acme, keyA, keyB} {
+				if _, err := c.Lookup(ctx, k); err != nil {
+					t.Fatalf("warm %v: %v", k, err)
+				}
+			}
+			tt.change(t, srv, w)
+			c.Revalidate() // the resync after the missed message
+			for _, k := range tt.gone {
+				if e, o, err := c.Get(ctx, k); !errors.Is(err, entitlement.ErrNotFound) {
+					t.Errorf("%v %s: %s %+v %v, want believed unknown", k.Kind, k.ID, o, e, err)
+				}
+			}
+			for _, k := range tt.served {
+				// Stale where a lookup timed out on a busy machine.
+				if e, o, err := c.Get(ctx, k); err != nil || e.Subject != "acme" || (o != cache.SuspectNotFound && o != cache.Stale && o != cache.Miss) {
+					t.Errorf("%v %s: %s %+v %v, want acme served", k.Kind, k.ID, o, e, err)
+				}
+			}
+		})
+	}
 }

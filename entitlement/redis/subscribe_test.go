@@ -388,6 +388,12 @@ func TestSuggestedACLs(t *testing.T) {
 			t.Fatalf("lookup %v: %v", k.Kind, err)
 		}
 	}
+	// A miss reads the dataset marker too (unset yet: no deletion so far).
+	for _, k := range []entitlement.Key{bySubject("nobody"), byKey(digestC)} {
+		if _, err := s.Lookup(ctx, k); err != entitlement.ErrNotFoundUnconfirmed {
+			t.Fatalf("lookup %v: %v, want ErrNotFoundUnconfirmed", k.Kind, err)
+		}
+	}
 	if err := s.Put(ctx, rec("acme", entitlement.StatusCanceled)); err == nil {
 		t.Error("the replica's user could write")
 	}
@@ -397,5 +403,10 @@ func TestSuggestedACLs(t *testing.T) {
 	}
 	if got := receive(t, inv, "invalidation"); got.subject != "initech" {
 		t.Errorf("got %+v", got)
+	}
+	for _, k := range []entitlement.Key{bySubject("initech"), byKey(digestC)} {
+		if _, err := s.Lookup(ctx, k); err != entitlement.ErrNotFound {
+			t.Errorf("lookup %v after a deletion: %v, want ErrNotFound", k.Kind, err)
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -76,7 +77,8 @@ func normalizeDigests(ds []string) ([]string, error) {
 // Put stores rec, replacing the subject's record and its whole list of API
 // keys: index entries of digests no longer listed are removed, and a digest
 // that belonged to another subject moves to this one. The write and the
-// PUBLISH of its invalidation are one script: both happen or neither.
+// PUBLISH of its invalidation are one script: both happen or neither. A Put
+// that revokes a key sets the dataset marker (MarkerSuffix).
 func (s *Source) Put(ctx context.Context, rec Record) error {
 	e := rec.Entitlement
 	if err := CheckSubject(e.Subject); err != nil {
@@ -93,27 +95,33 @@ func (s *Source) Put(ctx context.Context, rec Record) error {
 	if err != nil {
 		return fmt.Errorf("redissource: put %q: %w", e.Subject, err)
 	}
-	args := make([]any, 0, 5+len(digests))
-	args = append(args, body, s.keyPfx, s.keySetPfx, e.Subject, s.channel)
+	args := make([]any, 0, 6+len(digests))
+	args = append(args, body, s.keyPfx, s.keySetPfx, e.Subject, s.channel, markerValue())
 	for _, d := range digests {
 		args = append(args, d)
 	}
-	keys := []string{s.recordKey(e.Subject), s.keySetKey(e.Subject)}
+	keys := []string{s.recordKey(e.Subject), s.keySetKey(e.Subject), s.markerKey}
 	if err := putScript.Run(ctx, s.client, keys, args...).Err(); err != nil {
 		return fmt.Errorf("redissource: put %q: %w", e.Subject, err)
 	}
 	return nil
 }
 
+// markerValue is what a write stores in the dataset marker: the time of the
+// write, for operators. Only the marker's presence matters to lookups.
+func markerValue() string { return time.Now().UTC().Format(time.RFC3339) }
+
 // Delete removes subject's record and its API-key index, and publishes the
-// invalidation. It returns entitlement.ErrNotFound when there was no record;
+// invalidation, and sets the dataset marker (MarkerSuffix) so that lookups
+// believe the deletion even on a replica that missed the message. It returns
+// entitlement.ErrNotFound when there was no record;
 // the invalidation is published even then, for replicas still caching one.
 func (s *Source) Delete(ctx context.Context, subject string) error {
 	if err := CheckSubject(subject); err != nil {
 		return fmt.Errorf("redissource: delete: %w", err)
 	}
-	keys := []string{s.recordKey(subject), s.keySetKey(subject)}
-	n, err := deleteScript.Run(ctx, s.client, keys, s.keyPfx, subject, s.channel).Int64()
+	keys := []string{s.recordKey(subject), s.keySetKey(subject), s.markerKey}
+	n, err := deleteScript.Run(ctx, s.client, keys, s.keyPfx, subject, s.channel, markerValue()).Int64()
 	if err != nil {
 		return fmt.Errorf("redissource: delete %q: %w", subject, err)
 	}
@@ -156,16 +164,17 @@ func (s *Source) Get(ctx context.Context, subject string) (Record, error) {
 
 // putScript writes a record and its key index, then publishes.
 //
-// KEYS[1]: the record; KEYS[2]: the subject's digest set.
-// ARGV[1]: the record JSON; ARGV[2]: index prefix; ARGV[3]: digest-set
-// prefix; ARGV[4]: the subject; ARGV[5]: the channel; ARGV[6..]: the digests
-// (unique, lower-case). Every read comes before the first write, so a key of
-// the wrong type fails the script with nothing written.
+// KEYS[1]: the record; KEYS[2]: the subject's digest set; KEYS[3]: the
+// dataset marker. ARGV[1]: the record JSON; ARGV[2]: index prefix; ARGV[3]:
+// digest-set prefix; ARGV[4]: the subject; ARGV[5]: the channel; ARGV[6]: the
+// marker's value; ARGV[7..]: the digests (unique, lower-case). Every read
+// comes before the first write, so a key of the wrong type fails the script
+// with nothing written.
 var putScript = redis.NewScript(`
 local subject = ARGV[4]
 local old = redis.call('SMEMBERS', KEYS[2])
 local keep, owners, stale = {}, {}, {}
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   keep[ARGV[i]] = true
   owners[i] = redis.call('GET', ARGV[2] .. ARGV[i])
 end
@@ -175,10 +184,19 @@ for _, d in ipairs(old) do
   end
 end
 
+if #stale > 0 then
+  -- A key revoked: from now on a lookup that finds nothing is believed.
+  redis.call('SET', KEYS[3], ARGV[6])
+else
+  -- Only added or replaced: refresh the marker, never create it, so that
+  -- replaying records into a Redis that lost its data does not make the
+  -- subjects not yet replayed believed unknown.
+  redis.call('SET', KEYS[3], ARGV[6], 'XX')
+end
 redis.call('SET', KEYS[1], ARGV[1])
 for _, d in ipairs(stale) do redis.call('DEL', ARGV[2] .. d) end
 redis.call('DEL', KEYS[2])
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   local d = ARGV[i]
   redis.call('SET', ARGV[2] .. d, subject)
   redis.call('SADD', KEYS[2], d)
@@ -194,16 +212,18 @@ local function add(d)
   if not seen[d] then seen[d] = true; parts[#parts + 1] = cjson.encode(d) end
 end
 for _, d in ipairs(old) do add(d) end
-for i = 6, #ARGV do add(ARGV[i]) end
+for i = 7, #ARGV do add(ARGV[i]) end
 redis.call('PUBLISH', ARGV[5], '{"subject":' .. cjson.encode(subject) .. ',"api_key_sha256":[' .. table.concat(parts, ',') .. ']}')
 return 1
 `)
 
 // deleteScript removes a record and its key index, then publishes.
 //
-// KEYS[1]: the record; KEYS[2]: the subject's digest set. ARGV[1]: index
-// prefix; ARGV[2]: the subject; ARGV[3]: the channel. Returns how many
-// records were deleted (0 or 1).
+// KEYS[1]: the record; KEYS[2]: the subject's digest set; KEYS[3]: the
+// dataset marker. ARGV[1]: index prefix; ARGV[2]: the subject; ARGV[3]: the
+// channel; ARGV[4]: the marker's value. Returns how many records were
+// deleted (0 or 1). With the marker set, a lookup that finds nothing is
+// believed: the deletion is not mistaken for lost data.
 var deleteScript = redis.NewScript(`
 local subject = ARGV[2]
 local old = redis.call('SMEMBERS', KEYS[2])
@@ -212,6 +232,7 @@ for _, d in ipairs(old) do
   if redis.call('GET', ARGV[1] .. d) == subject then mine[#mine + 1] = d end
   parts[#parts + 1] = cjson.encode(d)
 end
+redis.call('SET', KEYS[3], ARGV[4])
 local n = redis.call('DEL', KEYS[1])
 redis.call('DEL', KEYS[2])
 for _, d in ipairs(mine) do redis.call('DEL', ARGV[1] .. d) end
