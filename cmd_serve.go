@@ -140,9 +140,6 @@ func build(cfg *config.Config, log *slog.Logger, quotas authz.Quotas) (*pipeline
 	p.cache = cache.New(counted, cache.Options{
 		MaxEntries: cc.MaxEntries, NegativeMaxEntries: cc.NegativeMaxEntries, TTL: cc.TTL, NegativeTTL: cc.NegativeTTL,
 		StaleIfError: cc.StaleIfError, Timeout: cc.Timeout,
-		// Every redis write publishes: an unannounced "unknown" is a Redis
-		// that lost its data, not a deletion (cache.Options).
-		DeletionsAnnounced: cfg.Entitlements.Source == "redis",
 	})
 	rt, err := cfg.Runtime()
 	if err != nil {

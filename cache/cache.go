@@ -52,14 +52,6 @@ type Options struct {
 	NegativeTTL        time.Duration // default 5s
 	StaleIfError       time.Duration // how long past expiry a record may serve during an outage; 0 disables
 	Timeout            time.Duration // per source call; default 100ms, under Envoy's 200ms
-	// DeletionsAnnounced has no effect. It made every "not found" for a
-	// key holding a record doubted, which kept a deletion missed by the
-	// subscriber serving for TTL + StaleIfError. Doubt now comes from the
-	// source itself: see entitlement.ErrNotFoundUnconfirmed in fetch.
-	//
-	// Deprecated: the cache doubts exactly the answers the source marks
-	// unconfirmed, whatever this says.
-	DeletionsAnnounced bool
 	Now                func() time.Time
 }
 

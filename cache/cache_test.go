@@ -437,7 +437,7 @@ func TestUnconfirmedNotFound(t *testing.T) {
 			{"cold miss", 0, false, false, nil, Miss, nil},
 			{"expired", ttl, false, false, deleted, Miss, entitlement.ErrNotFound},
 		}},
-		{"confirmed: believed even with the deprecated DeletionsAnnounced", Options{DeletionsAnnounced: true}, []step{
+		{"confirmed: believed after a revalidation", Options{}, []step{
 			{"cold miss", 0, false, false, nil, Miss, nil},
 			{"revalidated after a missed message", 0, true, false, deleted, Miss, entitlement.ErrNotFound},
 		}},

@@ -25,8 +25,7 @@ func ExampleSource_Subscribe() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	// Every write publishes, so a deletion is always announced.
-	entitlements := cache.New(src, cache.Options{DeletionsAnnounced: true})
+	entitlements := cache.New(src, cache.Options{})
 
 	go func() {
 		_ = src.Subscribe(ctx,

@@ -81,7 +81,7 @@ func replica(t *testing.T, srv *redistest.Server, pubsub bool) *cache.Cache {
 	// Generous timeouts: this test is about invalidation, not about failing fast.
 	src := newSource(t, srv.Client(), Options{Timeout: 150 * time.Millisecond})
 	c := cache.New(src, cache.Options{TTL: time.Hour, NegativeTTL: time.Hour, Timeout: 150 * time.Millisecond,
-		StaleIfError: time.Hour, DeletionsAnnounced: true})
+		StaleIfError: time.Hour})
 	if !pubsub {
 		return c
 	}
