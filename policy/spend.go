@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/tollgate-authz/tollgate/entitlement"
-	"github.com/tollgate-authz/tollgate/quota"
+	"github.com/tollgate-authz/tollgate/period"
 )
 
 // CreditsQuota is the reserved quota name for the subject's prepaid balance.
@@ -20,7 +20,7 @@ const CreditsQuota = "credits"
 type Quota struct {
 	Name     string
 	Limit    int64
-	Period   quota.Period
+	Period   period.Period
 	Billing  bool // months start at the subject's period_start
 	All      bool // spent by every non-public route
 	FailOpen bool // count locally while the shared store is down
@@ -41,7 +41,7 @@ func compileQuota(at, name string, qs QuotaSpec) (*Quota, []error) {
 	if qs.Limit < 0 {
 		fail(".limit", "must not be negative")
 	}
-	p, err := quota.ParsePeriod(qs.Period)
+	p, err := period.Parse(qs.Period)
 	if err != nil {
 		fail(".period", "%v", err)
 	}
@@ -50,7 +50,7 @@ func compileQuota(at, name string, qs QuotaSpec) (*Quota, []error) {
 	case "", "calendar":
 	case "billing":
 		q.Billing = true
-		if p != quota.Month {
+		if p != period.Month {
 			fail(".align", "billing alignment applies to month quotas only")
 		}
 	default:
@@ -84,8 +84,8 @@ func sortedKeys[V any](m map[string]V) []string {
 
 // Spend is one counter a request spends on.
 type Spend struct {
-	Quota   string       // the quota's name, or CreditsQuota
-	Period  quota.Period // 0 for credits
+	Quota   string        // the quota's name, or CreditsQuota
+	Period  period.Period // 0 for credits
 	Credits bool
 	// Counter names the counter within the subject: the quota name, or for
 	// credits the name and the balance, so that a new balance written by the
@@ -186,13 +186,13 @@ func (p *Policy) Spends(r *Route, e *entitlement.Entitlement, now time.Time, req
 	}
 	if pl == nil {
 		// An unknown plan declares no quotas: nothing to spend from.
-		return append(out, Spend{Quota: r.Quota, Period: quota.Month, Counter: r.Quota, Limit: 0, Cost: cost, MaxCost: r.MaxCost, Start: now, Reset: now.Add(time.Hour)})
+		return append(out, Spend{Quota: r.Quota, Period: period.Month, Counter: r.Quota, Limit: 0, Cost: cost, MaxCost: r.MaxCost, Start: now, Reset: now.Add(time.Hour)})
 	}
 	q := pl.Quotas[r.Quota]
 	if q == nil {
 		// This plan lacks the quota another plan declares: it has none of it.
-		start, reset := quota.Window(quota.Month, now, time.Time{})
-		return append(out, Spend{Quota: r.Quota, Period: quota.Month, Counter: r.Quota, Limit: 0, Cost: cost, MaxCost: r.MaxCost, Start: start, Reset: reset})
+		start, reset := period.Window(period.Month, now, time.Time{})
+		return append(out, Spend{Quota: r.Quota, Period: period.Month, Counter: r.Quota, Limit: 0, Cost: cost, MaxCost: r.MaxCost, Start: start, Reset: reset})
 	}
 	sp := p.quotaSpend(q, e, now, cost)
 	sp.MaxCost = r.MaxCost
@@ -204,7 +204,7 @@ func (p *Policy) quotaSpend(q *Quota, e *entitlement.Entitlement, now time.Time,
 	if q.Billing {
 		anchor = e.PeriodStart
 	}
-	start, reset := quota.Window(q.Period, now, anchor)
+	start, reset := period.Window(q.Period, now, anchor)
 	limit := q.Limit
 	if v, ok := e.Quotas[q.Name]; ok {
 		limit = v

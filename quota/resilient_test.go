@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tollgate-authz/tollgate/internal/redistest"
+	"github.com/tollgate-authz/tollgate/period"
 )
 
 // fakeStore is a Store whose Spend is a function field. It takes local
@@ -575,7 +576,7 @@ func ExampleNewResilient() {
 	})
 
 	now := time.Now()
-	start, reset := Window(Month, now, time.Time{})
+	start, reset := period.Window(period.Month, now, time.Time{})
 	items := []Item{{Key: Key("acme", "requests", start), Cost: 1, Limit: 10000, Reset: reset, FailOpen: true}}
 	used := make([]int64, len(items))
 	denied, err := store.Spend(context.Background(), "acme", items, used)

@@ -1,4 +1,8 @@
-package quota
+// Package period owns the windows quotas are counted in: a second, a minute,
+// an hour, a day, or a month that is either the calendar month or the
+// subscription's billing month. It is a leaf: policy compiles plan quotas
+// into periods, and quota stores count per window; neither imports the other.
+package period
 
 import (
 	"fmt"
@@ -20,8 +24,8 @@ const (
 
 var periodNames = map[Period]string{Second: "second", Minute: "minute", Hour: "hour", Day: "day", Month: "month"}
 
-// ParsePeriod reads "second", "minute", "hour", "day" or "month".
-func ParsePeriod(s string) (Period, error) {
+// Parse reads "second", "minute", "hour", "day" or "month".
+func Parse(s string) (Period, error) {
 	for p, n := range periodNames {
 		if n == s {
 			return p, nil

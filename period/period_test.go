@@ -1,4 +1,4 @@
-package quota
+package period
 
 import (
 	"testing"
@@ -45,14 +45,14 @@ func TestWindow(t *testing.T) {
 	}
 }
 
-func TestParsePeriod(t *testing.T) {
+func TestParse(t *testing.T) {
 	for _, p := range []Period{Second, Minute, Hour, Day, Month} {
-		got, err := ParsePeriod(p.String())
+		got, err := Parse(p.String())
 		if err != nil || got != p {
-			t.Errorf("ParsePeriod(%q) = %v, %v", p, got, err)
+			t.Errorf("Parse(%q) = %v, %v", p, got, err)
 		}
 	}
-	if _, err := ParsePeriod("week"); err == nil {
+	if _, err := Parse("week"); err == nil {
 		t.Error("week: want error")
 	}
 }
