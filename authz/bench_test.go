@@ -97,7 +97,7 @@ func benchQuotaServer(b *testing.B, cacheOpts cache.Options) *authz.Server {
 	if err != nil {
 		b.Fatal(err)
 	}
-	rt, err := cfg.Runtime()
+	rt, err := runtimeFor(cfg)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -29,7 +29,7 @@ func quotaServer(t *testing.T, store authz.Quotas, now *time.Time) *authz.Server
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt, err := cfg.Runtime()
+	rt, err := runtimeFor(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

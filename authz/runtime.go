@@ -34,9 +34,6 @@ type Options struct {
 	AllowSampleRate float64
 }
 
-// DefaultProblemTypeBase is where the codes are documented.
-const DefaultProblemTypeBase = "https://github.com/tollgate-authz/tollgate/blob/main/docs/problems.md#"
-
 // Runtime is everything a Check reads that a config reload may change. It is
 // immutable once built.
 type Runtime struct {
@@ -93,7 +90,7 @@ var grpcCodes = map[policy.Code]codes.Code{
 // NewRuntime precomputes response templates for p and chain.
 func NewRuntime(p *policy.Policy, chain identity.Chain, opts Options) (*Runtime, error) {
 	if opts.ProblemTypeBase == "" {
-		opts.ProblemTypeBase = DefaultProblemTypeBase
+		opts.ProblemTypeBase = policy.DefaultProblemTypeBase
 	}
 	if opts.Realm == "" {
 		opts.Realm = "api"

@@ -58,7 +58,7 @@ func serverFrom(t testing.TB, path string, edit func(*config.Config), d authz.De
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt, err := cfg.Runtime()
+	rt, err := runtimeFor(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -338,7 +338,7 @@ func TestSourceFailures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt, err := cfg.Runtime()
+	rt, err := runtimeFor(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -91,7 +91,11 @@ func TestFixtureDecisions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt, err := cfg.Runtime()
+	rt, err := authz.NewRuntime(cfg.Policy, cfg.Chain, authz.Options{
+		ProblemTypeBase: cfg.Responses.ProblemTypeBase, Realm: cfg.Responses.Realm, RetryAfter: cfg.Responses.RetryAfter,
+		Status: cfg.Statuses, HeaderPrefix: cfg.Headers.Prefix, SubjectHeader: cfg.Headers.Subject, PlanHeader: cfg.Headers.Plan,
+		Shadow: cfg.Shadow, AllowSampleRate: *cfg.Log.AllowSampleRate,
+	})
 	if err != nil {
 		t.Fatal(err)
 	}

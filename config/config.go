@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tollgate-authz/tollgate/authz"
 	"github.com/tollgate-authz/tollgate/identity"
 	"github.com/tollgate-authz/tollgate/internal/yamlpos"
 	"github.com/tollgate-authz/tollgate/policy"
@@ -305,7 +304,7 @@ func (c *Config) defaults() {
 	c.Headers.Prefix = strings.ToLower(c.Headers.Prefix)
 	def(&c.Headers.Subject, c.Headers.Prefix+"subject")
 	def(&c.Headers.Plan, c.Headers.Prefix+"plan")
-	def(&c.Responses.ProblemTypeBase, authz.DefaultProblemTypeBase)
+	def(&c.Responses.ProblemTypeBase, policy.DefaultProblemTypeBase)
 	def(&c.Responses.Realm, "api")
 	defDur(&c.Responses.RetryAfter, 5*time.Second)
 	if len(c.Identity) == 0 {
@@ -548,24 +547,4 @@ func checkRedisTLS(path string, t RedisTLS, fail func(path, msg string, args ...
 	if (t.CertFile == "") != (t.KeyFile == "") {
 		fail(path, "set cert_file and key_file together")
 	}
-}
-
-// AuthzOptions turns the response settings into authz.Options.
-func (c *Config) AuthzOptions() authz.Options {
-	return authz.Options{
-		ProblemTypeBase: c.Responses.ProblemTypeBase,
-		Realm:           c.Responses.Realm,
-		RetryAfter:      c.Responses.RetryAfter,
-		Status:          c.Statuses,
-		HeaderPrefix:    c.Headers.Prefix,
-		SubjectHeader:   c.Headers.Subject,
-		PlanHeader:      c.Headers.Plan,
-		Shadow:          c.Shadow,
-		AllowSampleRate: *c.Log.AllowSampleRate,
-	}
-}
-
-// Runtime builds the authz runtime for this config.
-func (c *Config) Runtime() (*authz.Runtime, error) {
-	return authz.NewRuntime(c.Policy, c.Chain, c.AuthzOptions())
 }

@@ -23,6 +23,11 @@ const (
 	numCodes
 )
 
+// DefaultProblemTypeBase is where the codes are documented: the problem
+// "type" URI of a denial is this base followed by the code's name, unless
+// responses.problem_type_base says otherwise.
+const DefaultProblemTypeBase = "https://github.com/tollgate-authz/tollgate/blob/main/docs/problems.md#"
+
 // Codes lists every code, OK first.
 var Codes = func() []Code {
 	cs := make([]Code, numCodes)
