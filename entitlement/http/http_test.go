@@ -85,7 +85,7 @@ func TestLookupResponses(t *testing.T) {
 	f := startService(t, nil)
 	obs := &recorder{}
 	// The breaker is off: this table is about one call's outcome.
-	src := newSource(t, f, Options{Breaker: BreakerOptions{Failures: -1}, Observer: obs, Logger: quiet, Timeout: 150 * time.Millisecond})
+	src := newSource(t, f, Options{Breaker: BreakerOptions{Failures: -1}, Observer: obs, Logger: quiet})
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f.setRespond(func(w http.ResponseWriter, _ *http.Request) {
@@ -181,7 +181,7 @@ func TestCallerCancelIsNotAFailure(t *testing.T) {
 		<-r.Context().Done()
 	})
 	obs := &recorder{}
-	src := newSource(t, f, Options{Timeout: 190 * time.Millisecond, Breaker: BreakerOptions{Failures: 1}, Observer: obs})
+	src := newSource(t, f, Options{Breaker: BreakerOptions{Failures: 1}, Observer: obs})
 
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { <-started; cancel() }()
@@ -221,7 +221,7 @@ func TestMaxInFlight(t *testing.T) {
 		_, _ = io.WriteString(w, `{"subject":"acme","plan":"pro","status":"active"}`)
 	})
 	obs := &recorder{}
-	src := newSource(t, f, Options{MaxInFlight: 2, Timeout: 190 * time.Millisecond, Observer: obs})
+	src := newSource(t, f, Options{MaxInFlight: 2, Observer: obs})
 
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
@@ -437,14 +437,14 @@ func TestBehindCache(t *testing.T) {
 	ctx := context.Background()
 
 	// Fill: acme known, nobody unknown (cached negatively).
-	if _, o, err := c.Get(ctx, acme); err != nil || o != cache.Miss {
+	if _, o, err := c.Get(ctx, acme); err != nil || o != entitlement.CacheMiss {
 		t.Fatalf("acme: %v %v", o, err)
 	}
-	if _, o, err := c.Get(ctx, nobody); !errors.Is(err, entitlement.ErrNotFound) || o != cache.Miss {
+	if _, o, err := c.Get(ctx, nobody); !errors.Is(err, entitlement.ErrNotFound) || o != entitlement.CacheMiss {
 		t.Fatalf("nobody: %v %v", o, err)
 	}
 	hits := f.hits.Load()
-	if _, o, err := c.Get(ctx, nobody); !errors.Is(err, entitlement.ErrNotFound) || o != cache.NegativeHit {
+	if _, o, err := c.Get(ctx, nobody); !errors.Is(err, entitlement.ErrNotFound) || o != entitlement.CacheNegativeHit {
 		t.Fatalf("nobody again: %v %v, want a negative hit", o, err)
 	}
 	if f.hits.Load() != hits {
@@ -455,7 +455,7 @@ func TestBehindCache(t *testing.T) {
 	f.status(http.StatusInternalServerError)
 	clk.add(2 * time.Second)
 	ent, o, err := c.Get(ctx, acme)
-	if err != nil || o != cache.Stale || ent.Plan != "pro" {
+	if err != nil || o != entitlement.CacheStale || ent.Plan != "pro" {
 		t.Fatalf("acme while the service fails: %+v %v %v, want the stale record", ent, o, err)
 	}
 
@@ -464,7 +464,7 @@ func TestBehindCache(t *testing.T) {
 	for range 2 {
 		before := f.hits.Load()
 		_, o, err := c.Get(ctx, unseen)
-		if errors.Is(err, entitlement.ErrNotFound) || !errors.Is(err, ErrUnavailable) || o != cache.Error {
+		if errors.Is(err, entitlement.ErrNotFound) || !errors.Is(err, ErrUnavailable) || o != entitlement.CacheError {
 			t.Fatalf("globex: %v %v, want an error, not unknown", o, err)
 		}
 		if f.hits.Load() != before+1 {
@@ -477,7 +477,7 @@ func TestBehindCache(t *testing.T) {
 		t.Fatalf("breaker = %s, want open", got)
 	}
 	before := f.hits.Load()
-	if ent, o, err := c.Get(ctx, acme); err != nil || o != cache.Stale || ent.Subject != "acme" {
+	if ent, o, err := c.Get(ctx, acme); err != nil || o != entitlement.CacheStale || ent.Subject != "acme" {
 		t.Fatalf("acme with the breaker open: %+v %v %v", ent, o, err)
 	}
 	if f.hits.Load() != before {

@@ -193,6 +193,11 @@ func (r *recorder) stateLog() []string {
 func newSource(t *testing.T, f *fakeService, opts Options) *Source {
 	t.Helper()
 	opts.BaseURL = f.URL
+	if opts.Timeout == 0 {
+		// Generous: a test that wants the timeout to fire sets its own. The
+		// default 50ms would fail plain lookups on a busy machine.
+		opts.Timeout = 30 * time.Second
+	}
 	s, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
