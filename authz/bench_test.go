@@ -19,6 +19,7 @@ import (
 	"github.com/tollgate-authz/tollgate/authz"
 	"github.com/tollgate-authz/tollgate/cache"
 	"github.com/tollgate-authz/tollgate/config"
+	"github.com/tollgate-authz/tollgate/entitlement"
 	"github.com/tollgate-authz/tollgate/entitlement/file"
 	"github.com/tollgate-authz/tollgate/identity"
 	"github.com/tollgate-authz/tollgate/policy"
@@ -150,7 +151,7 @@ func BenchmarkCheckMiss(b *testing.B) {
 	i := 0
 	for b.Loop() {
 		_, res := srv.Decide(ctx, reqs[i%len(reqs)])
-		if res.Code != policy.OK || res.Cache != cache.Miss {
+		if res.Code != policy.OK || res.Cache != entitlement.CacheMiss {
 			b.Fatal(res.Code, res.Cache)
 		}
 		i++

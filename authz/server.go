@@ -17,7 +17,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/structpb"
 
-	"github.com/tollgate-authz/tollgate/cache"
 	"github.com/tollgate-authz/tollgate/entitlement"
 	"github.com/tollgate-authz/tollgate/identity"
 	"github.com/tollgate-authz/tollgate/policy"
@@ -26,7 +25,7 @@ import (
 
 // Entitlements is what the server needs from the entitlement cache.
 type Entitlements interface {
-	Get(ctx context.Context, key entitlement.Key) (*entitlement.Entitlement, cache.Outcome, error)
+	Get(ctx context.Context, key entitlement.Key) (*entitlement.Entitlement, entitlement.CacheOutcome, error)
 }
 
 // Quotas is what the server needs from the quota store.
@@ -65,7 +64,7 @@ type Result struct {
 	Plan      string
 	KeyID     string // first hex digits of an API key's digest, never the key
 	CredFrom  string
-	Cache     cache.Outcome
+	Cache     entitlement.CacheOutcome
 	Looked    bool // an entitlement lookup happened (Cache is meaningful)
 	Duration  time.Duration
 	now       time.Time // the decision's clock reading, for reset times

@@ -322,14 +322,14 @@ func TestMalformedRequestsGetWellFormedDenials(t *testing.T) {
 // failingSource is an entitlement source that is down.
 type failingSource struct{}
 
-func (failingSource) Get(context.Context, entitlement.Key) (*entitlement.Entitlement, cache.Outcome, error) {
-	return nil, cache.Error, errors.New("connection refused")
+func (failingSource) Get(context.Context, entitlement.Key) (*entitlement.Entitlement, entitlement.CacheOutcome, error) {
+	return nil, entitlement.CacheError, errors.New("connection refused")
 }
 
 // panickySource panics, as a buggy adapter might.
 type panickySource struct{}
 
-func (panickySource) Get(context.Context, entitlement.Key) (*entitlement.Entitlement, cache.Outcome, error) {
+func (panickySource) Get(context.Context, entitlement.Key) (*entitlement.Entitlement, entitlement.CacheOutcome, error) {
 	panic("adapter bug")
 }
 

@@ -52,7 +52,7 @@ func BenchmarkGetMissFile(b *testing.B) {
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
-		if _, o, err := c.Get(ctx, keys[i%len(keys)]); o != Miss || err != nil {
+		if _, o, err := c.Get(ctx, keys[i%len(keys)]); o != entitlement.CacheMiss || err != nil {
 			b.Fatal(o, err)
 		}
 		i++
@@ -72,7 +72,7 @@ func BenchmarkGetHitFile(b *testing.B) {
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
-		if _, o, _ := c.Get(ctx, keys[i%len(keys)]); o != Hit {
+		if _, o, _ := c.Get(ctx, keys[i%len(keys)]); o != entitlement.CacheHit {
 			b.Fatal(o)
 		}
 		i += 7

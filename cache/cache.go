@@ -13,35 +13,6 @@ import (
 	"github.com/tollgate-authz/tollgate/entitlement"
 )
 
-// Outcome says how a lookup was answered.
-type Outcome uint8
-
-// The outcomes, as reported in metrics and the decision log.
-const (
-	Hit         Outcome = iota // a fresh record from the cache
-	NegativeHit                // a fresh "not found" from the cache
-	Miss                       // asked the source
-	Stale                      // the source failed; an expired record was served
-	Error                      // the source failed and nothing usable was cached
-	// SuspectNotFound: the source said "not found" but could not vouch
-	// for it (entitlement.ErrNotFoundUnconfirmed: it may have lost its
-	// data) for a key that held a record; the record was served instead.
-	SuspectNotFound
-)
-
-var outcomeNames = [...]string{"hit", "negative_hit", "miss", "stale", "error", "suspect_not_found"}
-
-// String is the outcome's label.
-func (o Outcome) String() string {
-	if int(o) < len(outcomeNames) {
-		return outcomeNames[o]
-	}
-	return "unknown"
-}
-
-// Outcomes lists every outcome, for pre-creating metric series.
-var Outcomes = []Outcome{Hit, NegativeHit, Miss, Stale, Error, SuspectNotFound}
-
 // Options configure a Cache. Zero values take the defaults.
 type Options struct {
 	MaxEntries int // records of known subjects; default 100000
@@ -132,20 +103,20 @@ func (c *Cache) Lookup(ctx context.Context, key entitlement.Key) (*entitlement.E
 
 type result struct {
 	ent     *entitlement.Entitlement
-	outcome Outcome
+	outcome entitlement.CacheOutcome
 	err     error
 }
 
 // Get looks key up and says how it was answered. The error is
 // entitlement.ErrNotFound for an unknown key, or the source's error when
 // nothing usable was cached.
-func (c *Cache) Get(ctx context.Context, key entitlement.Key) (*entitlement.Entitlement, Outcome, error) {
+func (c *Cache) Get(ctx context.Context, key entitlement.Key) (*entitlement.Entitlement, entitlement.CacheOutcome, error) {
 	now, epoch := c.opts.Now(), c.epoch.Load()
 	if en, ok := c.pos.Get(key); ok && en.fresh(now, epoch) {
-		return en.ent, Hit, nil
+		return en.ent, entitlement.CacheHit, nil
 	}
 	if en, ok := c.neg.Get(key); ok && en.fresh(now, epoch) {
-		return nil, NegativeHit, entitlement.ErrNotFound
+		return nil, entitlement.CacheNegativeHit, entitlement.ErrNotFound
 	}
 	ch := c.group.DoChan(flightKey(key), func() (any, error) {
 		return c.fetch(ctx, key), nil
@@ -155,7 +126,7 @@ func (c *Cache) Get(ctx context.Context, key entitlement.Key) (*entitlement.Enti
 		res := r.Val.(result)
 		return res.ent, res.outcome, res.err
 	case <-ctx.Done():
-		return nil, Error, ctx.Err()
+		return nil, entitlement.CacheError, ctx.Err()
 	}
 }
 
@@ -172,10 +143,10 @@ func (c *Cache) fetch(ctx context.Context, key entitlement.Key) result {
 	// that it does not ask the source a second time (doc.go, "Single flight").
 	now := c.opts.Now()
 	if en, ok := c.pos.Peek(key); ok && en.fresh(now, epoch) {
-		return result{ent: en.ent, outcome: Hit}
+		return result{ent: en.ent, outcome: entitlement.CacheHit}
 	}
 	if en, ok := c.neg.Peek(key); ok && en.fresh(now, epoch) {
-		return result{outcome: NegativeHit, err: entitlement.ErrNotFound}
+		return result{outcome: entitlement.CacheNegativeHit, err: entitlement.ErrNotFound}
 	}
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.Timeout)
 	ent, err := c.src.Lookup(fctx, key)
@@ -185,26 +156,26 @@ func (c *Cache) fetch(ctx context.Context, key entitlement.Key) result {
 	switch {
 	case err == nil && ent != nil:
 		c.store(gen, key, &entry{ent: ent, expires: now.Add(c.opts.TTL), usableUntil: now.Add(c.opts.TTL + c.opts.StaleIfError), epoch: epoch})
-		return result{ent: ent, outcome: Miss}
+		return result{ent: ent, outcome: entitlement.CacheMiss}
 	case err == nil || errors.Is(err, entitlement.ErrNotFound):
 		if old, ok := c.pos.Peek(key); ok && errors.Is(err, entitlement.ErrNotFoundUnconfirmed) && now.Before(old.usableUntil) {
 			// Known a moment ago, and the source cannot say whether the
 			// key was deleted or its data was lost (a Redis restarted
 			// empty): treat it like an outage. A "not found" it vouches
 			// for is believed at once, announced or not.
-			return result{ent: old.ent, outcome: SuspectNotFound}
+			return result{ent: old.ent, outcome: entitlement.CacheSuspectNotFound}
 		}
 		c.store(gen, key, &entry{expires: now.Add(c.opts.NegativeTTL), usableUntil: now.Add(c.opts.NegativeTTL + c.opts.StaleIfError), epoch: epoch})
-		return result{outcome: Miss, err: entitlement.ErrNotFound}
+		return result{outcome: entitlement.CacheMiss, err: entitlement.ErrNotFound}
 	}
 	// The source failed: serve what we last knew, for a bounded time.
 	if old, ok := c.pos.Peek(key); ok && now.Before(old.usableUntil) {
-		return result{ent: old.ent, outcome: Stale}
+		return result{ent: old.ent, outcome: entitlement.CacheStale}
 	}
 	if old, ok := c.neg.Peek(key); ok && now.Before(old.usableUntil) {
-		return result{outcome: Stale, err: entitlement.ErrNotFound}
+		return result{outcome: entitlement.CacheStale, err: entitlement.ErrNotFound}
 	}
-	return result{outcome: Error, err: err}
+	return result{outcome: entitlement.CacheError, err: err}
 }
 
 // store keeps e, in the LRU of its kind, unless an invalidation happened

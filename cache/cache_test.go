@@ -68,22 +68,22 @@ func TestLifecycle(t *testing.T) {
 		advance   time.Duration
 		down      bool
 		key       entitlement.Key
-		want      Outcome
+		want      entitlement.CacheOutcome
 		wantErr   error
 		wantCalls int64
 	}
 	steps := []step{
-		{"cold miss", 0, false, known, Miss, nil, 1},
-		{"hit", time.Second, false, known, Hit, nil, 1},
-		{"still fresh at ttl-1s", 28 * time.Second, false, known, Hit, nil, 1},
-		{"expired: refetch", 2 * time.Second, false, known, Miss, nil, 2},
-		{"unknown is a miss", 0, false, unknown, Miss, entitlement.ErrNotFound, 3},
-		{"unknown cached", 4 * time.Second, false, unknown, NegativeHit, entitlement.ErrNotFound, 3},
-		{"negative ttl expires first", 2 * time.Second, false, unknown, Miss, entitlement.ErrNotFound, 4},
-		{"source down after expiry: stale", 31 * time.Second, true, known, Stale, nil, 5},
-		{"stale again, still bounded", 50 * time.Second, true, known, Stale, nil, 6},
-		{"past stale_if_error: error", 20 * time.Second, true, known, Error, errDown, 7},
-		{"source back: fresh", 0, false, known, Miss, nil, 8},
+		{"cold miss", 0, false, known, entitlement.CacheMiss, nil, 1},
+		{"hit", time.Second, false, known, entitlement.CacheHit, nil, 1},
+		{"still fresh at ttl-1s", 28 * time.Second, false, known, entitlement.CacheHit, nil, 1},
+		{"expired: refetch", 2 * time.Second, false, known, entitlement.CacheMiss, nil, 2},
+		{"unknown is a miss", 0, false, unknown, entitlement.CacheMiss, entitlement.ErrNotFound, 3},
+		{"unknown cached", 4 * time.Second, false, unknown, entitlement.CacheNegativeHit, entitlement.ErrNotFound, 3},
+		{"negative ttl expires first", 2 * time.Second, false, unknown, entitlement.CacheMiss, entitlement.ErrNotFound, 4},
+		{"source down after expiry: stale", 31 * time.Second, true, known, entitlement.CacheStale, nil, 5},
+		{"stale again, still bounded", 50 * time.Second, true, known, entitlement.CacheStale, nil, 6},
+		{"past stale_if_error: error", 20 * time.Second, true, known, entitlement.CacheError, errDown, 7},
+		{"source back: fresh", 0, false, known, entitlement.CacheMiss, nil, 8},
 	}
 	for _, s := range steps {
 		clk.add(s.advance)
@@ -108,7 +108,7 @@ func TestErrorsAreNotCachedAsUnknown(t *testing.T) {
 	c, src, _, down := newTest(Options{})
 	down.Store(true)
 	for range 3 {
-		if _, o, err := c.Get(context.Background(), known); o != Error || !errors.Is(err, errDown) {
+		if _, o, err := c.Get(context.Background(), known); o != entitlement.CacheError || !errors.Is(err, errDown) {
 			t.Fatalf("outcome %s err %v, want error", o, err)
 		}
 	}
@@ -116,7 +116,7 @@ func TestErrorsAreNotCachedAsUnknown(t *testing.T) {
 		t.Errorf("source calls = %d, want %d (errors must not be cached)", got, want)
 	}
 	down.Store(false)
-	if _, o, err := c.Get(context.Background(), known); o != Miss || err != nil {
+	if _, o, err := c.Get(context.Background(), known); o != entitlement.CacheMiss || err != nil {
 		t.Errorf("after recovery: %s %v", o, err)
 	}
 }
@@ -166,11 +166,11 @@ func TestSingleFlight(t *testing.T) {
 		// answer, and reached the flight group after it had ended, runs a
 		// flight of its own: the second look in fetch answers it.
 		c, src, _, _ := newTest(Options{})
-		if _, o, err := c.Get(context.Background(), known); o != Miss || err != nil {
+		if _, o, err := c.Get(context.Background(), known); o != entitlement.CacheMiss || err != nil {
 			t.Fatalf("first lookup: %s %v", o, err)
 		}
 		res := c.fetch(context.Background(), known)
-		if got, want := res.outcome, Hit; got != want || res.ent == nil {
+		if got, want := res.outcome, entitlement.CacheHit; got != want || res.ent == nil {
 			t.Errorf("late flight: outcome %s (%v), want %s", got, res.ent, want)
 		}
 		if got, want := src.calls.Load(), int64(1); got != want {
@@ -188,7 +188,7 @@ func TestSingleFlight(t *testing.T) {
 			return nil, ctx.Err()
 		}
 		for i := range 2 {
-			if _, o, err := c.Get(context.Background(), known); o != Error || !errors.Is(err, context.DeadlineExceeded) {
+			if _, o, err := c.Get(context.Background(), known); o != entitlement.CacheError || !errors.Is(err, context.DeadlineExceeded) {
 				t.Fatalf("lookup %d: %s %v, want error", i, o, err)
 			}
 		}
@@ -208,14 +208,14 @@ func TestCallerGivesUpFetchStillCaches(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, o, err := c.Get(ctx, known); o != Error || !errors.Is(err, context.Canceled) {
+	if _, o, err := c.Get(ctx, known); o != entitlement.CacheError || !errors.Is(err, context.Canceled) {
 		t.Fatalf("canceled caller: %s %v", o, err)
 	}
 	close(release)
 	for c.Len() == 0 {
 		time.Sleep(time.Millisecond)
 	}
-	if _, o, _ := c.Get(context.Background(), known); o != Hit {
+	if _, o, _ := c.Get(context.Background(), known); o != entitlement.CacheHit {
 		t.Errorf("after the abandoned fetch landed: outcome %s, want hit", o)
 	}
 }
@@ -240,7 +240,7 @@ func TestInvalidateDuringFetch(t *testing.T) {
 		t.Errorf("entries after invalidated fetch = %d, want 0 (the old answer must not be stored)", got)
 	}
 	src.lookup = inner
-	if _, o, _ := c.Get(context.Background(), known); o != Miss {
+	if _, o, _ := c.Get(context.Background(), known); o != entitlement.CacheMiss {
 		t.Errorf("next lookup: %s, want miss", o)
 	}
 }
@@ -249,7 +249,7 @@ func TestPurge(t *testing.T) {
 	c, _, _, _ := newTest(Options{})
 	c.Get(context.Background(), known)
 	c.Purge()
-	if _, o, _ := c.Get(context.Background(), known); o != Miss {
+	if _, o, _ := c.Get(context.Background(), known); o != entitlement.CacheMiss {
 		t.Errorf("after purge: %s, want miss", o)
 	}
 }
@@ -278,7 +278,7 @@ func TestUnknownFloodKeepsKnownRecords(t *testing.T) {
 	customers := make([]entitlement.Key, 20)
 	for i := range customers {
 		customers[i] = entitlement.Key{Kind: entitlement.ByAPIKey, ID: fmt.Sprint("paid-", i)}
-		if _, o, err := c.Get(ctx, customers[i]); o != Miss || err != nil {
+		if _, o, err := c.Get(ctx, customers[i]); o != entitlement.CacheMiss || err != nil {
 			t.Fatalf("customer %d: %s %v", i, o, err)
 		}
 	}
@@ -290,7 +290,7 @@ func TestUnknownFloodKeepsKnownRecords(t *testing.T) {
 	}
 	down.Store(true)
 	for i, k := range customers {
-		if e, o, err := c.Get(ctx, k); o != Hit || err != nil || e.Subject != k.ID {
+		if e, o, err := c.Get(ctx, k); o != entitlement.CacheHit || err != nil || e.Subject != k.ID {
 			t.Errorf("customer %d after the flood, source down: %s %v, want a hit", i, o, err)
 		}
 	}
@@ -314,21 +314,21 @@ func TestRevalidate(t *testing.T) {
 		down       bool
 		empty      bool // the source answers "not found" for every key
 		key        entitlement.Key
-		want       Outcome
+		want       entitlement.CacheOutcome
 		wantErr    error
 		wantCalls  int64
 	}
 	steps := []step{
-		{"cold miss", false, false, false, known, Miss, nil, 1},
-		{"unknown cached", false, false, false, unknown, Miss, entitlement.ErrNotFound, 2},
-		{"hit", false, false, false, known, Hit, nil, 2},
-		{"revalidate, source down: stale, not an error", true, true, false, known, Stale, nil, 3},
-		{"unknown: stale unknown", false, true, false, unknown, Stale, entitlement.ErrNotFound, 4},
-		{"still down: stale again", false, true, false, known, Stale, nil, 5},
-		{"source back: refetched", false, false, false, known, Miss, nil, 6},
-		{"then fresh", false, false, false, known, Hit, nil, 6},
-		{"revalidate, source now empty: unknown replaces the record", true, false, true, known, Miss, entitlement.ErrNotFound, 7},
-		{"source down: the unknown is what serves", false, true, false, known, NegativeHit, entitlement.ErrNotFound, 7},
+		{"cold miss", false, false, false, known, entitlement.CacheMiss, nil, 1},
+		{"unknown cached", false, false, false, unknown, entitlement.CacheMiss, entitlement.ErrNotFound, 2},
+		{"hit", false, false, false, known, entitlement.CacheHit, nil, 2},
+		{"revalidate, source down: stale, not an error", true, true, false, known, entitlement.CacheStale, nil, 3},
+		{"unknown: stale unknown", false, true, false, unknown, entitlement.CacheStale, entitlement.ErrNotFound, 4},
+		{"still down: stale again", false, true, false, known, entitlement.CacheStale, nil, 5},
+		{"source back: refetched", false, false, false, known, entitlement.CacheMiss, nil, 6},
+		{"then fresh", false, false, false, known, entitlement.CacheHit, nil, 6},
+		{"revalidate, source now empty: unknown replaces the record", true, false, true, known, entitlement.CacheMiss, entitlement.ErrNotFound, 7},
+		{"source down: the unknown is what serves", false, true, false, known, entitlement.CacheNegativeHit, entitlement.ErrNotFound, 7},
 	}
 	c, src, _, down := newTest(Options{StaleIfError: time.Hour})
 	empty := &atomic.Bool{}
@@ -383,7 +383,7 @@ func TestRevalidateDuringFetch(t *testing.T) {
 	close(release)
 	<-done
 	down.Store(true)
-	if _, o, err := c.Get(context.Background(), known); o != Stale || err != nil {
+	if _, o, err := c.Get(context.Background(), known); o != entitlement.CacheStale || err != nil {
 		t.Errorf("after a revalidation during the fetch, source down: %s %v, want stale", o, err)
 	}
 }
@@ -401,7 +401,7 @@ func TestUnconfirmedNotFound(t *testing.T) {
 		revalidate bool
 		invalidate bool
 		answer     error // nil: the source has the record
-		want       Outcome
+		want       entitlement.CacheOutcome
 		wantErr    error
 	}
 	tests := []struct {
@@ -410,36 +410,36 @@ func TestUnconfirmedNotFound(t *testing.T) {
 		steps []step
 	}{
 		{"unconfirmed: the record outlives an empty source, for its stale window", Options{}, []step{
-			{"cold miss", 0, false, false, nil, Miss, nil},
-			{"resubscribed to an empty source: the record serves", 0, true, false, lost, SuspectNotFound, nil},
-			{"again, each time asking the source", time.Minute, false, false, lost, SuspectNotFound, nil},
-			{"just inside ttl+stale_if_error", ttl + stale - time.Minute - time.Second, false, false, lost, SuspectNotFound, nil},
-			{"past ttl+stale_if_error: unknown", time.Second, false, false, lost, Miss, entitlement.ErrNotFound},
-			{"and remembered as unknown", 0, false, false, lost, NegativeHit, entitlement.ErrNotFound},
+			{"cold miss", 0, false, false, nil, entitlement.CacheMiss, nil},
+			{"resubscribed to an empty source: the record serves", 0, true, false, lost, entitlement.CacheSuspectNotFound, nil},
+			{"again, each time asking the source", time.Minute, false, false, lost, entitlement.CacheSuspectNotFound, nil},
+			{"just inside ttl+stale_if_error", ttl + stale - time.Minute - time.Second, false, false, lost, entitlement.CacheSuspectNotFound, nil},
+			{"past ttl+stale_if_error: unknown", time.Second, false, false, lost, entitlement.CacheMiss, entitlement.ErrNotFound},
+			{"and remembered as unknown", 0, false, false, lost, entitlement.CacheNegativeHit, entitlement.ErrNotFound},
 		}},
 		{"unconfirmed: a record from the source replaces it", Options{}, []step{
-			{"cold miss", 0, false, false, nil, Miss, nil},
-			{"empty source", 0, true, false, lost, SuspectNotFound, nil},
-			{"the writer puts it back", 0, false, false, nil, Miss, nil},
-			{"fresh", 0, false, false, lost, Hit, nil},
-			{"expired, empty again", ttl, false, false, lost, SuspectNotFound, nil},
+			{"cold miss", 0, false, false, nil, entitlement.CacheMiss, nil},
+			{"empty source", 0, true, false, lost, entitlement.CacheSuspectNotFound, nil},
+			{"the writer puts it back", 0, false, false, nil, entitlement.CacheMiss, nil},
+			{"fresh", 0, false, false, lost, entitlement.CacheHit, nil},
+			{"expired, empty again", ttl, false, false, lost, entitlement.CacheSuspectNotFound, nil},
 		}},
 		{"unconfirmed: an invalidation makes it believed", Options{}, []step{
-			{"cold miss", 0, false, false, nil, Miss, nil},
-			{"invalidated", 0, false, true, lost, Miss, entitlement.ErrNotFound},
+			{"cold miss", 0, false, false, nil, entitlement.CacheMiss, nil},
+			{"invalidated", 0, false, true, lost, entitlement.CacheMiss, entitlement.ErrNotFound},
 		}},
 		{"confirmed: a deletion the replica missed is believed at once", Options{}, []step{
-			{"cold miss", 0, false, false, nil, Miss, nil},
-			{"revalidated after a missed message", 0, true, false, deleted, Miss, entitlement.ErrNotFound},
-			{"and remembered as unknown", 0, false, false, nil, NegativeHit, entitlement.ErrNotFound},
+			{"cold miss", 0, false, false, nil, entitlement.CacheMiss, nil},
+			{"revalidated after a missed message", 0, true, false, deleted, entitlement.CacheMiss, entitlement.ErrNotFound},
+			{"and remembered as unknown", 0, false, false, nil, entitlement.CacheNegativeHit, entitlement.ErrNotFound},
 		}},
 		{"confirmed: believed when the record expires, too", Options{}, []step{
-			{"cold miss", 0, false, false, nil, Miss, nil},
-			{"expired", ttl, false, false, deleted, Miss, entitlement.ErrNotFound},
+			{"cold miss", 0, false, false, nil, entitlement.CacheMiss, nil},
+			{"expired", ttl, false, false, deleted, entitlement.CacheMiss, entitlement.ErrNotFound},
 		}},
 		{"confirmed: believed after a revalidation", Options{}, []step{
-			{"cold miss", 0, false, false, nil, Miss, nil},
-			{"revalidated after a missed message", 0, true, false, deleted, Miss, entitlement.ErrNotFound},
+			{"cold miss", 0, false, false, nil, entitlement.CacheMiss, nil},
+			{"revalidated after a missed message", 0, true, false, deleted, entitlement.CacheMiss, entitlement.ErrNotFound},
 		}},
 	}
 	for _, tt := range tests {
@@ -484,7 +484,7 @@ func BenchmarkGetHit(b *testing.B) {
 	c.Get(ctx, known)
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, o, _ := c.Get(ctx, known); o != Hit {
+		if _, o, _ := c.Get(ctx, known); o != entitlement.CacheHit {
 			b.Fatal(o)
 		}
 	}
@@ -521,8 +521,8 @@ func TestInvalidateSubjectDropsEveryKey(t *testing.T) {
 	}
 	for _, tt := range []struct {
 		key  entitlement.Key
-		want Outcome
-	}{{known, Miss}, {byKey, Miss}, {other, NegativeHit}} {
+		want entitlement.CacheOutcome
+	}{{known, entitlement.CacheMiss}, {byKey, entitlement.CacheMiss}, {other, entitlement.CacheNegativeHit}} {
 		if _, o, _ := c.Get(context.Background(), tt.key); o != tt.want {
 			t.Errorf("%v: %s, want %s", tt.key, o, tt.want)
 		}

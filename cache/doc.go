@@ -17,9 +17,10 @@
 //     it never takes away what stale-if-error serves. A "not found" the
 //     source cannot vouch for (entitlement.ErrNotFoundUnconfirmed: a Redis
 //     that may have lost its data) does not replace a known key's record
-//     before the window ends either (outcome SuspectNotFound): a source
-//     that comes back empty is treated as down. A plain "not found" (a
-//     deletion) replaces the record at once.
+//     before the window ends either (outcome
+//     entitlement.CacheSuspectNotFound): a source that comes back empty is
+//     treated as down. A plain "not found" (a deletion) replaces the record
+//     at once.
 //   - Invalidate takes effect at once, also for a fetch that is already in
 //     flight: its answer is not stored.
 //

@@ -14,7 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/tollgate-authz/tollgate/authz"
-	"github.com/tollgate-authz/tollgate/cache"
+	"github.com/tollgate-authz/tollgate/entitlement"
 	"github.com/tollgate-authz/tollgate/policy"
 )
 
@@ -24,7 +24,7 @@ type Metrics struct {
 
 	checks   [3][]prometheus.Counter // by decision (allow, deny, shadow_deny), then code
 	latency  prometheus.Observer
-	cacheOut []prometheus.Counter // by cache.Outcome
+	cacheOut []prometheus.Counter // by entitlement.CacheOutcome
 	srcErr   *prometheus.CounterVec
 	reloads  *prometheus.CounterVec
 	quotas   *prometheus.CounterVec
@@ -79,7 +79,7 @@ func New(version string, cacheLen func() int) *Metrics {
 		Name: "tollgate_entitlement_cache_total",
 		Help: "Entitlement lookups by cache outcome (hit, negative_hit, miss, stale, error).",
 	}, []string{"outcome"})
-	for _, o := range cache.Outcomes {
+	for _, o := range entitlement.CacheOutcomes {
 		m.cacheOut = append(m.cacheOut, co.WithLabelValues(o.String()))
 	}
 	m.srcErr = prometheus.NewCounterVec(prometheus.CounterOpts{

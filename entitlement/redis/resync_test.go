@@ -169,13 +169,13 @@ func TestResyncKeepsRecords(t *testing.T) {
 	warm := func(t *testing.T, c *cache.Cache) {
 		t.Helper()
 		for _, k := range keys {
-			if _, o, err := c.Get(context.Background(), k); err != nil || o != cache.Miss {
+			if _, o, err := c.Get(context.Background(), k); err != nil || o != entitlement.CacheMiss {
 				t.Fatalf("warm %v: %s %v", k.Kind, o, err)
 			}
 		}
 	}
 	// serves checks that acme is served, as one of want.
-	serves := func(t *testing.T, c *cache.Cache, when string, want ...cache.Outcome) {
+	serves := func(t *testing.T, c *cache.Cache, when string, want ...entitlement.CacheOutcome) {
 		t.Helper()
 		for _, k := range keys {
 			e, o, err := c.Get(context.Background(), k)
@@ -200,7 +200,7 @@ func TestResyncKeepsRecords(t *testing.T) {
 			t.Fatal(err)
 		}
 		receive(t, resyncs, "resync while loading")
-		serves(t, c, "resubscribed while loading", cache.Stale)
+		serves(t, c, "resubscribed while loading", entitlement.CacheStale)
 		// Redis answers the subscriber's health-check PINGs with LOADING:
 		// an answer, so the subscription stays as it is.
 		pings := pingsSeen(t, srv)
@@ -213,7 +213,7 @@ func TestResyncKeepsRecords(t *testing.T) {
 		finish()
 		eventually(t, "acme from the loaded Redis", func() bool {
 			_, o, _ := c.Get(context.Background(), keys[0])
-			return o == cache.Miss || o == cache.Hit
+			return o == entitlement.CacheMiss || o == entitlement.CacheHit
 		})
 	})
 
@@ -225,10 +225,10 @@ func TestResyncKeepsRecords(t *testing.T) {
 		srv.Restart()
 		receive(t, resyncs, "resync after restart")
 		// Stale where a lookup timed out on a busy machine; either way served.
-		serves(t, c, "resubscribed to an empty Redis", cache.SuspectNotFound, cache.Stale)
+		serves(t, c, "resubscribed to an empty Redis", entitlement.CacheSuspectNotFound, entitlement.CacheStale)
 		eventually(t, "a doubted unknown", func() bool {
 			_, o, _ := c.Get(context.Background(), keys[0])
-			return o == cache.SuspectNotFound
+			return o == entitlement.CacheSuspectNotFound
 		})
 		// The writer replays its state: records from the source replace the
 		// doubted ones.
@@ -236,7 +236,7 @@ func TestResyncKeepsRecords(t *testing.T) {
 		mustPut(t, writer, rec("acme", entitlement.StatusActive, digestA))
 		eventually(t, "acme served from Redis again", func() bool {
 			_, o, _ := c.Get(context.Background(), keys[0])
-			return o == cache.Hit || o == cache.Miss
+			return o == entitlement.CacheHit || o == entitlement.CacheMiss
 		})
 		// A deletion it announces is believed at once.
 		if err := writer.Delete(context.Background(), "acme"); err != nil {
@@ -337,7 +337,7 @@ func TestMissedDeletionIsBelieved(t *testing.T) {
 			}
 			for _, k := range tt.served {
 				// Stale where a lookup timed out on a busy machine.
-				if e, o, err := c.Get(ctx, k); err != nil || e.Subject != "acme" || (o != cache.SuspectNotFound && o != cache.Stale && o != cache.Miss) {
+				if e, o, err := c.Get(ctx, k); err != nil || e.Subject != "acme" || (o != entitlement.CacheSuspectNotFound && o != entitlement.CacheStale && o != entitlement.CacheMiss) {
 					t.Errorf("%v %s: %s %+v %v, want acme served", k.Kind, k.ID, o, e, err)
 				}
 			}
