@@ -17,6 +17,7 @@ import (
 	"github.com/tollgate-authz/tollgate/entitlement"
 	redissource "github.com/tollgate-authz/tollgate/entitlement/redis"
 	"github.com/tollgate-authz/tollgate/identity"
+	"github.com/tollgate-authz/tollgate/internal/redisconn"
 )
 
 // redisEnv names the environment variable read when --redis is not given.
@@ -46,7 +47,7 @@ type redisFlags struct {
 	addr, username, passwordEnv, prefix, channel string
 	db                                           int
 	timeout                                      time.Duration
-	tls                                          config.RedisTLS
+	tls                                          redisconn.TLS
 	cluster                                      bool
 }
 
@@ -64,6 +65,11 @@ func (r *redisFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&r.tls.CertFile, "tls-cert", "", "PEM client certificate, for a server that requires one")
 	fs.StringVar(&r.tls.KeyFile, "tls-key", "", "PEM key of --tls-cert")
 	fs.StringVar(&r.tls.ServerName, "tls-server-name", "", "name to check in the server's certificate (default: the host of --redis)")
+}
+
+// flagOf names the flag behind each field of redisconn.Options, for errors.
+var flagOf = map[string]string{
+	"address": "--redis", "password_env": "--password-env", "tls.ca_file": "--tls-ca", "tls": "--tls-cert/--tls-key",
 }
 
 // open checks the connection flags and returns a source over a new client.
@@ -91,9 +97,13 @@ func (r *redisFlags) open(fs *flag.FlagSet) (*redissource.Source, func(), error)
 	if (r.tls.CertFile == "") != (r.tls.KeyFile == "") {
 		return nil, nil, fmt.Errorf("%w: %s: give --tls-cert and --tls-key together", errUsage, fs.Name())
 	}
-	conn, err := dialRedis(config.RedisConn{
+	conn, err := redisconn.Dial(redisconn.Options{
 		Address: r.addr, Cluster: r.cluster, Username: r.username, PasswordEnv: r.passwordEnv, DB: r.db, TLS: r.tls,
-	}, "redis", r.timeout, nil)
+		Timeout: r.timeout, ReadTimeout: r.timeout,
+	})
+	if fe := (*redisconn.FieldError)(nil); errors.As(err, &fe) && flagOf[fe.Field] != "" {
+		err = fmt.Errorf("%s: %v", flagOf[fe.Field], fe.Err)
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %s: %v", errUsage, fs.Name(), err)
 	}

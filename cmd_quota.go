@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"time"
 
@@ -46,7 +45,7 @@ func newQuotaStore(cfg *config.Config, metricsOf func() *metrics.Metrics, log *s
 		return nil, err
 	}
 	if log != nil {
-		client.warm(log, "quota_store.redis")
+		client.Warm(log, "quota_store.redis")
 	}
 	leased := quota.NewLeased(quota.LeasedOptions{
 		Client: client.UniversalClient, Prefix: rc.Prefix, LeaseSize: rc.LeaseSize, Timeout: rc.Timeout,
@@ -79,19 +78,11 @@ func newQuotaStore(cfg *config.Config, metricsOf func() *metrics.Metrics, log *s
 			}
 		},
 	})
-	return &quotaStore{Quotas: res, m: metricsOf, watch: client.watch, mode: func() string { return "redis_" + res.Mode() }, close: func() {
+	return &quotaStore{Quotas: res, m: metricsOf, watch: client.Watch, mode: func() string { return "redis_" + res.Mode() }, close: func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 		defer cancel()
 		res.WaitWriteBack()
 		_ = leased.Release(ctx)
 		_ = client.Close()
 	}}, nil
-}
-
-// redisLog sends go-redis's own messages (dial failures while Redis is
-// down) to the structured log at debug level, instead of bare stderr lines.
-type redisLog struct{ log *slog.Logger }
-
-func (r redisLog) Printf(ctx context.Context, format string, v ...any) {
-	r.log.Debug("redis client", "message", fmt.Sprintf(format, v...))
 }

@@ -18,9 +18,9 @@ func (p *pipeline) openRedis(log *slog.Logger) (entitlement.Source, error) {
 	if err != nil {
 		return nil, err
 	}
-	client.warm(log, "entitlements.redis")
-	if client.watch != nil {
-		p.watchers = append(p.watchers, func(ctx context.Context) { client.watch(ctx, p.cfg.Entitlements.File.PollInterval) })
+	client.Warm(log, "entitlements.redis")
+	if client.Watch != nil {
+		p.watchers = append(p.watchers, func(ctx context.Context) { client.Watch(ctx, p.cfg.Entitlements.File.PollInterval) })
 	}
 	src, err := redissource.New(redissource.Options{
 		Client: client.UniversalClient, Prefix: rc.Prefix, Channel: rc.Channel, Timeout: rc.Timeout,

@@ -15,7 +15,6 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
@@ -30,6 +29,7 @@ import (
 	"github.com/tollgate-authz/tollgate/entitlement/file"
 	"github.com/tollgate-authz/tollgate/internal/asynclog"
 	"github.com/tollgate-authz/tollgate/internal/overload"
+	"github.com/tollgate-authz/tollgate/internal/redisconn"
 	"github.com/tollgate-authz/tollgate/internal/tlsreload"
 	"github.com/tollgate-authz/tollgate/internal/watch"
 	"github.com/tollgate-authz/tollgate/metrics"
@@ -61,7 +61,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	log := newLogger(logw, cfg.Log.Level)
 	// go-redis logs dial failures from inside a call (a Check's, too):
 	// through the queue, never straight to stderr.
-	redis.SetLogger(redisLog{log})
+	redisconn.SetLogger(log)
 	// The quota store reports its mode to metrics, which build creates: hand
 	// it over once both exist.
 	var m *metrics.Metrics
