@@ -7,6 +7,7 @@ import (
 
 	"github.com/tollgate-authz/tollgate/authz"
 	"github.com/tollgate-authz/tollgate/config"
+	"github.com/tollgate-authz/tollgate/internal/redisconn"
 	"github.com/tollgate-authz/tollgate/metrics"
 	"github.com/tollgate-authz/tollgate/quota"
 )
@@ -40,7 +41,11 @@ func newQuotaStore(cfg *config.Config, metricsOf func() *metrics.Metrics, log *s
 		return &quotaStore{Quotas: mem, close: func() {}, mode: func() string { return "memory" }, m: metricsOf}, nil
 	}
 	rc := cfg.QuotaStore.Redis
-	client, err := dialRedis(rc.RedisConn, "quota_store.redis", 0, tlsReloadLog(log, metricsOf, "quota_store.redis"))
+	// A lease's reply is read for up to a second past the store's own
+	// timeout, so that units Redis granted after a Check gave up are kept
+	// (quota.Leased): the read timeout follows quota_store.redis.timeout.
+	read := max(rc.Timeout, redisconn.DefaultTimeout) + redisconn.DefaultLateRead
+	client, err := dialRedis(rc.RedisConn, "quota_store.redis", 0, read, tlsReloadLog(log, metricsOf, "quota_store.redis"))
 	if err != nil {
 		return nil, err
 	}

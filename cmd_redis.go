@@ -13,10 +13,11 @@ import (
 // dialRedis makes the client for rc through redisconn.Dial. path is rc's
 // place in the config ("quota_store.redis"), put in front of errors;
 // timeout, when positive, bounds dials, writes and reads alike (the CLI's
-// --timeout) instead of redisconn's fail-fast defaults; onReload, when not
-// nil, is told of each reload of a client certificate. The client connects
-// lazily: an unreachable server is not an error here.
-func dialRedis(rc config.RedisConn, path string, timeout time.Duration, onReload func(error)) (*redisconn.Conn, error) {
+// --timeout) instead of redisconn's fail-fast defaults; read, when
+// positive, bounds the wait for a reply alone; onReload, when not nil, is
+// told of each reload of a client certificate. The client connects lazily:
+// an unreachable server is not an error here.
+func dialRedis(rc config.RedisConn, path string, timeout, read time.Duration, onReload func(error)) (*redisconn.Conn, error) {
 	o := redisconn.Options{
 		Address: rc.Address, Cluster: rc.Cluster, Username: rc.Username, PasswordEnv: rc.PasswordEnv, DB: rc.DB,
 		TLS: redisconn.TLS{
@@ -27,6 +28,9 @@ func dialRedis(rc config.RedisConn, path string, timeout time.Duration, onReload
 	}
 	if timeout > 0 {
 		o.Timeout, o.ReadTimeout = timeout, timeout
+	}
+	if read > 0 {
+		o.ReadTimeout = read
 	}
 	c, err := redisconn.Dial(o)
 	if err != nil {

@@ -14,7 +14,7 @@ import (
 // drops a subject from the cache the moment any writer publishes a change.
 func (p *pipeline) openRedis(log *slog.Logger) (entitlement.Source, error) {
 	rc := p.cfg.Entitlements.Redis
-	client, err := dialRedis(rc.RedisConn, "entitlements.redis", 0, tlsReloadLog(log, func() *metrics.Metrics { return p.metrics }, "entitlements.redis"))
+	client, err := dialRedis(rc.RedisConn, "entitlements.redis", 0, 0, tlsReloadLog(log, func() *metrics.Metrics { return p.metrics }, "entitlements.redis"))
 	if err != nil {
 		return nil, err
 	}

@@ -77,7 +77,7 @@ func New(version string, cacheLen func() int) *Metrics {
 	m.latency = lat
 	co := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tollgate_entitlement_cache_total",
-		Help: "Entitlement lookups by cache outcome (hit, negative_hit, miss, stale, error).",
+		Help: "Entitlement lookups by cache outcome (hit, negative_hit, miss, stale, error, suspect_not_found).",
 	}, []string{"outcome"})
 	for _, o := range entitlement.CacheOutcomes {
 		m.cacheOut = append(m.cacheOut, co.WithLabelValues(o.String()))
