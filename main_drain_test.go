@@ -208,36 +208,8 @@ var tollgateBinary = sync.OnceValues(func() (string, error) {
 // denial is logged. The built binary must keep serving and exit 0 on
 // SIGTERM, not die of SIGPIPE.
 func TestClosedStderrDoesNotKill(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the binary")
-	}
-	bin, err := tollgateBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := demoDir(t, "127.0.0.1:0")
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "serve", "--config", filepath.Join(dir, "tollgate.yaml"))
-	cmd.Stderr = pw
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	pw.Close() // the child holds the write end now
-
-	done := make(chan struct{}) // closed once the process is reaped
-	var waitErr error
-	go func() { waitErr = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		select {
-		case <-done:
-		default:
-			cmd.Process.Kill() // by its PID
-			<-done
-		}
-	})
+	cmd, pr, done, waitErr := startBinary(t, "serve", "--config", filepath.Join(dir, "tollgate.yaml"))
 	grpcAddr, _ := servingLine(t, pr)
 	pr.Close() // the reader is gone, as `head` is after ten bytes
 
@@ -253,8 +225,8 @@ func TestClosedStderrDoesNotKill(t *testing.T) {
 	}
 	select {
 	case <-done:
-		if waitErr != nil {
-			t.Errorf("tollgate ended with %v, want exit status 0", waitErr)
+		if err := *waitErr; err != nil {
+			t.Errorf("tollgate ended with %v, want exit status 0", err)
 		}
 	case <-time.After(patience):
 		t.Fatal("tollgate did not stop on SIGTERM")
@@ -623,4 +595,41 @@ func TestDrainSequence(t *testing.T) {
 			t.Errorf("log lacks %s", want)
 		}
 	}
+}
+
+// startBinary runs the built tollgate with args, its stderr a pipe whose
+// read end it returns. done is closed once the process is reaped, and
+// *waitErr is then how it ended. The test's cleanup kills it (by its PID)
+// if it is still running.
+func startBinary(t *testing.T, args ...string) (cmd *exec.Cmd, stderr *os.File, done chan struct{}, waitErr *error) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin, err := tollgateBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd = exec.Command(bin, args...)
+	cmd.Stderr = pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close() // the child holds the write end now
+	done = make(chan struct{})
+	waitErr = new(error)
+	go func() { *waitErr = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		select {
+		case <-done:
+		default:
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	return cmd, pr, done, waitErr
 }

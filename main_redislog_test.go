@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"encoding/json"
 	"net"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -21,13 +19,6 @@ import (
 // source is used with the in-memory quota store, where nothing else would
 // have set go-redis's logger.
 func TestRedisClientLinesAreStructured(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the binary")
-	}
-	bin, err := tollgateBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -38,26 +29,7 @@ func TestRedisClientLinesAreStructured(t *testing.T) {
 	cfg := filepath.Join(dir, "tollgate.yaml")
 	editFile(t, cfg, "  source: file\n", "  source: redis\n  redis: {address: "+down+", timeout: 150ms}\n")
 
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "serve", "--config", cfg)
-	cmd.Stderr = pw
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	pw.Close()
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		select {
-		case <-done:
-		default:
-			cmd.Process.Kill() // by its PID
-			<-done
-		}
-	})
+	cmd, pr, _, _ := startBinary(t, "serve", "--config", cfg)
 	var mu sync.Mutex
 	var lines []string
 	eof := make(chan struct{})
