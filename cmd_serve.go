@@ -28,6 +28,7 @@ import (
 	"github.com/tollgate-authz/tollgate/entitlement"
 	"github.com/tollgate-authz/tollgate/entitlement/file"
 	"github.com/tollgate-authz/tollgate/internal/asynclog"
+	"github.com/tollgate-authz/tollgate/internal/authzconfig"
 	"github.com/tollgate-authz/tollgate/internal/overload"
 	"github.com/tollgate-authz/tollgate/internal/redisconn"
 	"github.com/tollgate-authz/tollgate/internal/tlsreload"
@@ -141,7 +142,7 @@ func build(cfg *config.Config, log *slog.Logger, quotas authz.Quotas) (*pipeline
 		MaxEntries: cc.MaxEntries, NegativeMaxEntries: cc.NegativeMaxEntries, TTL: cc.TTL, NegativeTTL: cc.NegativeTTL,
 		StaleIfError: cc.StaleIfError, Timeout: cc.Timeout,
 	})
-	rt, err := authzRuntime(cfg)
+	rt, err := authzconfig.Runtime(cfg)
 	if err != nil {
 		p.close()
 		return nil, fmt.Errorf("%s: %w", cfg.Path, err)
@@ -149,23 +150,6 @@ func build(cfg *config.Config, log *slog.Logger, quotas authz.Quotas) (*pipeline
 	p.metrics.QuotaPolicies(cfg.Policy.QuotaPolicies())
 	p.server = authz.NewServer(rt, authz.Deps{Entitlements: p.cache, Quotas: quotas, Observer: p.metrics, Log: log})
 	return p, nil
-}
-
-// authzRuntime builds what a Check reads from cfg: the policy, the identity
-// chain and the response settings. It lives here, not in config, so that
-// reading a config does not link authz, gRPC and the Envoy protos.
-func authzRuntime(cfg *config.Config) (*authz.Runtime, error) {
-	return authz.NewRuntime(cfg.Policy, cfg.Chain, authz.Options{
-		ProblemTypeBase: cfg.Responses.ProblemTypeBase,
-		Realm:           cfg.Responses.Realm,
-		RetryAfter:      cfg.Responses.RetryAfter,
-		Status:          cfg.Statuses,
-		HeaderPrefix:    cfg.Headers.Prefix,
-		SubjectHeader:   cfg.Headers.Subject,
-		PlanHeader:      cfg.Headers.Plan,
-		Shadow:          cfg.Shadow,
-		AllowSampleRate: *cfg.Log.AllowSampleRate,
-	})
 }
 
 // close releases the source's connections.
@@ -195,7 +179,7 @@ func (p *pipeline) reloadConfig(log *slog.Logger) {
 	}
 	if err == nil {
 		var rt *authz.Runtime
-		if rt, err = authzRuntime(next); err == nil {
+		if rt, err = authzconfig.Runtime(next); err == nil {
 			p.server.Swap(rt)
 		}
 	}

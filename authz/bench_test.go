@@ -22,6 +22,7 @@ import (
 	"github.com/tollgate-authz/tollgate/entitlement"
 	"github.com/tollgate-authz/tollgate/entitlement/file"
 	"github.com/tollgate-authz/tollgate/identity"
+	"github.com/tollgate-authz/tollgate/internal/authzconfig"
 	"github.com/tollgate-authz/tollgate/policy"
 	"github.com/tollgate-authz/tollgate/quota"
 )
@@ -98,7 +99,7 @@ func benchQuotaServer(b *testing.B, cacheOpts cache.Options) *authz.Server {
 	if err != nil {
 		b.Fatal(err)
 	}
-	rt, err := runtimeFor(cfg)
+	rt, err := authzconfig.Runtime(cfg)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/tollgate-authz/tollgate/cache"
 	"github.com/tollgate-authz/tollgate/config"
 	"github.com/tollgate-authz/tollgate/entitlement/file"
+	"github.com/tollgate-authz/tollgate/internal/authzconfig"
 	"github.com/tollgate-authz/tollgate/quota"
 )
 
@@ -29,7 +30,7 @@ func quotaServer(t *testing.T, store authz.Quotas, now *time.Time) *authz.Server
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt, err := runtimeFor(cfg)
+	rt, err := authzconfig.Runtime(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

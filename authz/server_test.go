@@ -24,6 +24,7 @@ import (
 	"github.com/tollgate-authz/tollgate/config"
 	"github.com/tollgate-authz/tollgate/entitlement"
 	"github.com/tollgate-authz/tollgate/entitlement/file"
+	"github.com/tollgate-authz/tollgate/internal/authzconfig"
 	"github.com/tollgate-authz/tollgate/policy"
 )
 
@@ -58,7 +59,7 @@ func serverFrom(t testing.TB, path string, edit func(*config.Config), d authz.De
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt, err := runtimeFor(cfg)
+	rt, err := authzconfig.Runtime(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -338,7 +339,7 @@ func TestSourceFailures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt, err := runtimeFor(cfg)
+	rt, err := authzconfig.Runtime(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/tollgate-authz/tollgate/cache"
 	"github.com/tollgate-authz/tollgate/config"
 	"github.com/tollgate-authz/tollgate/entitlement/file"
+	"github.com/tollgate-authz/tollgate/internal/authzconfig"
 )
 
 func TestHistogramQuantiles(t *testing.T) {
@@ -91,11 +92,7 @@ func TestFixtureDecisions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt, err := authz.NewRuntime(cfg.Policy, cfg.Chain, authz.Options{
-		ProblemTypeBase: cfg.Responses.ProblemTypeBase, Realm: cfg.Responses.Realm, RetryAfter: cfg.Responses.RetryAfter,
-		Status: cfg.Statuses, HeaderPrefix: cfg.Headers.Prefix, SubjectHeader: cfg.Headers.Subject, PlanHeader: cfg.Headers.Plan,
-		Shadow: cfg.Shadow, AllowSampleRate: *cfg.Log.AllowSampleRate,
-	})
+	rt, err := authzconfig.Runtime(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

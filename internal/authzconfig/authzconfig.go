@@ -1,13 +1,17 @@
-package authz_test
+// Package authzconfig builds the authz runtime from a loaded config: the one
+// place that maps config fields to authz.Options. It sits apart from both so
+// that reading a config does not link authz, gRPC and the Envoy protos, and
+// serve, its tests and the benchmarks build the runtime the same way.
+package authzconfig
 
 import (
 	"github.com/tollgate-authz/tollgate/authz"
 	"github.com/tollgate-authz/tollgate/config"
 )
 
-// runtimeFor builds the runtime serve builds for cfg (cmd_serve.go's
-// authzRuntime; config does not import authz, so the tests map it here).
-func runtimeFor(cfg *config.Config) (*authz.Runtime, error) {
+// Runtime builds what a Check reads from cfg: the policy, the identity chain
+// and the response settings.
+func Runtime(cfg *config.Config) (*authz.Runtime, error) {
 	return authz.NewRuntime(cfg.Policy, cfg.Chain, authz.Options{
 		ProblemTypeBase: cfg.Responses.ProblemTypeBase,
 		Realm:           cfg.Responses.Realm,
