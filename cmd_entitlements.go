@@ -15,7 +15,7 @@ import (
 
 	"github.com/tollgate-authz/tollgate/config"
 	"github.com/tollgate-authz/tollgate/entitlement"
-	redissource "github.com/tollgate-authz/tollgate/entitlement/redis"
+	"github.com/tollgate-authz/tollgate/entitlement/redissource"
 	"github.com/tollgate-authz/tollgate/identity"
 	"github.com/tollgate-authz/tollgate/internal/redisconn"
 )

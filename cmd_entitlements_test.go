@@ -16,7 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tollgate-authz/tollgate/entitlement"
-	redissource "github.com/tollgate-authz/tollgate/entitlement/redis"
+	"github.com/tollgate-authz/tollgate/entitlement/redissource"
 	"github.com/tollgate-authz/tollgate/identity"
 	"github.com/tollgate-authz/tollgate/internal/redistest"
 )

@@ -6,7 +6,7 @@ import (
 	"log/slog"
 
 	"github.com/tollgate-authz/tollgate/entitlement"
-	redissource "github.com/tollgate-authz/tollgate/entitlement/redis"
+	"github.com/tollgate-authz/tollgate/entitlement/redissource"
 	"github.com/tollgate-authz/tollgate/metrics"
 )
 

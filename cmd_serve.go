@@ -26,7 +26,7 @@ import (
 	"github.com/tollgate-authz/tollgate/cache"
 	"github.com/tollgate-authz/tollgate/config"
 	"github.com/tollgate-authz/tollgate/entitlement"
-	"github.com/tollgate-authz/tollgate/entitlement/file"
+	"github.com/tollgate-authz/tollgate/entitlement/filesource"
 	"github.com/tollgate-authz/tollgate/internal/asynclog"
 	"github.com/tollgate-authz/tollgate/internal/authzconfig"
 	"github.com/tollgate-authz/tollgate/internal/overload"
@@ -105,8 +105,8 @@ type pipeline struct {
 	metrics *metrics.Metrics
 
 	source   entitlement.Source
-	fileSrc  *file.Source // set for the file source: reloaded with the config
-	describe string       // what the source is, for logs and validate
+	fileSrc  *filesource.Source // set for the file source: reloaded with the config
+	describe string             // what the source is, for logs and validate
 	// watchers run while serving (file watches, pub/sub subscribers).
 	watchers []func(ctx context.Context)
 	// handlers are extra admin endpoints (the Stripe webhook).
@@ -142,7 +142,7 @@ func build(cfg *config.Config, log *slog.Logger, quotas authz.Quotas) (*pipeline
 		MaxEntries: cc.MaxEntries, NegativeMaxEntries: cc.NegativeMaxEntries, TTL: cc.TTL, NegativeTTL: cc.NegativeTTL,
 		StaleIfError: cc.StaleIfError, Timeout: cc.Timeout,
 	})
-	rt, err := authzconfig.Runtime(cfg)
+	rt, err := authzconfig.Rules(cfg)
 	if err != nil {
 		p.close()
 		return nil, fmt.Errorf("%s: %w", cfg.Path, err)
@@ -163,7 +163,7 @@ func (p *pipeline) policy() *policy.Policy {
 	if p.server == nil {
 		return p.cfg.Policy
 	}
-	return p.server.Runtime().Policy()
+	return p.server.Rules().Policy()
 }
 
 // reloadConfig applies a changed config file. Only the policy, identity and
@@ -178,8 +178,8 @@ func (p *pipeline) reloadConfig(log *slog.Logger) {
 		return
 	}
 	if err == nil {
-		var rt *authz.Runtime
-		if rt, err = authzconfig.Runtime(next); err == nil {
+		var rt *authz.Rules
+		if rt, err = authzconfig.Rules(next); err == nil {
 			p.server.Swap(rt)
 		}
 	}

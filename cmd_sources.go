@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/tollgate-authz/tollgate/entitlement"
-	"github.com/tollgate-authz/tollgate/entitlement/file"
-	httpsource "github.com/tollgate-authz/tollgate/entitlement/http"
-	stripesource "github.com/tollgate-authz/tollgate/entitlement/stripe"
+	"github.com/tollgate-authz/tollgate/entitlement/filesource"
+	"github.com/tollgate-authz/tollgate/entitlement/httpsource"
+	"github.com/tollgate-authz/tollgate/entitlement/stripesource"
 	"github.com/tollgate-authz/tollgate/metrics"
 )
 
@@ -48,7 +48,7 @@ func (p *pipeline) openSource(log *slog.Logger) (entitlement.Source, error) {
 		return p.openRedis(log)
 	}
 
-	src, err := file.Open(ec.File.Path, file.Options{
+	src, err := filesource.Open(ec.File.Path, filesource.Options{
 		// Records are vetted against the policy in force, so a reload of
 		// either file is checked against the other.
 		Check: func(e *entitlement.Entitlement) (string, error) {

@@ -11,7 +11,7 @@ import (
 	"testing"
 
 	"github.com/tollgate-authz/tollgate/entitlement"
-	redissource "github.com/tollgate-authz/tollgate/entitlement/redis"
+	"github.com/tollgate-authz/tollgate/entitlement/redissource"
 	"github.com/tollgate-authz/tollgate/identity"
 	"github.com/tollgate-authz/tollgate/internal/redistest"
 )

@@ -20,7 +20,7 @@ import (
 	"github.com/tollgate-authz/tollgate/cache"
 	"github.com/tollgate-authz/tollgate/config"
 	"github.com/tollgate-authz/tollgate/entitlement"
-	"github.com/tollgate-authz/tollgate/entitlement/file"
+	"github.com/tollgate-authz/tollgate/entitlement/filesource"
 	"github.com/tollgate-authz/tollgate/identity"
 	"github.com/tollgate-authz/tollgate/internal/authzconfig"
 	"github.com/tollgate-authz/tollgate/policy"
@@ -95,11 +95,11 @@ func benchQuotaServer(b *testing.B, cacheOpts cache.Options) *authz.Server {
 	if err != nil {
 		b.Fatal(err)
 	}
-	src, err := file.Open(cfg.Entitlements.File.Path, file.Options{Check: cfg.Policy.CheckEntitlement})
+	src, err := filesource.Open(cfg.Entitlements.File.Path, filesource.Options{Check: cfg.Policy.CheckEntitlement})
 	if err != nil {
 		b.Fatal(err)
 	}
-	rt, err := authzconfig.Runtime(cfg)
+	rt, err := authzconfig.Rules(cfg)
 	if err != nil {
 		b.Fatal(err)
 	}

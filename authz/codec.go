@@ -16,7 +16,7 @@ import (
 //
 //   - Into a *Request (Register's handler), a CheckRequest is decoded
 //     without building the message: only what a decision reads is kept,
-//     as substrings of one copy of the bytes (wire.go). A decision reads
+//     as substrings of one copy of the bytes (decode_request.go). A decision reads
 //     there what it would read in the message proto.Unmarshal gives.
 //   - Into a *authv3.CheckRequest (authv3.RegisterAuthorizationServer's
 //     handler), proto.Unmarshal decodes it.

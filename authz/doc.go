@@ -18,7 +18,7 @@
 // and Decide take a message and decide the same way. BENCHMARKS.md has the
 // figures.
 //
-// The Server is safe for concurrent use. Its Runtime (policy, identity chain,
-// response templates) is swapped atomically on a config reload, so a Check
+// The Server is safe for concurrent use. Its Rules (policy, identity chain,
+// response templates) are swapped atomically on a config reload, so a Check
 // sees either the old or the new config, never a mix.
 package authz

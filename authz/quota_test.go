@@ -13,7 +13,7 @@ import (
 	"github.com/tollgate-authz/tollgate/authz"
 	"github.com/tollgate-authz/tollgate/cache"
 	"github.com/tollgate-authz/tollgate/config"
-	"github.com/tollgate-authz/tollgate/entitlement/file"
+	"github.com/tollgate-authz/tollgate/entitlement/filesource"
 	"github.com/tollgate-authz/tollgate/internal/authzconfig"
 	"github.com/tollgate-authz/tollgate/quota"
 )
@@ -26,11 +26,11 @@ func quotaServer(t *testing.T, store authz.Quotas, now *time.Time) *authz.Server
 	if err != nil {
 		t.Fatal(err)
 	}
-	src, err := file.Open(cfg.Entitlements.File.Path, file.Options{Check: cfg.Policy.CheckEntitlement})
+	src, err := filesource.Open(cfg.Entitlements.File.Path, filesource.Options{Check: cfg.Policy.CheckEntitlement})
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt, err := authzconfig.Runtime(cfg)
+	rt, err := authzconfig.Rules(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,7 +17,7 @@ const JWTNamespace = "envoy.filters.http.jwt_authn"
 
 // request is the part of a CheckRequest the server reads, and nothing else.
 // It is filled from a message (fromProto) or straight from the wire
-// (Request.decode, wire.go), and then only read, until reset.
+// (Request.decode, decode_request.go), and then only read, until reset.
 type request struct {
 	httpMethod, httpPath, httpHost string // the HttpRequest's own fields
 	// The client's headers are the message's headers map, when it has one

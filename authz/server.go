@@ -73,7 +73,7 @@ type Result struct {
 // Server answers Envoy's Authorization/Check.
 type Server struct {
 	authv3.UnimplementedAuthorizationServer
-	rt     atomic.Pointer[Runtime]
+	rt     atomic.Pointer[Rules]
 	ents   Entitlements
 	quotas Quotas
 	obs    Observer
@@ -86,7 +86,7 @@ type Server struct {
 }
 
 // NewServer builds a server.
-func NewServer(rt *Runtime, d Deps) *Server {
+func NewServer(rt *Rules, d Deps) *Server {
 	if d.Now == nil {
 		d.Now = time.Now
 	}
@@ -103,12 +103,12 @@ func NewServer(rt *Runtime, d Deps) *Server {
 	return s
 }
 
-// Swap installs a new runtime (after a config reload). Checks in flight
-// finish with the runtime they started with.
-func (s *Server) Swap(rt *Runtime) { s.rt.Store(rt) }
+// Swap installs new rules (after a config reload). Checks in flight
+// finish with the rules they started with.
+func (s *Server) Swap(rt *Rules) { s.rt.Store(rt) }
 
-// Runtime returns the runtime in force.
-func (s *Server) Runtime() *Runtime { return s.rt.Load() }
+// Rules returns the rules in force.
+func (s *Server) Rules() *Rules { return s.rt.Load() }
 
 var _ authv3.AuthorizationServer = (*Server)(nil)
 
@@ -208,7 +208,7 @@ func (s *Server) decideRequest(ctx context.Context, q *Request) (resp *authv3.Ch
 	return resp, res
 }
 
-func (s *Server) decide(ctx context.Context, rt *Runtime, q *Request, now time.Time) policy.Decision {
+func (s *Server) decide(ctx context.Context, rt *Rules, q *Request, now time.Time) policy.Decision {
 	r, res := &q.r, &q.res
 	route := rt.policy.Match(&policy.Request{
 		Host: r.host(), Method: r.method(), Path: r.path(), ContextExtensions: r.contextExtensions(),
@@ -252,7 +252,7 @@ const maxSpends = 4
 
 // spend charges the request's quotas and credits, all or nothing. A refused
 // request consumes nothing.
-func (s *Server) spend(ctx context.Context, rt *Runtime, q *Request, d *policy.Decision, now time.Time) {
+func (s *Server) spend(ctx context.Context, rt *Rules, q *Request, d *policy.Decision, now time.Time) {
 	r := &q.r
 	spends := rt.policy.Spends(d.Route, d.Entitlement, now, r, r.contextExtensions(), q.spends[:0])
 	if len(spends) == 0 {
@@ -337,7 +337,7 @@ func (b *headerBlock) overwrite(k, v string) *corev3.HeaderValueOption {
 
 // allow builds the OK response: trusted headers upstream with explicit
 // overwrite, and every client-sent header with our prefix removed.
-func (rt *Runtime) allow(r *request, d *policy.Decision, res *Result) *authv3.CheckResponse {
+func (rt *Rules) allow(r *request, d *policy.Decision, res *Result) *authv3.CheckResponse {
 	a := new(allowResponse)
 	ok := &a.http
 	if res.Subject != "" {
@@ -379,7 +379,7 @@ type denyResponse struct {
 }
 
 // deny builds the refusal: problem+json with the members that apply.
-func (rt *Runtime) deny(r *request, d *policy.Decision, res *Result) *authv3.CheckResponse {
+func (rt *Rules) deny(r *request, d *policy.Decision, res *Result) *authv3.CheckResponse {
 	t := &rt.tmpl[d.Code]
 	detail := rt.detail(r, d, res.now)
 	msg := d.Code.String() + ": " + detail
@@ -406,7 +406,7 @@ func (rt *Runtime) deny(r *request, d *policy.Decision, res *Result) *authv3.Che
 }
 
 // problem renders RFC 9457 problem details; members appear in a fixed order.
-func (rt *Runtime) problem(r *request, d *policy.Decision, t *template, detail string, now time.Time) string {
+func (rt *Rules) problem(r *request, d *policy.Decision, t *template, detail string, now time.Time) string {
 	o := jsonObject{b: make([]byte, 0, 512)}
 	o.str("type", t.typeURI)
 	o.str("title", t.title)
@@ -452,7 +452,7 @@ func (rt *Runtime) problem(r *request, d *policy.Decision, t *template, detail s
 }
 
 // detail is one human sentence saying what happened and what to do.
-func (rt *Runtime) detail(r *request, d *policy.Decision, now time.Time) string {
+func (rt *Rules) detail(r *request, d *policy.Decision, now time.Time) string {
 	switch d.Code {
 	case policy.MissingCredentials:
 		return rt.missing
@@ -583,7 +583,7 @@ func (m *metadataBlock) str(i int, s string) *structpb.Value {
 
 // logDecision writes denials always and allows at the sampled rate. It never
 // logs a credential: only the extractor name and a digest prefix.
-func (s *Server) logDecision(ctx context.Context, rt *Runtime, r *request, res *Result) {
+func (s *Server) logDecision(ctx context.Context, rt *Rules, r *request, res *Result) {
 	if res.Allowed && !res.Shadow {
 		if rt.opts.AllowSampleRate <= 0 || (rt.opts.AllowSampleRate < 1 && rand.Float64() >= rt.opts.AllowSampleRate) {
 			return

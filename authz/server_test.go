@@ -23,7 +23,7 @@ import (
 	"github.com/tollgate-authz/tollgate/cache"
 	"github.com/tollgate-authz/tollgate/config"
 	"github.com/tollgate-authz/tollgate/entitlement"
-	"github.com/tollgate-authz/tollgate/entitlement/file"
+	"github.com/tollgate-authz/tollgate/entitlement/filesource"
 	"github.com/tollgate-authz/tollgate/internal/authzconfig"
 	"github.com/tollgate-authz/tollgate/policy"
 )
@@ -55,11 +55,11 @@ func serverFrom(t testing.TB, path string, edit func(*config.Config), d authz.De
 	if edit != nil {
 		edit(cfg)
 	}
-	src, err := file.Open(cfg.Entitlements.File.Path, file.Options{Check: cfg.Policy.CheckEntitlement})
+	src, err := filesource.Open(cfg.Entitlements.File.Path, filesource.Options{Check: cfg.Policy.CheckEntitlement})
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt, err := authzconfig.Runtime(cfg)
+	rt, err := authzconfig.Rules(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -339,7 +339,7 @@ func TestSourceFailures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt, err := authzconfig.Runtime(cfg)
+	rt, err := authzconfig.Rules(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

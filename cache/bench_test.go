@@ -11,12 +11,12 @@ import (
 	"time"
 
 	"github.com/tollgate-authz/tollgate/entitlement"
-	"github.com/tollgate-authz/tollgate/entitlement/file"
+	"github.com/tollgate-authz/tollgate/entitlement/filesource"
 	"github.com/tollgate-authz/tollgate/identity"
 )
 
 // fileSource opens a file source of n subjects, sub-N with API key key-N.
-func fileSource(b *testing.B, n int) *file.Source {
+func fileSource(b *testing.B, n int) *filesource.Source {
 	b.Helper()
 	var doc strings.Builder
 	doc.WriteString("subjects:\n")
@@ -27,7 +27,7 @@ func fileSource(b *testing.B, n int) *file.Source {
 	if err := os.WriteFile(path, []byte(doc.String()), 0o600); err != nil {
 		b.Fatal(err)
 	}
-	src, err := file.Open(path, file.Options{})
+	src, err := filesource.Open(path, filesource.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-// Package authzconfig builds the authz runtime from a loaded config: the one
+// Package authzconfig builds the authz rules from a loaded config: the one
 // place that maps config fields to authz.Options. It sits apart from both so
 // that reading a config does not link authz, gRPC and the Envoy protos, and
 // serve, its tests and the benchmarks build the runtime the same way.
@@ -9,10 +9,10 @@ import (
 	"github.com/tollgate-authz/tollgate/config"
 )
 
-// Runtime builds what a Check reads from cfg: the policy, the identity chain
+// Rules builds what a Check reads from cfg: the policy, the identity chain
 // and the response settings.
-func Runtime(cfg *config.Config) (*authz.Runtime, error) {
-	return authz.NewRuntime(cfg.Policy, cfg.Chain, authz.Options{
+func Rules(cfg *config.Config) (*authz.Rules, error) {
+	return authz.NewRules(cfg.Policy, cfg.Chain, authz.Options{
 		ProblemTypeBase: cfg.Responses.ProblemTypeBase,
 		Realm:           cfg.Responses.Realm,
 		RetryAfter:      cfg.Responses.RetryAfter,

@@ -9,8 +9,8 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// The wire-format primitives Request.decode (wire.go) reads a CheckRequest
-// with: one field at a time, strings kept as substrings of one copy of the
+// The wire-format primitives Request.decode (decode_request.go) reads a
+// CheckRequest with: one field at a time, strings kept as substrings of one copy of the
 // request (invalid UTF-8 replaced, as lenientUnmarshal replaces it), and
 // anything unexpected reported as errSlowPath, which sends the whole
 // request to lenientUnmarshal.

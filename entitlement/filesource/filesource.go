@@ -1,8 +1,8 @@
-// Package file is the embedded entitlement source: a YAML file of subjects,
+// Package filesource is the embedded entitlement source: a YAML file of subjects,
 // reloaded when it changes. Lookups read an immutable index through an atomic
 // pointer, so a reload never blocks or drops a request, and a bad edit keeps
 // the last good index while the error names the file, line and field.
-package file
+package filesource
 
 import (
 	"context"

@@ -9,7 +9,7 @@ import (
 	"net/http/httptest"
 
 	"github.com/tollgate-authz/tollgate/entitlement"
-	httpsource "github.com/tollgate-authz/tollgate/entitlement/http"
+	"github.com/tollgate-authz/tollgate/entitlement/httpsource"
 )
 
 // A billing service answers the contract: a record as JSON, or 404 for a

@@ -34,9 +34,9 @@ type Options struct {
 	AllowSampleRate float64
 }
 
-// Runtime is everything a Check reads that a config reload may change. It is
+// Rules is everything a Check reads that a config reload may change. It is
 // immutable once built.
-type Runtime struct {
+type Rules struct {
 	policy   *policy.Policy
 	identity identity.Chain
 	opts     Options
@@ -87,8 +87,8 @@ var grpcCodes = map[policy.Code]codes.Code{
 	policy.CostTooLarge:            codes.InvalidArgument,
 }
 
-// NewRuntime precomputes response templates for p and chain.
-func NewRuntime(p *policy.Policy, chain identity.Chain, opts Options) (*Runtime, error) {
+// NewRules precomputes response templates for p and chain.
+func NewRules(p *policy.Policy, chain identity.Chain, opts Options) (*Rules, error) {
 	if opts.ProblemTypeBase == "" {
 		opts.ProblemTypeBase = policy.DefaultProblemTypeBase
 	}
@@ -107,7 +107,7 @@ func NewRuntime(p *policy.Policy, chain identity.Chain, opts Options) (*Runtime,
 	if opts.RetryAfter <= 0 {
 		opts.RetryAfter = 5 * time.Second
 	}
-	rt := &Runtime{policy: p, identity: chain, opts: opts, status: policy.DefaultStatus, lowerPfx: strings.ToLower(opts.HeaderPrefix)}
+	rt := &Rules{policy: p, identity: chain, opts: opts, status: policy.DefaultStatus, lowerPfx: strings.ToLower(opts.HeaderPrefix)}
 	for c, st := range opts.Status {
 		if st < 400 || st > 599 {
 			return nil, fmt.Errorf("status for %s: %d is not a 4xx or 5xx status", c, st)
@@ -144,7 +144,7 @@ func NewRuntime(p *policy.Policy, chain identity.Chain, opts Options) (*Runtime,
 }
 
 // Policy is the compiled policy this runtime decides with.
-func (rt *Runtime) Policy() *policy.Policy { return rt.policy }
+func (rt *Rules) Policy() *policy.Policy { return rt.policy }
 
 // overwrite builds a header that replaces any existing value. The append
 // default differs between Envoy versions, so it is always explicit.
@@ -156,7 +156,7 @@ func overwrite(k, v string) *corev3.HeaderValueOption {
 }
 
 // missingDetail says which credentials this deployment accepts.
-func (rt *Runtime) missingDetail() string {
+func (rt *Rules) missingDetail() string {
 	var ways []string
 	for _, x := range rt.identity {
 		switch x := x.(type) {

@@ -8,7 +8,7 @@ import (
 
 	"github.com/tollgate-authz/tollgate/cache"
 	"github.com/tollgate-authz/tollgate/entitlement"
-	redissource "github.com/tollgate-authz/tollgate/entitlement/redis"
+	"github.com/tollgate-authz/tollgate/entitlement/redissource"
 )
 
 // How a replica wires the source: a cache in front, and a subscriber that

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/tollgate-authz/tollgate/cache"
-	stripesource "github.com/tollgate-authz/tollgate/entitlement/stripe"
+	"github.com/tollgate-authz/tollgate/entitlement/stripesource"
 )
 
 // Wiring the Stripe source behind the cache, with the webhook that keeps the
