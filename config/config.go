@@ -35,6 +35,26 @@ type Config struct {
 	Policy   *policy.Policy      `yaml:"-"`
 	Chain    identity.Chain      `yaml:"-"`
 	Statuses map[policy.Code]int `yaml:"-"`
+
+	// doc is the YAML the config was parsed from, kept so that problems
+	// found later (while building) can name the line of their field.
+	doc *yamlpos.Doc
+}
+
+// Errorf reports a problem with the field at path (for example
+// "entitlements.file.path") as "FILE:LINE: path: problem", the form of every
+// config error, for problems found after Parse, while building from the
+// config. A Config not built by Parse names the file (or "config") but no line.
+func (c *Config) Errorf(path, format string, args ...any) error {
+	d := c.doc
+	if d == nil {
+		name := c.Path
+		if name == "" {
+			name = "config"
+		}
+		d = yamlpos.Named(name)
+	}
+	return d.Errorf(path, format, args...)
 }
 
 // Server is where tollgate listens and how it stops.
@@ -331,6 +351,7 @@ func Parse(name string, data []byte) (*Config, error) {
 		return nil, err
 	}
 	c.Path = name
+	c.doc = yd
 	c.defaults()
 
 	var errs []error

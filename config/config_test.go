@@ -308,3 +308,31 @@ func TestAddressErrorsNeverQuoteAPassword(t *testing.T) {
 		}
 	}
 }
+
+func TestConfigErrorf(t *testing.T) {
+	parsed, err := Parse("t.yaml", []byte("# head\nentitlements:\n  file: {path: e.yaml}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := Default()
+	named := Default()
+	named.Path = "conf/t.yaml"
+	tests := []struct {
+		name string
+		c    *Config
+		path string
+		want string
+	}{
+		{"parsed field", parsed, "entitlements.file.path", "t.yaml:3: entitlements.file.path: open e.yaml: no such file"},
+		{"parsed field not written", parsed, "server.tls.cert_file", "t.yaml:2: server.tls.cert_file: open e.yaml: no such file"},
+		{"built in memory with a path", &named, "entitlements.file.path", "conf/t.yaml: entitlements.file.path: open e.yaml: no such file"},
+		{"built in memory", &def, "entitlements.file.path", "config: entitlements.file.path: open e.yaml: no such file"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.c.Errorf(tt.path, "open %s: no such file", "e.yaml").Error(); got != tt.want {
+				t.Errorf("Errorf(%q) = %q, want %q", tt.path, got, tt.want)
+			}
+		})
+	}
+}
