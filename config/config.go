@@ -28,6 +28,7 @@ type Config struct {
 	Responses    Responses       `yaml:"responses"`
 	Admin        Admin           `yaml:"admin"`
 	QuotaStore   QuotaStore      `yaml:"quota_store"`
+	Reload       Reload          `yaml:"reload"`
 	policy.Spec  `yaml:",inline"`
 
 	// Filled by Load.
@@ -55,6 +56,15 @@ func (c *Config) Errorf(path, format string, args ...any) error {
 		d = yamlpos.Named(name)
 	}
 	return d.Errorf(path, format, args...)
+}
+
+// Reload paces the watches that apply edits while serving: the config
+// file itself and the TLS certificates (the server's and the Redis
+// clients'). The entitlement sources keep their own poll_interval.
+type Reload struct {
+	// PollInterval is how often each watched file is checked. A change is
+	// applied once the file has stayed the same for one more poll.
+	PollInterval time.Duration `yaml:"poll_interval"`
 }
 
 // Server is where tollgate listens and how it stops.
@@ -309,6 +319,7 @@ func (c *Config) defaults() {
 	}
 	def(&c.Entitlements.Source, "file")
 	defDur(&c.Entitlements.File.PollInterval, time.Second)
+	defDur(&c.Reload.PollInterval, time.Second)
 	defDur(&c.Entitlements.Stripe.PollInterval, time.Second)
 	if c.Entitlements.Cache.MaxEntries == 0 {
 		c.Entitlements.Cache.MaxEntries = 100000
@@ -375,6 +386,9 @@ func Parse(name string, data []byte) (*Config, error) {
 		if d.v < 0 {
 			fail(d.field, "must not be negative")
 		}
+	}
+	if c.Reload.PollInterval < 0 {
+		fail("reload.poll_interval", "must not be negative")
 	}
 	if c.Admin.MaxBodyBytes < 0 {
 		fail("admin.max_body_bytes", "must not be negative")
