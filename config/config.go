@@ -435,6 +435,9 @@ func Parse(name string, data []byte) (*Config, error) {
 		if c.Entitlements.Redis.Address == "" {
 			fail("entitlements.redis.address", "is required for the redis source")
 		}
+		if t := c.Entitlements.Redis.Timeout; t >= c.Server.EnvoyTimeout {
+			fail("entitlements.redis.timeout", "%v is not under server.envoy_timeout %v", t, c.Server.EnvoyTimeout)
+		}
 	case "stripe":
 		st := c.Entitlements.Stripe
 		if st.SecretKeyEnv == "" {

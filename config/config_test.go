@@ -336,3 +336,37 @@ func TestConfigErrorf(t *testing.T) {
 		})
 	}
 }
+
+// TestTimeoutsUnderEnvoys: every source and store timeout must be under
+// server.envoy_timeout, whatever it is raised to; the error is exact.
+func TestTimeoutsUnderEnvoys(t *testing.T) {
+	redisSource := func(envoy, timeout string) string {
+		return "server: {envoy_timeout: " + envoy + "}\nentitlements:\n  source: redis\n  redis: {address: r:6379, timeout: " + timeout + "}\n"
+	}
+	httpSource := func(envoy, timeout string) string {
+		return "server: {envoy_timeout: " + envoy + "}\nentitlements:\n  source: http\n  http: {url: http://billing, timeout: " + timeout + "}\n"
+	}
+	tests := []struct {
+		name string
+		doc  string
+		want string // "" means the config loads
+	}{
+		{"redis source under a raised envoy timeout", redisSource("500ms", "300ms"), ""},
+		{"redis source at envoy's", redisSource("500ms", "500ms"), "t.yaml:4: entitlements.redis.timeout: 500ms is not under server.envoy_timeout 500ms"},
+		{"redis source over the default", redisSource("200ms", "300ms"), "t.yaml:4: entitlements.redis.timeout: 300ms is not under server.envoy_timeout 200ms"},
+		{"http source under a raised envoy timeout", httpSource("500ms", "300ms"), ""},
+		{"http source over the default", httpSource("200ms", "300ms"), "t.yaml:4: entitlements.http.timeout: 300ms is not under server.envoy_timeout 200ms"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("t.yaml", []byte(tt.doc))
+			got := ""
+			if err != nil {
+				got = err.Error()
+			}
+			if got != tt.want {
+				t.Errorf("got  %q\nwant %q", got, tt.want)
+			}
+		})
+	}
+}

@@ -27,10 +27,6 @@ const (
 // larger value is a fault, not an answer.
 const MaxRecordBytes = 64 << 10
 
-// envoyTimeout is Envoy's default ext_authz timeout: a lookup must end well
-// before it.
-const envoyTimeout = 200 * time.Millisecond
-
 // Options configure a Source. Only Client is required.
 type Options struct {
 	// Client reaches Redis (*redis.Client, *redis.FailoverClient, ...). For
@@ -42,8 +38,10 @@ type Options struct {
 	Prefix string
 	// Channel carries invalidations; default "tollgate:invalidate".
 	Channel string
-	// Timeout bounds each lookup; default 50ms, and under Envoy's 200 ms.
-	// Writes (Put, Get, Delete) use the caller's context only.
+	// Timeout bounds each lookup; default 50ms (also when negative). Keep
+	// it under Envoy's ext_authz timeout: config checks it against
+	// server.envoy_timeout, and New trusts that. Writes (Put, Get, Delete)
+	// use the caller's context only.
 	Timeout time.Duration
 	// HealthCheck is how long Subscribe waits in silence before it pings
 	// Redis; after three silent intervals it drops the connection and
@@ -133,7 +131,8 @@ type Source struct {
 
 var _ entitlement.Source = (*Source)(nil)
 
-// New checks opts and builds a Source. It does not call Redis.
+// New builds a Source from opts, which config has checked: it refuses only
+// a missing Client. It does not call Redis.
 func New(opts Options) (*Source, error) {
 	if opts.Client == nil {
 		return nil, errors.New("redissource: a Redis client is required")
@@ -144,14 +143,11 @@ func New(opts Options) (*Source, error) {
 	if opts.Channel == "" {
 		opts.Channel = DefaultChannel
 	}
-	if opts.Timeout == 0 {
+	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultTimeout
 	}
 	if opts.HealthCheck <= 0 {
 		opts.HealthCheck = DefaultHealthCheck
-	}
-	if opts.Timeout < 0 || opts.Timeout >= envoyTimeout {
-		return nil, fmt.Errorf("redissource: timeout %v must be positive and under Envoy's %v ext_authz timeout", opts.Timeout, envoyTimeout)
 	}
 	if opts.Observer == nil {
 		opts.Observer = nopObserver{}

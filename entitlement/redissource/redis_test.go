@@ -89,14 +89,17 @@ func TestNew(t *testing.T) {
 	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
 	defer c.Close()
 	tests := []struct {
-		name    string
-		opts    Options
-		wantErr string
+		name        string
+		opts        Options
+		wantErr     string
+		wantTimeout time.Duration
 	}{
-		{"defaults", Options{Client: c}, ""},
-		{"no client", Options{}, "client is required"},
-		{"timeout at envoy's", Options{Client: c, Timeout: 200 * time.Millisecond}, "under Envoy's"},
-		{"negative timeout", Options{Client: c, Timeout: -time.Millisecond}, "must be positive"},
+		{"defaults", Options{Client: c}, "", DefaultTimeout},
+		{"no client", Options{}, "client is required", 0},
+		// Envoy's timeout is the config's to check (server.envoy_timeout):
+		// a raised one allows a longer lookup.
+		{"timeout over Envoy's default", Options{Client: c, Timeout: 300 * time.Millisecond}, "", 300 * time.Millisecond},
+		{"negative timeout", Options{Client: c, Timeout: -time.Millisecond}, "", DefaultTimeout},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -105,8 +108,8 @@ func TestNew(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if s.prefix != DefaultPrefix || s.channel != DefaultChannel || s.timeout != DefaultTimeout {
-					t.Errorf("prefix, channel, timeout = %q, %q, %v", s.prefix, s.channel, s.timeout)
+				if got, want := []any{s.prefix, s.channel, s.timeout}, []any{DefaultPrefix, DefaultChannel, tt.wantTimeout}; !slices.Equal(got, want) {
+					t.Errorf("prefix, channel, timeout = %v, want %v", got, want)
 				}
 				return
 			}
@@ -114,6 +117,26 @@ func TestNew(t *testing.T) {
 				t.Fatalf("err = %v, want it to contain %q", err, tt.wantErr)
 			}
 		})
+	}
+}
+
+// TestTimeoutOverEnvoysDefault: a source built with a 300ms timeout (a
+// config that raised server.envoy_timeout to 500ms) serves, and a lookup
+// that Redis does not answer fails after that timeout, not a hard-coded one.
+func TestTimeoutOverEnvoysDefault(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newSource(t, srv.Client(), Options{Timeout: 300 * time.Millisecond})
+	mustPut(t, s, rec("acme", entitlement.StatusActive, digestA))
+	e, err := s.Lookup(context.Background(), byKey(digestA))
+	if err != nil || e.Subject != "acme" {
+		t.Fatalf("Lookup = %v, %v; want acme's record", e, err)
+	}
+	srv.Pause()
+	defer srv.Resume()
+	_, err = s.Lookup(context.Background(), bySubject("acme"))
+	var le *LookupError
+	if !errors.As(err, &le) || le.Outcome != OutcomeTimeout || !strings.Contains(err.Error(), "no answer within 300ms") {
+		t.Fatalf("Lookup with Redis paused: %v; want a timeout after the 300ms Options.Timeout", err)
 	}
 }
 
