@@ -86,8 +86,8 @@ func checkListenAddress(addr string, unixOK bool) error {
 // errHasUserinfo is the problem of a URL with credentials in it.
 var errHasUserinfo = errors.New("has credentials in it (user:password@): take them out, and give a token in token_env")
 
-// checkHTTPURL accepts an absolute http or https URL with a host and no
-// userinfo. Its error quotes raw only redacted, and never repeats
+// checkHTTPURL accepts an absolute http or https URL with a host, and no
+// userinfo, query or fragment. Its error quotes raw only redacted, and never repeats
 // url.Parse's error, which quotes the whole input.
 func checkHTTPURL(raw string) error {
 	u, err := url.Parse(raw)
@@ -100,6 +100,9 @@ func checkHTTPURL(raw string) error {
 		// Scheme, host and path only: an opaque URL ("user:password")
 		// keeps its secret in u.Opaque.
 		return fmt.Errorf("%q is not an http(s) URL", Redact(u.Scheme+"://"+u.Host+u.Path))
+	case u.RawQuery != "" || u.Fragment != "" || u.ForceQuery:
+		// Paths are appended to it: a query would end up in the middle.
+		return fmt.Errorf("%q must not have a query or fragment", Redact(u.Scheme+"://"+u.Host+u.Path)+"…")
 	}
 	return nil
 }

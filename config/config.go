@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tollgate-authz/tollgate/identity"
+	"github.com/tollgate-authz/tollgate/internal/envvar"
 	"github.com/tollgate-authz/tollgate/internal/yamlpos"
 	"github.com/tollgate-authz/tollgate/policy"
 )
@@ -364,6 +365,15 @@ func Parse(name string, data []byte) (*Config, error) {
 	c.Path = name
 	c.doc = yd
 	c.defaults()
+	// Files are named relative to the config file.
+	et, qt := &c.Entitlements.Redis.TLS, &c.QuotaStore.Redis.TLS
+	for _, p := range []*string{&c.Entitlements.File.Path, &c.Entitlements.Stripe.Customers,
+		&c.Server.TLS.CertFile, &c.Server.TLS.KeyFile, &c.Server.TLS.ClientCAFile,
+		&et.CAFile, &et.CertFile, &et.KeyFile, &qt.CAFile, &qt.CertFile, &qt.KeyFile} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(filepath.Dir(name), *p)
+		}
+	}
 
 	var errs []error
 	fail := func(path, msg string, args ...any) {
@@ -378,6 +388,9 @@ func Parse(name string, data []byte) (*Config, error) {
 	}
 	if c.Server.DrainTimeout < 0 {
 		fail("server.drain_timeout", "must not be negative")
+	}
+	if c.Server.EnvoyTimeout <= 0 {
+		fail("server.envoy_timeout", "must be positive")
 	}
 	for _, d := range []struct {
 		field string
@@ -428,20 +441,48 @@ func Parse(name string, data []byte) (*Config, error) {
 		if h.Token != "" && h.TokenEnv != "" {
 			fail("entitlements.http.token", "set token or token_env, not both")
 		}
-		if h.Timeout >= c.Server.EnvoyTimeout {
-			fail("entitlements.http.timeout", "%v is not under server.envoy_timeout %v", h.Timeout, c.Server.EnvoyTimeout)
+		if err := checkToken(h.Token); err != nil {
+			fail("entitlements.http.token", "%v", err)
+		}
+		if h.TokenEnv != "" {
+			if v, err := envvar.Lookup(h.TokenEnv); err != nil {
+				fail("entitlements.http.token_env", "%v", err)
+			} else if err := checkToken(v); err != nil {
+				fail("entitlements.http.token_env", "the token in %s %v", h.TokenEnv, err)
+			}
+		}
+		checkTimeout("entitlements.http.timeout", h.Timeout, c.Server.EnvoyTimeout, fail)
+		for _, n := range []struct {
+			path string
+			v    int64
+		}{
+			{"entitlements.http.max_in_flight", int64(h.MaxInFlight)},
+			{"entitlements.http.max_idle_conns", int64(h.MaxIdleConns)},
+			{"entitlements.http.idle_conn_timeout", int64(h.IdleConnTimeout)},
+			{"entitlements.http.breaker.cooldown", int64(h.Breaker.Cooldown)},
+		} {
+			if n.v < 0 {
+				fail(n.path, "must not be negative")
+			}
 		}
 	case "redis":
 		if c.Entitlements.Redis.Address == "" {
 			fail("entitlements.redis.address", "is required for the redis source")
 		}
-		if t := c.Entitlements.Redis.Timeout; t >= c.Server.EnvoyTimeout {
-			fail("entitlements.redis.timeout", "%v is not under server.envoy_timeout %v", t, c.Server.EnvoyTimeout)
-		}
+		checkTimeout("entitlements.redis.timeout", c.Entitlements.Redis.Timeout, c.Server.EnvoyTimeout, fail)
 	case "stripe":
 		st := c.Entitlements.Stripe
 		if st.SecretKeyEnv == "" {
 			fail("entitlements.stripe.secret_key_env", "is required: the name of the variable holding the Stripe key")
+		} else if _, err := envvar.Lookup(st.SecretKeyEnv); err != nil {
+			fail("entitlements.stripe.secret_key_env", "%v", err)
+		}
+		// Without secret_env the webhook is not served; named, it must hold
+		// the signing secret (or several, comma-separated, during a rotation).
+		if env := st.Webhook.SecretEnv; env != "" {
+			if _, err := envvar.Lookup(env); err != nil {
+				fail("entitlements.stripe.webhook.secret_env", "%v", err)
+			}
 		}
 		if st.Customers == "" && st.SubjectMetadataKey == "" {
 			fail("entitlements.stripe.customers", "is required (or subject_metadata_key)")
@@ -451,15 +492,16 @@ func Parse(name string, data []byte) (*Config, error) {
 				fail("entitlements.stripe.api_base", "%v", err)
 			}
 		}
-		if st.Timeout >= c.Server.EnvoyTimeout {
-			fail("entitlements.stripe.timeout", "%v is not under server.envoy_timeout %v", st.Timeout, c.Server.EnvoyTimeout)
-		}
+		checkTimeout("entitlements.stripe.timeout", st.Timeout, c.Server.EnvoyTimeout, fail)
 	default:
 		fail("entitlements.source", "%q is not a source (want file, http, redis or stripe)", c.Entitlements.Source)
 	}
 	if t := c.Server.TLS; (t.CertFile == "") != (t.KeyFile == "") || (t.ClientCAFile != "" && t.CertFile == "") {
 		fail("server.tls", "set cert_file and key_file together (client_ca_file needs both)")
 	}
+	checkReadable("server.tls.cert_file", c.Server.TLS.CertFile, fail)
+	checkReadable("server.tls.key_file", c.Server.TLS.KeyFile, fail)
+	checkReadable("server.tls.client_ca_file", c.Server.TLS.ClientCAFile, fail)
 	if c.Entitlements.Source == "redis" {
 		er := c.Entitlements.Redis
 		checkRedisConn("entitlements.redis", er.RedisConn, fail)
@@ -471,14 +513,6 @@ func Parse(name string, data []byte) (*Config, error) {
 	}
 	if c.QuotaStore.Store == "redis" {
 		checkRedisConn("quota_store.redis", c.QuotaStore.Redis.RedisConn, fail)
-	}
-	et, qt := &c.Entitlements.Redis.TLS, &c.QuotaStore.Redis.TLS
-	for _, p := range []*string{&c.Entitlements.File.Path, &c.Entitlements.Stripe.Customers,
-		&c.Server.TLS.CertFile, &c.Server.TLS.KeyFile, &c.Server.TLS.ClientCAFile,
-		&et.CAFile, &et.CertFile, &et.KeyFile, &qt.CAFile, &qt.CertFile, &qt.KeyFile} {
-		if *p != "" && !filepath.IsAbs(*p) {
-			*p = filepath.Join(filepath.Dir(name), *p)
-		}
 	}
 	cc := c.Entitlements.Cache
 	if cc.MaxEntries < 0 {
@@ -501,6 +535,14 @@ func Parse(name string, data []byte) (*Config, error) {
 	if c.Admin.Token != "" && len(c.Admin.Token) < 16 {
 		fail("admin.token", "is shorter than 16 characters")
 	}
+	// An unset or empty admin.token_env is not an error: it falls back to
+	// admin.token, and without either /v1/invalidate is not served. A token
+	// it does hold must be as long as one written in the file.
+	if env := c.Admin.TokenEnv; env != "" {
+		if v := os.Getenv(env); v != "" && len(v) < 16 {
+			fail("admin.token_env", "the token in %s is shorter than 16 characters", env)
+		}
+	}
 	switch c.QuotaStore.Store {
 	case "", "memory":
 	case "redis":
@@ -510,9 +552,7 @@ func Parse(name string, data []byte) (*Config, error) {
 		if c.QuotaStore.Redis.LeaseSize < 0 {
 			fail("quota_store.redis.lease_size", "must not be negative")
 		}
-		if t := c.QuotaStore.Redis.Timeout; t >= c.Server.EnvoyTimeout {
-			fail("quota_store.redis.timeout", "%v is not under server.envoy_timeout %v", t, c.Server.EnvoyTimeout)
-		}
+		checkTimeout("quota_store.redis.timeout", c.QuotaStore.Redis.Timeout, c.Server.EnvoyTimeout, fail)
 	default:
 		fail("quota_store.store", "%q is not memory or redis", c.QuotaStore.Store)
 	}
@@ -557,7 +597,55 @@ func checkRedisConn(path string, rc RedisConn, fail func(path, msg string, args 
 	if rc.Cluster && rc.DB != 0 {
 		fail(path+".db", "must be 0 with cluster (Redis Cluster has one database)")
 	}
+	if rc.PasswordEnv != "" {
+		if _, err := envvar.Lookup(rc.PasswordEnv); err != nil {
+			fail(path+".password_env", "%v", err)
+		}
+	}
 	checkRedisTLS(path+".tls", rc.TLS, fail)
+}
+
+// checkTimeout refuses a source or store timeout that is negative, or that
+// is not under Envoy's: Envoy would give up first, and answer its
+// status_on_error, whatever tollgate decided. Zero takes the adapter's
+// default, which is under Envoy's default.
+func checkTimeout(path string, t, envoy time.Duration, fail func(path, msg string, args ...any)) {
+	switch {
+	case t < 0:
+		fail(path, "must not be negative")
+	case t >= envoy:
+		fail(path, "%v is not under server.envoy_timeout %v", t, envoy)
+	}
+}
+
+// checkReadable fails path when file is set and cannot be opened for
+// reading. The file is closed at once: it is read when the server is built,
+// and again on each reload, which keeps the last good one if it fails then.
+func checkReadable(path, file string, fail func(path, msg string, args ...any)) {
+	if file == "" {
+		return
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		fail(path, "%v", err)
+		return
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.IsDir() {
+		fail(path, "%s is a directory", file)
+	}
+}
+
+// checkToken refuses a bearer token with a space or a control character:
+// RFC 6750's b64token is visible ASCII, and anything else would break the
+// Authorization header. The error never holds the token.
+func checkToken(token string) error {
+	for i := 0; i < len(token); i++ {
+		if c := token[i]; c <= ' ' || c >= 0x7f {
+			return errors.New("has a space or control character; it must be visible ASCII")
+		}
+	}
+	return nil
 }
 
 // hasHashTag reports whether a key starting with prefix is hashed by a
@@ -585,4 +673,7 @@ func checkRedisTLS(path string, t RedisTLS, fail func(path, msg string, args ...
 	if (t.CertFile == "") != (t.KeyFile == "") {
 		fail(path, "set cert_file and key_file together")
 	}
+	checkReadable(path+".ca_file", t.CAFile, fail)
+	checkReadable(path+".cert_file", t.CertFile, fail)
+	checkReadable(path+".key_file", t.KeyFile, fail)
 }

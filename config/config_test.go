@@ -130,14 +130,19 @@ func TestLoadMissingFile(t *testing.T) {
 }
 
 func TestRedisTLSPathsAreRelativeToConfig(t *testing.T) {
+	dir := t.TempDir()
+	abs := filepath.Join(dir, "etc", "c.pem") // named absolute in the file
+	for _, f := range []string{"conf/ca.pem", "etc/c.pem", "conf/k.pem", "conf/q/ca.pem"} {
+		writeFile(t, filepath.Join(dir, f), "pem")
+	}
 	doc := `entitlements:
   source: redis
-  redis: {address: r:6379, tls: {enabled: true, ca_file: ca.pem, cert_file: /etc/tls/c.pem, key_file: k.pem}}
+  redis: {address: r:6379, tls: {enabled: true, ca_file: ca.pem, cert_file: ` + abs + `, key_file: k.pem}}
 quota_store:
   store: redis
   redis: {address: r:6379, tls: {enabled: true, ca_file: q/ca.pem}}
 `
-	c, err := Parse(filepath.Join("conf", "t.yaml"), []byte(doc))
+	c, err := Parse(filepath.Join(dir, "conf", "t.yaml"), []byte(doc))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,10 +150,10 @@ quota_store:
 		name      string
 		got, want any
 	}{
-		{"source ca", c.Entitlements.Redis.TLS.CAFile, filepath.Join("conf", "ca.pem")},
-		{"absolute stays", c.Entitlements.Redis.TLS.CertFile, "/etc/tls/c.pem"},
-		{"source key", c.Entitlements.Redis.TLS.KeyFile, filepath.Join("conf", "k.pem")},
-		{"store ca", c.QuotaStore.Redis.TLS.CAFile, filepath.Join("conf", "q", "ca.pem")},
+		{"source ca", c.Entitlements.Redis.TLS.CAFile, filepath.Join(dir, "conf", "ca.pem")},
+		{"absolute stays", c.Entitlements.Redis.TLS.CertFile, abs},
+		{"source key", c.Entitlements.Redis.TLS.KeyFile, filepath.Join(dir, "conf", "k.pem")},
+		{"store ca", c.QuotaStore.Redis.TLS.CAFile, filepath.Join(dir, "conf", "q", "ca.pem")},
 		{"store enabled", c.QuotaStore.Redis.TLS.Enabled, true},
 		{"address through the shared block", c.QuotaStore.Redis.Address, "r:6379"},
 	}
@@ -156,6 +161,17 @@ quota_store:
 		if tt.got != tt.want {
 			t.Errorf("%s = %v, want %v", tt.name, tt.got, tt.want)
 		}
+	}
+}
+
+// writeFile writes data to path, making its directory.
+func writeFile(t *testing.T, path, data string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -366,6 +382,120 @@ func TestTimeoutsUnderEnvoys(t *testing.T) {
 			}
 			if got != tt.want {
 				t.Errorf("got  %q\nwant %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestRulesCheckedAtLoad: what the adapters used to check when they were
+// built (variables in the environment, files that can be read, bounds) is
+// checked when the config loads, each problem as FILE:LINE: field: problem.
+func TestRulesCheckedAtLoad(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"ca.pem", "tls.crt", "tls.key"} {
+		writeFile(t, filepath.Join(dir, f), "pem")
+	}
+	t.Setenv("TOLLGATE_TEST_TOKEN", "0123456789abcdef-token\n")
+	t.Setenv("TOLLGATE_TEST_EMPTY", " ")
+	t.Setenv("TOLLGATE_TEST_SHORT", "k3y-9")
+	t.Setenv("TOLLGATE_TEST_SPACE", "a token")
+	t.Setenv("TOLLGATE_TEST_UNSET", "")
+	os.Unsetenv("TOLLGATE_TEST_UNSET")
+
+	name := filepath.Join(dir, "t.yaml")
+	const file = "entitlements: {file: {path: e.yaml}}\n"
+	http := func(fields string) string {
+		return "entitlements:\n  source: http\n  http: {url: \"http://billing\", " + fields + "}\n"
+	}
+	stripe := func(fields string) string {
+		return "entitlements:\n  source: stripe\n  stripe: {customers: c.yaml, " + fields + "}\n"
+	}
+	redisSource := func(fields string) string {
+		return "entitlements:\n  source: redis\n  redis: {address: r:6379, " + fields + "}\n"
+	}
+	quotaStore := func(fields string) string {
+		return file + "quota_store:\n  store: redis\n  redis: {address: r:6379, " + fields + "}\n"
+	}
+	serverTLS := func(fields string) string {
+		return file + "server:\n  tls: {" + fields + "}\n"
+	}
+	tests := []struct {
+		name string
+		doc  string
+		want string // "" means the config loads; else every line after the file name
+	}{
+		{"envoy timeout negative", "server: {envoy_timeout: -1s}\n" + file,
+			":1: server.envoy_timeout: must be positive\n" +
+				":2: entitlements.cache.timeout: 50ms is not under server.envoy_timeout -1s (Envoy's ext_authz timeout)"},
+
+		{"http token_env set", http("token_env: TOLLGATE_TEST_TOKEN"), ""},
+		{"http token_env unset", http("token_env: TOLLGATE_TEST_UNSET"),
+			":3: entitlements.http.token_env: environment variable TOLLGATE_TEST_UNSET is unset or empty"},
+		{"http token_env blank", http("token_env: TOLLGATE_TEST_EMPTY"),
+			":3: entitlements.http.token_env: environment variable TOLLGATE_TEST_EMPTY is unset or empty"},
+		{"http token_env with a space", http("token_env: TOLLGATE_TEST_SPACE"),
+			":3: entitlements.http.token_env: the token in TOLLGATE_TEST_SPACE has a space or control character; it must be visible ASCII"},
+		{"http token with a space", http("token: \"a token\""),
+			":3: entitlements.http.token: has a space or control character; it must be visible ASCII"},
+		{"http timeout negative", http("timeout: -1ms"), ":3: entitlements.http.timeout: must not be negative"},
+		{"http max_in_flight negative", http("max_in_flight: -1"), ":3: entitlements.http.max_in_flight: must not be negative"},
+		{"http max_idle_conns negative", http("max_idle_conns: -1"), ":3: entitlements.http.max_idle_conns: must not be negative"},
+		{"http idle_conn_timeout negative", http("idle_conn_timeout: -1s"), ":3: entitlements.http.idle_conn_timeout: must not be negative"},
+		{"http breaker cooldown negative", http("breaker: {cooldown: -1s}"), ":3: entitlements.http.breaker.cooldown: must not be negative"},
+		{"http url with a query", "entitlements:\n  source: http\n  http: {url: \"https://billing/v1?token=x\"}\n",
+			`:3: entitlements.http.url: "https://billing/v1…" must not have a query or fragment`},
+
+		{"stripe key set", stripe("secret_key_env: TOLLGATE_TEST_TOKEN"), ""},
+		{"stripe key unset", stripe("secret_key_env: TOLLGATE_TEST_UNSET"),
+			":3: entitlements.stripe.secret_key_env: environment variable TOLLGATE_TEST_UNSET is unset or empty"},
+		{"stripe webhook secret unset", stripe("secret_key_env: TOLLGATE_TEST_TOKEN, webhook: {secret_env: TOLLGATE_TEST_UNSET}"),
+			":3: entitlements.stripe.webhook.secret_env: environment variable TOLLGATE_TEST_UNSET is unset or empty"},
+		{"stripe timeout negative", stripe("secret_key_env: TOLLGATE_TEST_TOKEN, timeout: -1ms"),
+			":3: entitlements.stripe.timeout: must not be negative"},
+
+		{"redis source password set", redisSource("password_env: TOLLGATE_TEST_TOKEN"), ""},
+		{"redis source password unset", redisSource("password_env: TOLLGATE_TEST_UNSET"),
+			":3: entitlements.redis.password_env: environment variable TOLLGATE_TEST_UNSET is unset or empty"},
+		{"redis source timeout negative", redisSource("timeout: -1ms"), ":3: entitlements.redis.timeout: must not be negative"},
+		{"redis source ca file", redisSource("tls: {enabled: true, ca_file: ca.pem}"), ""},
+		{"redis source ca file missing", redisSource("tls: {enabled: true, ca_file: nope.pem}"),
+			":3: entitlements.redis.tls.ca_file: open " + filepath.Join(dir, "nope.pem") + ": no such file or directory"},
+		{"quota store password unset", quotaStore("password_env: TOLLGATE_TEST_UNSET"),
+			":4: quota_store.redis.password_env: environment variable TOLLGATE_TEST_UNSET is unset or empty"},
+		{"quota store client key missing", quotaStore("tls: {enabled: true, cert_file: tls.crt, key_file: no.key}"),
+			":4: quota_store.redis.tls.key_file: open " + filepath.Join(dir, "no.key") + ": no such file or directory"},
+		{"quota store timeout negative", quotaStore("timeout: -1ms"), ":4: quota_store.redis.timeout: must not be negative"},
+		{"quota store password unused", file + "quota_store:\n  redis: {password_env: TOLLGATE_TEST_UNSET}\n", ""},
+
+		{"server tls files", serverTLS("cert_file: tls.crt, key_file: tls.key, client_ca_file: ca.pem"), ""},
+		{"server tls cert missing", serverTLS("cert_file: no.crt, key_file: tls.key"),
+			":3: server.tls.cert_file: open " + filepath.Join(dir, "no.crt") + ": no such file or directory"},
+		{"server tls client ca is a directory", serverTLS("cert_file: tls.crt, key_file: tls.key, client_ca_file: ."),
+			":3: server.tls.client_ca_file: " + dir + " is a directory"},
+
+		{"admin token_env set", file + "admin: {token_env: TOLLGATE_TEST_TOKEN}\n", ""},
+		{"admin token_env unset: the endpoint is off", file + "admin: {token_env: TOLLGATE_TEST_UNSET}\n", ""},
+		{"admin token_env short", file + "admin: {token_env: TOLLGATE_TEST_SHORT}\n",
+			":2: admin.token_env: the token in TOLLGATE_TEST_SHORT is shorter than 16 characters"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse(name, []byte(tt.doc))
+			got := ""
+			if err != nil {
+				got = err.Error()
+			}
+			want := ""
+			if tt.want != "" {
+				want = name + strings.ReplaceAll(tt.want, "\n", "\n"+name)
+			}
+			if got != want {
+				t.Errorf("got  %q\nwant %q", got, want)
+			}
+			for _, secret := range []string{"0123456789abcdef-token", "k3y-9", "a token"} {
+				if err != nil && strings.Contains(err.Error(), secret) && !strings.Contains(tt.doc, secret) {
+					t.Errorf("the error holds the value of a variable: %v", err)
+				}
 			}
 		})
 	}
