@@ -9,12 +9,11 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tollgate-authz/tollgate/internal/envvar"
 	"github.com/tollgate-authz/tollgate/internal/tlsreload"
 )
 
@@ -97,13 +96,15 @@ type FieldError struct {
 func (e *FieldError) Error() string { return e.Field + ": " + e.Err.Error() }
 func (e *FieldError) Unwrap() error { return e.Err }
 
-// Dial checks o and makes its client. It does not connect: an unreachable
-// server is not an error here (see Warm). The errors name the field at
-// fault and never quote the address, which might hold a password if it was
-// mistyped as a URL.
+// Dial makes the client for o. It does not connect: an unreachable server
+// is not an error here (see Warm). o is checked by its caller: Address is
+// host:port, checked by config.CheckHostPort (the config and the CLI's
+// --redis), which refuses a URL that could carry a password; Dial refuses
+// only an empty one. Its errors are about what it reads (the password's
+// variable, the TLS files) and name the field at fault.
 func Dial(o Options) (*Conn, error) {
-	if err := checkAddress(o.Address); err != nil {
-		return nil, &FieldError{"address", err}
+	if o.Address == "" {
+		return nil, &FieldError{"address", errors.New("is required")}
 	}
 	timeout := o.Timeout
 	if timeout <= 0 {
@@ -127,10 +128,11 @@ func Dial(o Options) (*Conn, error) {
 		DisableIdentity:       true, // no CLIENT SETINFO: older servers and proxies refuse it
 	}
 	if o.PasswordEnv != "" {
-		v, ok := os.LookupEnv(o.PasswordEnv)
-		if opts.Password = strings.TrimSpace(v); !ok || opts.Password == "" {
-			return nil, &FieldError{"password_env", fmt.Errorf("environment variable %s is unset or empty", o.PasswordEnv)}
+		pw, err := envvar.Lookup(o.PasswordEnv)
+		if err != nil {
+			return nil, &FieldError{"password_env", err}
 		}
+		opts.Password = pw
 	}
 	c := &Conn{Address: o.Address}
 	if o.TLS.Enabled {
@@ -165,9 +167,6 @@ func withTLS(opts *redis.Options, t TLS, onReload func(error), c *Conn) error {
 			return &FieldError{"tls.ca_file", fmt.Errorf("%s holds no PEM certificate", t.CAFile)}
 		}
 	}
-	if (t.CertFile == "") != (t.KeyFile == "") {
-		return &FieldError{"tls", errors.New("give cert_file and key_file together")}
-	}
 	if t.CertFile != "" {
 		r, err := tlsreload.New(tlsreload.Files{CertFile: t.CertFile, KeyFile: t.KeyFile}, onReload)
 		if err != nil {
@@ -195,23 +194,6 @@ func withTLS(opts *redis.Options, t TLS, onReload func(error), c *Conn) error {
 	}
 	opts.DialTimeout = nd.Timeout
 	opts.MinIdleConns = 2
-	return nil
-}
-
-// checkAddress accepts host:port. The config and the CLI check addresses
-// with better messages first; this is the last guard before a client would
-// log the address in its errors, so it never repeats it.
-func checkAddress(addr string) error {
-	if strings.Contains(addr, "://") || strings.Contains(addr, "@") {
-		return errors.New("not host:port (not repeated here: it looks like a URL with a password); write the address alone and put the password in an environment variable")
-	}
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil || host == "" || strings.ContainsAny(host, " /\\") {
-		return errors.New("not host:port")
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return errors.New("not host:port: the port is not a number from 1 to 65535")
-	}
 	return nil
 }
 
