@@ -87,16 +87,17 @@ var grpcCodes = map[policy.Code]codes.Code{
 	policy.CostTooLarge:            codes.InvalidArgument,
 }
 
-// NewRules precomputes response templates for p and chain.
+// NewRules precomputes response templates for p and chain. Zero options
+// take the defaults config fills in (policy.DefaultRealm, ...).
 func NewRules(p *policy.Policy, chain identity.Chain, opts Options) (*Rules, error) {
 	if opts.ProblemTypeBase == "" {
 		opts.ProblemTypeBase = policy.DefaultProblemTypeBase
 	}
 	if opts.Realm == "" {
-		opts.Realm = "api"
+		opts.Realm = policy.DefaultRealm
 	}
 	if opts.HeaderPrefix == "" {
-		opts.HeaderPrefix = "x-tollgate-"
+		opts.HeaderPrefix = policy.DefaultHeaderPrefix
 	}
 	if opts.SubjectHeader == "" {
 		opts.SubjectHeader = opts.HeaderPrefix + "subject"
@@ -105,12 +106,12 @@ func NewRules(p *policy.Policy, chain identity.Chain, opts Options) (*Rules, err
 		opts.PlanHeader = opts.HeaderPrefix + "plan"
 	}
 	if opts.RetryAfter <= 0 {
-		opts.RetryAfter = 5 * time.Second
+		opts.RetryAfter = policy.DefaultRetryAfter
 	}
 	rt := &Rules{policy: p, identity: chain, opts: opts, status: policy.DefaultStatus, lowerPfx: strings.ToLower(opts.HeaderPrefix)}
 	for c, st := range opts.Status {
-		if st < 400 || st > 599 {
-			return nil, fmt.Errorf("status for %s: %d is not a 4xx or 5xx status", c, st)
+		if err := policy.CheckStatus(st); err != nil {
+			return nil, fmt.Errorf("status for %s: %w", c, err)
 		}
 		rt.status[c] = st
 	}

@@ -15,21 +15,31 @@ import (
 
 // Options configure a Cache. Zero values take the defaults.
 type Options struct {
-	MaxEntries int // records of known subjects; default 100000
+	MaxEntries int // records of known subjects; default DefaultMaxEntries
 	// NegativeMaxEntries bounds the "unknown" answers, held apart so that a
-	// flood of made-up keys cannot evict known subjects; default 10000.
+	// flood of made-up keys cannot evict known subjects; default
+	// DefaultNegativeMaxEntries.
 	NegativeMaxEntries int
-	TTL                time.Duration // default 30s
-	NegativeTTL        time.Duration // default 5s
+	TTL                time.Duration // default DefaultTTL
+	NegativeTTL        time.Duration // default DefaultNegativeTTL
 	StaleIfError       time.Duration // how long past expiry a record may serve during an outage; 0 disables
-	Timeout            time.Duration // per source call; default 100ms, under Envoy's 200ms
-	Now                func() time.Time
+	// Timeout bounds each source call; default DefaultTimeout. Keep it
+	// under Envoy's ext_authz timeout: config checks it against
+	// server.envoy_timeout, and New trusts that.
+	Timeout time.Duration
+	Now     func() time.Time
 }
 
-// Default sizes, for zero Options fields.
+// Defaults for zero Options fields, and for the config's
+// entitlements.cache block: each is defined here only.
 const (
 	DefaultMaxEntries         = 100000
 	DefaultNegativeMaxEntries = 10000
+	DefaultTTL                = 30 * time.Second
+	DefaultNegativeTTL        = 5 * time.Second
+	// DefaultTimeout is well under Envoy's default ext_authz timeout,
+	// 200ms, leaving time to decide and answer.
+	DefaultTimeout = 50 * time.Millisecond
 )
 
 func (o *Options) defaults() {
@@ -40,13 +50,13 @@ func (o *Options) defaults() {
 		o.NegativeMaxEntries = DefaultNegativeMaxEntries
 	}
 	if o.TTL <= 0 {
-		o.TTL = 30 * time.Second
+		o.TTL = DefaultTTL
 	}
 	if o.NegativeTTL <= 0 {
-		o.NegativeTTL = 5 * time.Second
+		o.NegativeTTL = DefaultNegativeTTL
 	}
 	if o.Timeout <= 0 {
-		o.Timeout = 100 * time.Millisecond
+		o.Timeout = DefaultTimeout
 	}
 	if o.Now == nil {
 		o.Now = time.Now

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tollgate-authz/tollgate/cache"
 	"github.com/tollgate-authz/tollgate/identity"
 	"github.com/tollgate-authz/tollgate/internal/envvar"
 	"github.com/tollgate-authz/tollgate/internal/yamlpos"
@@ -323,22 +324,22 @@ func (c *Config) defaults() {
 	defDur(&c.Reload.PollInterval, time.Second)
 	defDur(&c.Entitlements.Stripe.PollInterval, time.Second)
 	if c.Entitlements.Cache.MaxEntries == 0 {
-		c.Entitlements.Cache.MaxEntries = 100000
+		c.Entitlements.Cache.MaxEntries = cache.DefaultMaxEntries
 	}
 	if c.Entitlements.Cache.NegativeMaxEntries == 0 {
-		c.Entitlements.Cache.NegativeMaxEntries = 10000
+		c.Entitlements.Cache.NegativeMaxEntries = cache.DefaultNegativeMaxEntries
 	}
-	defDur(&c.Entitlements.Cache.TTL, 30*time.Second)
-	defDur(&c.Entitlements.Cache.NegativeTTL, 5*time.Second)
+	defDur(&c.Entitlements.Cache.TTL, cache.DefaultTTL)
+	defDur(&c.Entitlements.Cache.NegativeTTL, cache.DefaultNegativeTTL)
 	defDur(&c.Entitlements.Cache.StaleIfError, 5*time.Minute)
-	defDur(&c.Entitlements.Cache.Timeout, 50*time.Millisecond)
-	def(&c.Headers.Prefix, "x-tollgate-")
+	defDur(&c.Entitlements.Cache.Timeout, cache.DefaultTimeout)
+	def(&c.Headers.Prefix, policy.DefaultHeaderPrefix)
 	c.Headers.Prefix = strings.ToLower(c.Headers.Prefix)
 	def(&c.Headers.Subject, c.Headers.Prefix+"subject")
 	def(&c.Headers.Plan, c.Headers.Prefix+"plan")
 	def(&c.Responses.ProblemTypeBase, policy.DefaultProblemTypeBase)
-	def(&c.Responses.Realm, "api")
-	defDur(&c.Responses.RetryAfter, 5*time.Second)
+	def(&c.Responses.Realm, policy.DefaultRealm)
+	defDur(&c.Responses.RetryAfter, policy.DefaultRetryAfter)
 	if len(c.Identity) == 0 {
 		c.Identity = identity.DefaultSpecs()
 	}
@@ -563,8 +564,8 @@ func Parse(name string, data []byte) (*Config, error) {
 			fail("responses.status."+name, "%q is not a decision code", name)
 			continue
 		}
-		if st < 400 || st > 599 {
-			fail("responses.status."+name, "%d is not a 4xx or 5xx status", st)
+		if err := policy.CheckStatus(st); err != nil {
+			fail("responses.status."+name, "%v", err)
 		}
 		c.Statuses[code] = st
 	}

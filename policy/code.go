@@ -1,5 +1,10 @@
 package policy
 
+import (
+	"fmt"
+	"time"
+)
+
 // Code is the reason for a decision. Codes are the public contract: they appear
 // in the JSON body, the decision log, metrics and Envoy's dynamic metadata.
 type Code uint8
@@ -27,6 +32,28 @@ const (
 // "type" URI of a denial is this base followed by the code's name, unless
 // responses.problem_type_base says otherwise.
 const DefaultProblemTypeBase = "https://github.com/tollgate-authz/tollgate/blob/main/docs/problems.md#"
+
+// Defaults for the rest of the responses block and the trusted headers,
+// used by config and, for zero options, by authz: each is defined here only.
+const (
+	// DefaultRealm goes in WWW-Authenticate on a 401.
+	DefaultRealm = "api"
+	// DefaultRetryAfter is sent with entitlements_unavailable.
+	DefaultRetryAfter = 5 * time.Second
+	// DefaultHeaderPrefix marks the trusted headers sent upstream (the
+	// subject and the plan); client-sent headers with it are removed.
+	DefaultHeaderPrefix = "x-tollgate-"
+)
+
+// CheckStatus refuses an HTTP status a denial cannot carry: anything but
+// 4xx or 5xx. Config checks responses.status with it; authz, for callers
+// that build its options themselves.
+func CheckStatus(status int) error {
+	if status < 400 || status > 599 {
+		return fmt.Errorf("%d is not a 4xx or 5xx status", status)
+	}
+	return nil
+}
 
 // Codes lists every code, OK first.
 var Codes = func() []Code {
