@@ -12,12 +12,12 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/tollgate-authz/tollgate/entitlement"
+	"github.com/tollgate-authz/tollgate/internal/envvar"
 )
 
 // MaxBodyBytes bounds a response body. A record is a few hundred bytes; a
@@ -34,16 +34,19 @@ const (
 	DefaultMaxRetryAfter   = 30 * time.Second
 )
 
-// Options configure a Source. Zero values take the defaults.
+// Options configure a Source. Zero values take the defaults, and so do
+// negative ones where they mean nothing. New trusts the rest: config checks
+// the url (http or https, a host, no credentials, query or fragment), the
+// token (visible ASCII) and the timeout (under server.envoy_timeout).
 type Options struct {
 	// BaseURL is the service's root, http or https, optionally with a path
 	// prefix: "https://billing.internal:8443" or "http://127.0.0.1:8081/billing".
 	BaseURL string
 	// Token, when set, is sent as "Authorization: Bearer <Token>".
 	Token string
-	// TokenEnv names an environment variable holding the token, read once by
-	// New; surrounding white space (a trailing newline) is trimmed. Set
-	// Token or TokenEnv, not both.
+	// TokenEnv, when Token is empty, names an environment variable holding
+	// the token, read once by New; surrounding white space (a trailing
+	// newline) is trimmed, and an unset or empty variable is an error.
 	TokenEnv string
 	// Timeout bounds each call: dial, TLS, request and body. Default 50ms.
 	// Keep it under Envoy's ext_authz timeout, or Envoy answers
@@ -89,22 +92,22 @@ type BreakerOptions struct {
 }
 
 func (o *Options) defaults() {
-	if o.Timeout == 0 {
+	if o.Timeout <= 0 {
 		o.Timeout = DefaultTimeout
 	}
-	if o.MaxInFlight == 0 {
+	if o.MaxInFlight <= 0 {
 		o.MaxInFlight = DefaultMaxInFlight
 	}
-	if o.MaxIdleConns == 0 {
+	if o.MaxIdleConns <= 0 {
 		o.MaxIdleConns = o.MaxInFlight
 	}
-	if o.IdleConnTimeout == 0 {
+	if o.IdleConnTimeout <= 0 {
 		o.IdleConnTimeout = DefaultIdleConnTimeout
 	}
 	if o.Breaker.Failures == 0 {
 		o.Breaker.Failures = DefaultFailures
 	}
-	if o.Breaker.Cooldown == 0 {
+	if o.Breaker.Cooldown <= 0 {
 		o.Breaker.Cooldown = DefaultCooldown
 	}
 	if o.Breaker.MaxRetryAfter == 0 {
@@ -235,28 +238,20 @@ type Source struct {
 
 var _ entitlement.Source = (*Source)(nil)
 
-// New checks opts and builds a Source. It does not call the service.
+// New builds a Source from opts, which config has checked (see Options).
+// It refuses only what it cannot build from: no url, or one that does not
+// parse, and a TokenEnv that holds no token. It does not call the service.
 func New(opts Options) (*Source, error) {
 	opts.defaults()
 	base, err := parseBase(opts.BaseURL)
 	if err != nil {
 		return nil, err
 	}
-	token, err := resolveToken(opts.Token, opts.TokenEnv)
-	if err != nil {
-		return nil, err
-	}
-	switch {
-	case opts.Timeout < 0:
-		return nil, fmt.Errorf("httpsource: timeout %v must not be negative", opts.Timeout)
-	case opts.MaxInFlight < 0:
-		return nil, errors.New("httpsource: max_in_flight must not be negative")
-	case opts.MaxIdleConns < 0:
-		return nil, errors.New("httpsource: max_idle_conns must not be negative")
-	case opts.IdleConnTimeout < 0:
-		return nil, errors.New("httpsource: idle_conn_timeout must not be negative")
-	case opts.Breaker.Cooldown < 0:
-		return nil, errors.New("httpsource: breaker.cooldown must not be negative")
+	token := opts.Token
+	if token == "" && opts.TokenEnv != "" {
+		if token, err = envvar.Lookup(opts.TokenEnv); err != nil {
+			return nil, fmt.Errorf("httpsource: token_env: %w", err)
+		}
 	}
 
 	var tlsConf *tls.Config
@@ -309,47 +304,17 @@ func New(opts Options) (*Source, error) {
 	return s, nil
 }
 
-// parseBase checks the base URL and returns it without a trailing slash.
-// Errors do not echo the URL: it may carry something secret.
+// parseBase returns the base URL without a trailing slash. Its errors do
+// not echo the URL: it may carry something secret.
 func parseBase(raw string) (string, error) {
 	if raw == "" {
 		return "", errors.New("httpsource: url is required")
 	}
 	u, err := url.Parse(raw)
-	switch {
-	case err != nil:
+	if err != nil {
 		return "", errors.New("httpsource: url is not a valid URL")
-	case u.Scheme != "http" && u.Scheme != "https":
-		return "", fmt.Errorf("httpsource: url scheme %q is not http or https", u.Scheme)
-	case u.Host == "":
-		return "", errors.New("httpsource: url has no host")
-	case u.User != nil:
-		return "", errors.New("httpsource: url must not carry credentials; use token or token_env")
-	case u.RawQuery != "" || u.Fragment != "" || u.ForceQuery:
-		return "", errors.New("httpsource: url must not have a query or fragment")
 	}
 	return strings.TrimRight(u.String(), "/"), nil
-}
-
-// resolveToken returns the bearer token, if any. Errors never include it.
-func resolveToken(token, env string) (string, error) {
-	if token != "" && env != "" {
-		return "", errors.New("httpsource: set token or token_env, not both")
-	}
-	if env != "" {
-		v, ok := os.LookupEnv(env)
-		token = strings.TrimSpace(v)
-		if !ok || token == "" {
-			return "", fmt.Errorf("httpsource: token_env: environment variable %s is unset or empty", env)
-		}
-	}
-	for i := 0; i < len(token); i++ {
-		// RFC 6750 b64token is a subset of visible ASCII.
-		if c := token[i]; c <= ' ' || c >= 0x7f {
-			return "", errors.New("httpsource: the token has a space or control character; it must be visible ASCII")
-		}
-	}
-	return token, nil
 }
 
 // Close drops idle keep-alive connections. The Source stays usable.

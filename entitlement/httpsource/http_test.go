@@ -587,8 +587,10 @@ func TestSecretsStayOut(t *testing.T) {
 			t.Errorf("error leaks a secret: %s", msg)
 		}
 	})
-	t.Run("bad token in New", func(t *testing.T) {
-		_, err := New(Options{BaseURL: f.URL, Token: "tg-s3cr3t\nZq8w"})
+	t.Run("a token that cannot be sent", func(t *testing.T) {
+		// config refuses it; built anyway, every call fails without echoing it.
+		src := newSource(t, f, Options{Token: "tg-s3cr3t\nZq8w"})
+		_, err := src.Lookup(context.Background(), acme)
 		if err == nil || strings.Contains(err.Error(), "s3cr3t") {
 			t.Fatalf("err = %v, want an error that does not echo the token", err)
 		}
@@ -657,30 +659,47 @@ func TestKeysOnTheWire(t *testing.T) {
 	}
 }
 
-func TestNewRejects(t *testing.T) {
+// TestNew: New refuses only what it cannot build from, and takes the
+// defaults for zero and negative bounds (config refuses the negative ones).
+func TestNew(t *testing.T) {
 	t.Setenv("TOLLGATE_TEST_EMPTY", "")
+	t.Setenv("TOLLGATE_TEST_TOKEN", "from-env")
 	tests := []struct {
-		name    string
-		opts    Options
-		wantErr string
+		name        string
+		opts        Options
+		wantErr     string
+		wantTimeout time.Duration
+		wantSlots   int
+		wantAuth    string
 	}{
-		{"no url", Options{}, "url is required"},
-		{"not http", Options{BaseURL: "ftp://billing"}, "not http or https"},
-		{"no host", Options{BaseURL: "http:///v1"}, "no host"},
-		{"credentials in url", Options{BaseURL: "https://user:pw@billing"}, "credentials"},
-		{"query", Options{BaseURL: "https://billing/?token=x"}, "query"},
-		{"negative timeout", Options{BaseURL: "http://billing", Timeout: -time.Second}, "timeout"},
-		{"negative max_in_flight", Options{BaseURL: "http://billing", MaxInFlight: -1}, "max_in_flight"},
-		{"token and token_env", Options{BaseURL: "http://billing", Token: "a", TokenEnv: "B"}, "not both"},
-		{"token_env unset", Options{BaseURL: "http://billing", TokenEnv: "TOLLGATE_TEST_UNSET_VAR"}, "TOLLGATE_TEST_UNSET_VAR"},
-		{"token_env empty", Options{BaseURL: "http://billing", TokenEnv: "TOLLGATE_TEST_EMPTY"}, "unset or empty"},
-		{"token with a space", Options{BaseURL: "http://billing", Token: "a b"}, "visible ASCII"},
+		{"no url", Options{}, "httpsource: url is required", 0, 0, ""},
+		{"url does not parse", Options{BaseURL: "http://billing/%zz"}, "httpsource: url is not a valid URL", 0, 0, ""},
+		{"token_env unset", Options{BaseURL: "http://billing", TokenEnv: "TOLLGATE_TEST_UNSET_VAR"},
+			"httpsource: token_env: environment variable TOLLGATE_TEST_UNSET_VAR is unset or empty", 0, 0, ""},
+		{"token_env empty", Options{BaseURL: "http://billing", TokenEnv: "TOLLGATE_TEST_EMPTY"},
+			"httpsource: token_env: environment variable TOLLGATE_TEST_EMPTY is unset or empty", 0, 0, ""},
+		{"defaults", Options{BaseURL: "http://billing"}, "", DefaultTimeout, DefaultMaxInFlight, ""},
+		{"negative bounds take the defaults", Options{BaseURL: "http://billing", Timeout: -time.Second, MaxInFlight: -1},
+			"", DefaultTimeout, DefaultMaxInFlight, ""},
+		{"a timeout over Envoy's default", Options{BaseURL: "http://billing", Timeout: 300 * time.Millisecond}, "", 300 * time.Millisecond, DefaultMaxInFlight, ""},
+		{"token_env", Options{BaseURL: "http://billing", TokenEnv: "TOLLGATE_TEST_TOKEN"}, "", DefaultTimeout, DefaultMaxInFlight, "Bearer from-env"},
+		{"token wins over token_env", Options{BaseURL: "http://billing", Token: "inline", TokenEnv: "TOLLGATE_TEST_UNSET_VAR"},
+			"", DefaultTimeout, DefaultMaxInFlight, "Bearer inline"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := New(tt.opts)
-			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Fatalf("err = %v, want one containing %q", err, tt.wantErr)
+			s, err := New(tt.opts)
+			if tt.wantErr != "" {
+				if err == nil || err.Error() != tt.wantErr {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, want := []any{s.timeout, cap(s.slots), s.header.Get("Authorization")}, []any{tt.wantTimeout, tt.wantSlots, tt.wantAuth}; !slices.Equal(got, want) {
+				t.Errorf("timeout, max in flight, Authorization = %v, want %v", got, want)
 			}
 		})
 	}
