@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 
 	yaml "go.yaml.in/yaml/v3"
 )
@@ -20,8 +21,14 @@ type Doc struct {
 // that v has no place for is an error, and so is a file of nothing but white
 // space or comments, which is far more often a write caught half way than a wish for
 // nothing. hint, when not "", is added to that error in brackets to say how
-// to write "nothing" on purpose. Decoding errors are one "file:line: message"
-// per problem (see Errors).
+// to write "nothing" on purpose.
+//
+// Errors are one line per problem, as "file:line: field.path: problem", in
+// the user's words: an unknown field comes with the nearest valid name
+// ("did you mean `poll_interval`?"), a value of the wrong type with what was
+// expected ("expected a duration such as 500ms, got "soon""), a syntax
+// error with the line where it is. Every problem found is reported; for a
+// syntax error, which stops the reading, that is one.
 func Decode(name string, data []byte, v any, hint string) (*Doc, error) {
 	empty := func() error {
 		if hint != "" {
@@ -32,20 +39,30 @@ func Decode(name string, data []byte, v any, hint string) (*Doc, error) {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return nil, empty()
 	}
+	root := new(yaml.Node)
+	if err := yaml.Unmarshal(data, root); err != nil {
+		return nil, syntaxError(name, data, err)
+	}
+	if root.Kind == 0 { // comments only: no document
+		return nil, empty()
+	}
+	// The walk finds every problem, where it is; the decoder stops at some
+	// and does not say where others are.
+	t := reflect.TypeOf(v)
+	c := newChecker(t)
+	if ps := c.check(root, t); len(ps) > 0 {
+		return nil, joinProblems(name, ps)
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(v); err != nil {
-		if errors.Is(err, io.EOF) { // comments only: no document
+		if errors.Is(err, io.EOF) {
 			return nil, empty()
 		}
-		return nil, Errors(name, err)
+		// What the walk did not see (it gives up on aliases past a bound).
+		return nil, joinProblems(name, c.translate(root, err))
 	}
-	// yaml.Node.Decode cannot refuse unknown fields, so the nodes that know
-	// their lines come from a second parse. The first one succeeded, so this
-	// one does too.
-	d := &Doc{name: name, root: new(yaml.Node)}
-	_ = yaml.Unmarshal(data, d.root)
-	return d, nil
+	return &Doc{name: name, root: root}, nil
 }
 
 // Named is a Doc for values that were built in memory, not read from YAML:

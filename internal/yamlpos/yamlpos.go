@@ -1,15 +1,25 @@
-// Package yamlpos finds where a field of a YAML document was written, so that
-// validation errors can name the file, the line and the field. Decode reads a
-// file strictly and gives a Doc whose Errorf does the naming; Line and Errors
+// Package yamlpos reads YAML files strictly and says what is wrong with
+// them the way a compiler would: "file:line: field.path: problem", one line
+// per problem, in the user's words (the nearest valid field name, the kind
+// of value expected, the line a syntax error is really on) and never a Go
+// type name. Decode reads a file and gives a Doc whose Errorf names the
+// line of a field for the checks that come after decoding; Line and Errors
 // are the parts it is built from.
+//
+// Cost: on top of yaml.v3's decoding, Decode parses the file into nodes
+// once and walks them beside the Go type (a fifth more time, about). A file
+// with a syntax error is parsed a few more times to find the line, at most
+// once per halving of the file.
 package yamlpos
 
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	yaml "go.yaml.in/yaml/v3"
 )
@@ -94,26 +104,218 @@ func child(n *yaml.Node, part string) (*yaml.Node, int) {
 	return nil, 0
 }
 
-var lineRe = regexp.MustCompile(`^line (\d+): (.*)$`)
+var (
+	lineRe       = regexp.MustCompile(`(?s)^line (\d+): (.*)$`)
+	unmarshalRe  = regexp.MustCompile("(?s)^cannot unmarshal (!!\\w+)(?: `(.*)`)? into (.+)$")
+	notFoundRe   = regexp.MustCompile(`(?s)^field (.*) not found in type (.+)$`)
+	definedRe    = regexp.MustCompile(`(?s)^mapping key "(.*)" already defined at line (\d+)$`)
+	alreadySetRe = regexp.MustCompile(`(?s)^field (.*) already set in type (.+)$`)
+	containsRe   = regexp.MustCompile(`(?s)^anchor '(.*)' value contains itself$`)
+)
 
-// Errors turns a decode error from yaml.v3 into one "file:line: message" error
-// per problem, so that the output names the place as a compiler would.
+// Errors turns a decode error from yaml.v3 into one "file:line: message"
+// error per problem, as a compiler would write them, and in words rather
+// than Go types: "expected a whole number, got "many"", not "cannot
+// unmarshal !!str `many` into int". Decode says more (the field's path, the
+// nearest valid name), as it knows the document and the type.
 func Errors(file string, err error) error {
-	var te *yaml.TypeError
-	if errors.As(err, &te) {
-		errs := make([]error, 0, len(te.Errors))
-		for _, msg := range te.Errors {
-			errs = append(errs, located(file, msg))
-		}
-		return errors.Join(errs...)
-	}
-	msg := strings.TrimPrefix(err.Error(), "yaml: ")
-	return located(file, msg)
+	c := &checker{}
+	return joinProblems(file, c.translate(nil, err))
 }
 
-func located(file, msg string) error {
-	if m := lineRe.FindStringSubmatch(msg); m != nil {
-		return fmt.Errorf("%s:%s: %s", file, m[1], m[2])
+func joinProblems(file string, ps []problem) error {
+	errs := make([]error, len(ps))
+	for i, p := range ps {
+		errs[i] = p.err(file)
 	}
-	return fmt.Errorf("%s: %s", file, msg)
+	return errors.Join(errs...)
+}
+
+// messages splits a yaml.v3 error into its problems, without "yaml: ".
+func messages(err error) []string {
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		return te.Errors
+	}
+	return []string{strings.TrimPrefix(err.Error(), "yaml: ")}
+}
+
+// splitLine splits "line 3: message" into 3 and "message"; 0 when the
+// message names no line.
+func splitLine(msg string) (int, string) {
+	if m := lineRe.FindStringSubmatch(msg); m != nil {
+		if n, err := strconv.Atoi(m[1]); err == nil {
+			return n, m[2]
+		}
+	}
+	return 0, msg
+}
+
+// translate turns the problems of a yaml.v3 decode error into problems in
+// the user's words. root, when not nil, is the document, to find the path
+// of the field a message is about.
+func (c *checker) translate(root *yaml.Node, err error) []problem {
+	var ps []problem
+	for _, m := range messages(err) {
+		line, msg := splitLine(m)
+		p := problem{line: line, msg: c.plain(msg)}
+		switch {
+		case notFoundRe.MatchString(msg):
+			sm := notFoundRe.FindStringSubmatch(msg)
+			name := sm[1]
+			p.path, p.msg = name, "unknown field"
+			if path, ok := find(root, func(k *yaml.Node) bool { return k.Line == line && k.Value == name }, true); ok {
+				p.path = path
+			}
+			if t, ok := c.types[sm[2]]; ok && t.Kind() == reflect.Struct {
+				p.msg = c.unknown(name, c.fieldsOf(t))
+			}
+		case definedRe.MatchString(msg):
+			sm := definedRe.FindStringSubmatch(msg)
+			key, _ := strconv.Unquote(`"` + sm[1] + `"`)
+			p.path, p.msg = key, "is written twice (first on line "+sm[2]+")"
+			if path, ok := find(root, func(k *yaml.Node) bool { return k.Line == line && k.Value == key }, true); ok {
+				p.path = path
+			}
+		case containsRe.MatchString(msg):
+			anchor := containsRe.FindStringSubmatch(msg)[1]
+			if _, n := findNode(root, func(n *yaml.Node) bool { return n.Anchor == anchor }, false); n != nil {
+				p.line = n.Line
+			}
+		case unmarshalRe.MatchString(msg):
+			sm := unmarshalRe.FindStringSubmatch(msg)
+			kind, value := yaml.ScalarNode, strings.TrimSuffix(sm[2], "...")
+			switch sm[1] {
+			case "!!seq":
+				kind = yaml.SequenceNode
+			case "!!map":
+				kind = yaml.MappingNode
+			}
+			match := func(n *yaml.Node) bool {
+				return n.Line == line && n.Kind == kind && strings.HasPrefix(n.Value, value)
+			}
+			if path, ok := find(root, match, false); ok {
+				p.path = path
+			}
+		}
+		ps = append(ps, p)
+	}
+	return ps
+}
+
+// plain rewrites a message of yaml.v3 so that it names no Go type.
+func (c *checker) plain(msg string) string {
+	if m := unmarshalRe.FindStringSubmatch(msg); m != nil {
+		var what string
+		switch {
+		case m[1] == "!!seq":
+			what = "a list"
+		case m[1] == "!!map":
+			what = "a mapping"
+		case m[1] == "!!str":
+			what = strconv.Quote(m[2])
+		default:
+			what = m[2]
+		}
+		return fmt.Sprintf("expected %s, got %s", c.describeName(m[3]), what)
+	}
+	if m := notFoundRe.FindStringSubmatch(msg); m != nil {
+		return fmt.Sprintf("unknown field %s", m[1])
+	}
+	if m := alreadySetRe.FindStringSubmatch(msg); m != nil {
+		return fmt.Sprintf("field %s is set twice", m[1])
+	}
+	return msg
+}
+
+// basicTypes are the Go types a yaml.v3 message may name without the
+// decoded type at hand.
+var basicTypes = func() map[string]reflect.Type {
+	m := make(map[string]reflect.Type)
+	for _, v := range []any{false, 0, int8(0), int16(0), int32(0), int64(0), uint(0), uint8(0), uint16(0),
+		uint32(0), uint64(0), uintptr(0), float32(0), float64(0), "", time.Duration(0), time.Time{}} {
+		t := reflect.TypeOf(v)
+		m[t.String()] = t
+	}
+	return m
+}()
+
+// describeName says what a value of the Go type named name is written as.
+func (c *checker) describeName(name string) string {
+	name = strings.TrimLeft(name, "*")
+	if t, ok := c.types[name]; ok {
+		return describe(t)
+	}
+	if t, ok := basicTypes[name]; ok {
+		return describe(t)
+	}
+	switch {
+	case strings.HasPrefix(name, "["):
+		return "a list"
+	case strings.HasPrefix(name, "map["), strings.HasPrefix(name, "struct {"):
+		return "a mapping"
+	}
+	return "a value of another kind"
+}
+
+// find returns the path of the first node, in document order, for which
+// match is true: among the keys of mappings when keys, else among values.
+func find(root *yaml.Node, match func(*yaml.Node) bool, keys bool) (string, bool) {
+	path, n := findNode(root, match, keys)
+	return path, n != nil
+}
+
+func findNode(root *yaml.Node, match func(*yaml.Node) bool, keys bool) (string, *yaml.Node) {
+	if root == nil {
+		return "", nil
+	}
+	var steps []string // the path to n, built only for the match
+	path := func() string {
+		var b strings.Builder
+		for _, s := range steps {
+			if b.Len() > 0 && !strings.HasPrefix(s, "[") {
+				b.WriteByte('.')
+			}
+			b.WriteString(s)
+		}
+		return b.String()
+	}
+	var walk func(n *yaml.Node) (string, *yaml.Node)
+	walk = func(n *yaml.Node) (string, *yaml.Node) {
+		if !keys && n.Kind != yaml.DocumentNode && match(n) {
+			return path(), n
+		}
+		switch n.Kind {
+		case yaml.DocumentNode:
+			for _, e := range n.Content {
+				if p, m := walk(e); m != nil {
+					return p, m
+				}
+			}
+		case yaml.SequenceNode:
+			for i, e := range n.Content {
+				steps = append(steps, "["+strconv.Itoa(i)+"]")
+				p, m := walk(e)
+				steps = steps[:len(steps)-1]
+				if m != nil {
+					return p, m
+				}
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k, v := n.Content[i], n.Content[i+1]
+				steps = append(steps, k.Value)
+				if keys && match(k) {
+					return path(), k
+				}
+				p, m := walk(v)
+				steps = steps[:len(steps)-1]
+				if m != nil {
+					return p, m
+				}
+			}
+		}
+		return "", nil
+	}
+	return walk(root)
 }

@@ -55,13 +55,30 @@ func TestErrors(t *testing.T) {
 		got = append(got, e.Error())
 	}
 	want := []string{
-		"f.yaml:1: cannot unmarshal !!str `x` into int",
-		"f.yaml:2: field b not found in type struct { A int \"yaml:\\\"a\\\"\" }",
+		`f.yaml:1: expected a whole number, got "x"`,
+		"f.yaml:2: b: unknown field",
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
-	if err := Errors("f.yaml", errors.New("yaml: line 3: mapping values are not allowed")); err.Error() != "f.yaml:3: mapping values are not allowed" {
-		t.Errorf("syntax error = %q", err)
+
+	tests := []struct {
+		err  string
+		want string
+	}{
+		{"yaml: line 3: mapping values are not allowed", "f.yaml:3: mapping values are not allowed"},
+		{"yaml: line 2: cannot unmarshal !!seq into time.Duration", "f.yaml:2: expected a duration such as 500ms, got a list"},
+		{"yaml: line 2: cannot unmarshal !!map into []string", "f.yaml:2: expected a list, got a mapping"},
+		{"yaml: line 2: cannot unmarshal !!int `5` into *bool", "f.yaml:2: expected true or false, got 5"},
+		{"yaml: line 2: cannot unmarshal !!str `abcdefg...` into map[string]int", `f.yaml:2: expected a mapping, got "abcdefg..."`},
+		{"yaml: line 2: cannot unmarshal !!str `x` into config.Mode", `f.yaml:2: expected a value of another kind, got "x"`},
+		{"yaml: line 4: mapping key \"a\" already defined at line 1", "f.yaml:4: a: is written twice (first on line 1)"},
+		{"yaml: line 4: field a already set in type config.Server", "f.yaml:4: field a is set twice"},
+		{"yaml: document contains excessive aliasing", "f.yaml: document contains excessive aliasing"},
+	}
+	for _, tt := range tests {
+		if got := Errors("f.yaml", errors.New(tt.err)).Error(); got != tt.want {
+			t.Errorf("Errors(%q) = %q, want %q", tt.err, got, tt.want)
+		}
 	}
 }
