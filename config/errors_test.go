@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -125,5 +126,42 @@ func TestParseBrokenFiles(t *testing.T) {
 				t.Errorf("error:\n%s\nwant:\n%s", got, want)
 			}
 		})
+	}
+}
+
+// The examples in the README's "Config reference" are what Parse says.
+func TestREADMEConfigErrorExamples(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := func(name string) string {
+		b, err := os.ReadFile(filepath.Join("testdata", "errors", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	tests := []struct {
+		doc  string
+		line string // as in the README
+	}{
+		{file("unknown-field.yaml"), "tollgate.yaml:27: entitlements.file.poll_intreval: unknown field; did you mean `poll_interval`?"},
+		{"entitlements:\n  file: {path: e.yaml}\nnegative_ttl: 1s\n", "tollgate.yaml:3: negative_ttl: unknown field; did you mean `entitlements.cache.negative_ttl`?"},
+		{file("wrong-types.yaml"), "tollgate.yaml:8: server.drain_timeout: expected a duration such as 500ms, got 10 (a duration needs a unit, as in 10s)"},
+		{file("wrong-types.yaml"), `tollgate.yaml:14: shadow: expected true or false, got "maybe"`},
+		{strings.Repeat("\n", 37) + "entitlements: {file: {path: e.yaml}}\nroutes:\n  - name: a\n  - name: b\n    feature: chatt\n",
+			`tollgate.yaml:42: routes[1].feature: "chatt" is not a feature of any plan`},
+		{file("unclosed-list.yaml"), "tollgate.yaml:55: the list opened with [ on this line is not closed (did not find expected ',' or ']')"},
+		{file("bad-indent.yaml"), "tollgate.yaml:30: did not find expected key (is the indentation right? the mapping it is in starts on line 24)"},
+	}
+	for _, tt := range tests {
+		if !strings.Contains(string(readme), tt.line) {
+			t.Errorf("README does not show %q", tt.line)
+		}
+		_, err := Parse("tollgate.yaml", []byte(tt.doc))
+		if err == nil || !slices.Contains(strings.Split(err.Error(), "\n"), tt.line) {
+			t.Errorf("Parse says\n%v\nnot the README's\n%s", err, tt.line)
+		}
 	}
 }

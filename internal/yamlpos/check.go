@@ -34,6 +34,10 @@ func (p problem) err(file string) error {
 	return fmt.Errorf("%s: %s", file, p.msg)
 }
 
+// maxProblems is the most problems reported; past it, their number. A
+// file with more was not written by hand (or an alias repeats one).
+const maxProblems = 100
+
 // maxSteps bounds the nodes one check visits. Aliases can make a file of a
 // few hundred bytes a tree of billions of nodes, or a cycle.
 const maxSteps = 200000
@@ -45,6 +49,7 @@ const maxSteps = 200000
 // type with its own UnmarshalYAML has the last word on its values.
 type checker struct {
 	problems  []problem
+	more      int // problems past maxProblems
 	steps     int
 	following map[*yaml.Node]bool // the anchors of the aliases being walked
 	fields    map[reflect.Type]*fieldSet
@@ -81,10 +86,17 @@ func (c *checker) check(root *yaml.Node, t reflect.Type) []problem {
 	}
 	c.walk(n, t, "")
 	sort.SliceStable(c.problems, func(i, j int) bool { return c.problems[i].line < c.problems[j].line })
+	if c.more > 0 {
+		c.problems = append(c.problems, problem{msg: fmt.Sprintf("and %d more problems", c.more)})
+	}
 	return c.problems
 }
 
 func (c *checker) add(line int, path, format string, args ...any) {
+	if len(c.problems) >= maxProblems {
+		c.more++
+		return
+	}
 	c.problems = append(c.problems, problem{line: line, path: path, msg: fmt.Sprintf(format, args...)})
 }
 

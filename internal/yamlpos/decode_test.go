@@ -3,6 +3,7 @@ package yamlpos
 import (
 	"bytes"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -283,6 +284,27 @@ func TestDocLine(t *testing.T) {
 		if got := tt.doc.Line(tt.path); got != tt.want {
 			t.Errorf("Line(%q) = %d, want %d", tt.path, got, tt.want)
 		}
+	}
+}
+
+// Past 100 problems, the rest are counted: aliases can repeat one problem
+// millions of times.
+func TestDecodeCapsProblems(t *testing.T) {
+	doc := "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\ngrid: *c\n"
+	var v struct {
+		Grid [][][]int `yaml:"grid"`
+	}
+	_, err := Decode("f.yaml", []byte(doc), &v, "")
+	if err == nil {
+		t.Fatal("want errors")
+	}
+	lines := strings.Split(err.Error(), "\n")
+	if got, want := len(lines), 101; got != want {
+		t.Fatalf("%d lines, want %d", got, want)
+	}
+	// 3 unknown fields (a, b, c) and 1000 strings where a number is due.
+	if got, want := lines[100], "f.yaml: and 903 more problems"; got != want {
+		t.Errorf("last line = %q, want %q", got, want)
 	}
 }
 
