@@ -43,6 +43,10 @@ func TestDecode(t *testing.T) {
 		{"not a mapping", "- a\n- b\n", "", "f.yaml:1: expected a mapping, got a list"},
 		{"list of scalars", "items: x\n", "", `f.yaml:1: items: expected a list, got "x"`},
 		{"written twice", "name: a\nitems: []\nname: b\n", "", "f.yaml:3: name: is written twice (first on line 1)"},
+		{"written twice, and more", "name: a\nname: b\nitems: [{id: x, id: y}]\nextra: 1\n", "",
+			"f.yaml:2: name: is written twice (first on line 1)\n" +
+				"f.yaml:3: items[0].id: is written twice (first on line 3)\n" +
+				"f.yaml:4: extra: unknown field; valid fields here: name, items"},
 		{"syntax", "name: a\n  b: c\n", "", `f.yaml:2: mapping values are not allowed in this context (is the indentation right? a value that holds ": " must be quoted)`},
 	}
 	for _, tt := range tests {
