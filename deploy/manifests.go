@@ -1,9 +1,10 @@
-// Package deploy holds tollgate's Kubernetes and Istio manifests. Its Go code
+// Package deploy holds tollgate's Kubernetes, Istio and Envoy Gateway
+// manifests, its Helm chart and its monitoring. Its Go code
 // reads them back strictly into the real API types, so that a misspelt field
 // fails the test here instead of being dropped silently by kubectl or istiod.
 //
-// It is its own module so that the Kubernetes and Istio API packages never
-// enter the tollgate binary's module graph.
+// It is its own module so that the Kubernetes, Istio, Envoy Gateway, Helm and
+// Prometheus packages never enter the tollgate binary's module graph.
 package deploy
 
 import (
@@ -18,6 +19,8 @@ import (
 	"sort"
 	"strings"
 
+	egv1alpha1 "github.com/envoyproxy/gateway/api/v1alpha1"
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
@@ -25,8 +28,11 @@ import (
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gatewayv1beta1 "sigs.k8s.io/gateway-api/apis/v1beta1"
 	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
@@ -38,9 +44,10 @@ type Doc struct {
 
 	APIVersion, Kind, Namespace, Name string
 
-	// Object is the decoded object: *appsv1.Deployment, *corev1.ConfigMap,
-	// *corev1.Service, *networkingv1.ServiceEntry,
-	// *securityv1.AuthorizationPolicy or *securityv1.RequestAuthentication.
+	// Object is the decoded object, of the type decoders names for its
+	// apiVersion and kind: *appsv1.Deployment, *corev1.ConfigMap,
+	// *monitoringv1.ServiceMonitor, *gatewayv1.HTTPRoute,
+	// *egv1alpha1.SecurityPolicy, *securityv1.AuthorizationPolicy, ...
 	Object any
 
 	// Mesh is data.mesh of Istio's mesh ConfigMap (istio-system/istio),
@@ -135,6 +142,35 @@ var decoders = map[string]func(js []byte, d *Doc) error{
 			return decodeMeshConfigMap(o, d)
 		}
 		return nil
+	},
+	"policy/v1 PodDisruptionBudget": func(js []byte, d *Doc) error {
+		o := &policyv1.PodDisruptionBudget{}
+		return k8sStrict(js, o, d, &o.ObjectMeta)
+	},
+	"monitoring.coreos.com/v1 ServiceMonitor": func(js []byte, d *Doc) error {
+		o := &monitoringv1.ServiceMonitor{}
+		return k8sStrict(js, o, d, &o.ObjectMeta)
+	},
+	"monitoring.coreos.com/v1 PrometheusRule": func(js []byte, d *Doc) error {
+		o := &monitoringv1.PrometheusRule{}
+		return k8sStrict(js, o, d, &o.ObjectMeta)
+	},
+	"gateway.networking.k8s.io/v1 Gateway": func(js []byte, d *Doc) error {
+		o := &gatewayv1.Gateway{}
+		return k8sStrict(js, o, d, &o.ObjectMeta)
+	},
+	"gateway.networking.k8s.io/v1 HTTPRoute": func(js []byte, d *Doc) error {
+		o := &gatewayv1.HTTPRoute{}
+		return k8sStrict(js, o, d, &o.ObjectMeta)
+	},
+	// v1beta1: the version Envoy Gateway watches.
+	"gateway.networking.k8s.io/v1beta1 ReferenceGrant": func(js []byte, d *Doc) error {
+		o := &gatewayv1beta1.ReferenceGrant{}
+		return k8sStrict(js, o, d, &o.ObjectMeta)
+	},
+	"gateway.envoyproxy.io/v1alpha1 SecurityPolicy": func(js []byte, d *Doc) error {
+		o := &egv1alpha1.SecurityPolicy{}
+		return k8sStrict(js, o, d, &o.ObjectMeta)
 	},
 	"networking.istio.io/v1 ServiceEntry": func(js []byte, d *Doc) error {
 		env, err := istioEnvelope(js, d)

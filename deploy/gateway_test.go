@@ -1,0 +1,153 @@
+package deploy
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	egv1alpha1 "github.com/envoyproxy/gateway/api/v1alpha1"
+	corev1 "k8s.io/api/core/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gatewayv1beta1 "sigs.k8s.io/gateway-api/apis/v1beta1"
+)
+
+// TestEnvoyGatewayWiring checks that the Envoy Gateway example's objects
+// agree with each other and with the Helm chart's Service (release
+// "tollgate" in namespace "tollgate", as the example's comment installs it).
+func TestEnvoyGatewayWiring(t *testing.T) {
+	docs := allDocs(t)
+	gw := one[*gatewayv1.Gateway](t, docs, "envoy-gateway/")
+	route := one[*gatewayv1.HTTPRoute](t, docs, "envoy-gateway/")
+	sp := one[*egv1alpha1.SecurityPolicy](t, docs, "envoy-gateway/")
+	grant := one[*gatewayv1beta1.ReferenceGrant](t, docs, "envoy-gateway/")
+
+	// The route hangs off the Gateway's listener.
+	listeners := map[string]bool{}
+	for _, l := range gw.Spec.Listeners {
+		listeners[string(l.Name)] = true
+	}
+	if len(route.Spec.ParentRefs) != 1 {
+		t.Fatalf("HTTPRoute parentRefs %d, want 1", len(route.Spec.ParentRefs))
+	}
+	pr := route.Spec.ParentRefs[0]
+	if string(pr.Name) != gw.Name || route.Namespace != gw.Namespace || pr.SectionName == nil || !listeners[string(*pr.SectionName)] {
+		t.Errorf("HTTPRoute %s/%s parentRef %+v: want the Gateway %s/%s and one of its listeners", route.Namespace, route.Name, pr, gw.Namespace, gw.Name)
+	}
+
+	// The policy applies to that route (targetRefs are local to its namespace).
+	if sp.Namespace != route.Namespace || len(sp.Spec.TargetRefs) != 1 {
+		t.Fatalf("SecurityPolicy %s/%s: want one targetRef in the route's namespace %s", sp.Namespace, sp.Name, route.Namespace)
+	}
+	tr := sp.Spec.TargetRefs[0]
+	if tr.Group != gatewayv1.GroupName || tr.Kind != "HTTPRoute" || string(tr.Name) != route.Name {
+		t.Errorf("SecurityPolicy targets %s/%s %s, want HTTPRoute %s", tr.Group, tr.Kind, tr.Name, route.Name)
+	}
+
+	// Its ext_authz: gRPC, fail closed, 503, a timeout within Envoy's usual
+	// 200ms that leaves room for tollgate's source timeout.
+	ea := sp.Spec.ExtAuth
+	if ea == nil || ea.GRPC == nil || ea.HTTP != nil {
+		t.Fatal("SecurityPolicy: want extAuth.grpc, and no extAuth.http")
+	}
+	if ea.FailOpen == nil || *ea.FailOpen {
+		t.Error("extAuth.failOpen: want false, explicitly")
+	}
+	if ea.StatusOnError == nil || *ea.StatusOnError != 503 {
+		t.Errorf("extAuth.statusOnError %v, want 503", ea.StatusOnError)
+	}
+	if len(ea.HeadersToExtAuth) != 0 {
+		t.Errorf("extAuth.headersToExtAuth %v: leave it unset, so tollgate sees every credential header", ea.HeadersToExtAuth)
+	}
+	if ea.Timeout == nil {
+		t.Fatal("extAuth.timeout unset: Envoy Gateway's default is 10s")
+	}
+	timeout := dur(t, string(*ea.Timeout))
+	if timeout > 200*time.Millisecond {
+		t.Errorf("extAuth.timeout %v: want at most 200ms", timeout)
+	}
+
+	// The backend is the chart's Service, on its gRPC port, and the chart's
+	// source timeout fits inside the policy's.
+	r := renderChart(t, "", nil)
+	var svc *corev1.Service
+	for _, d := range r.Docs {
+		if s, ok := d.Object.(*corev1.Service); ok {
+			svc = s
+		}
+	}
+	if svc == nil {
+		t.Fatal("the chart rendered no Service")
+	}
+	const chartNamespace = "tollgate" // where RenderChart installs it, as the example's comment does
+	grpcPort := int32(0)
+	for _, p := range svc.Spec.Ports {
+		if p.Name == "grpc" {
+			grpcPort = p.Port
+		}
+	}
+	refs := ea.GRPC.BackendRefs
+	if ea.GRPC.BackendRef != nil || len(refs) != 1 {
+		t.Fatalf("extAuth.grpc: want one entry in backendRefs, got %d (and backendRef %v)", len(refs), ea.GRPC.BackendRef)
+	}
+	br := refs[0].BackendObjectReference
+	if (br.Group != nil && *br.Group != "") || (br.Kind != nil && *br.Kind != "Service") {
+		t.Errorf("backendRef %v/%v: want a core Service", br.Group, br.Kind)
+	}
+	if string(br.Name) != svc.Name || br.Namespace == nil || string(*br.Namespace) != chartNamespace || br.Port == nil || int32(*br.Port) != grpcPort {
+		t.Errorf("backendRef %s/%v:%v, the chart's Service is %s/%s:%d", br.Name, br.Namespace, br.Port, chartNamespace, svc.Name, grpcPort)
+	}
+	for _, d := range r.Docs {
+		if cm, ok := d.Object.(*corev1.ConfigMap); ok {
+			c := parseTollgate(t, d)
+			if st := dur(t, c.Entitlements.Cache.Timeout); st >= timeout {
+				t.Errorf("chart ConfigMap %s: entitlements.cache.timeout %v is not under extAuth.timeout %v", cm.Name, st, timeout)
+			}
+		}
+	}
+
+	// A policy in another namespace than the Service needs a grant there.
+	if string(*br.Namespace) != sp.Namespace {
+		ok := grant.Namespace == string(*br.Namespace)
+		from, to := false, false
+		for _, f := range grant.Spec.From {
+			from = from || (string(f.Group) == egv1alpha1.GroupName && f.Kind == "SecurityPolicy" && string(f.Namespace) == sp.Namespace)
+		}
+		for _, g := range grant.Spec.To {
+			to = to || (g.Group == "" && g.Kind == "Service" && (g.Name == nil || string(*g.Name) == svc.Name))
+		}
+		if !ok || !from || !to {
+			t.Errorf("ReferenceGrant %s/%s does not let SecurityPolicies in %s refer to Service %s/%s", grant.Namespace, grant.Name, sp.Namespace, *br.Namespace, svc.Name)
+		}
+	}
+}
+
+// TestGatewayDecodeRejects: the Envoy Gateway, Gateway API, PDB and
+// prometheus-operator types are decoded as strictly as the others.
+func TestGatewayDecodeRejects(t *testing.T) {
+	cases := []struct {
+		name, doc, wantErr string
+	}{
+		{"securitypolicy/control", "apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: p}\nspec: {extAuth: {grpc: {backendRefs: [{name: tollgate, port: 9191}]}, failOpen: false}}\n", ""},
+		{"securitypolicy/misspelt field", "apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: p}\nspec: {extAuth: {grpc: {backendRefs: [{name: tollgate, port: 9191}]}, failopen: false}}\n", `unknown field "spec.extAuth.failopen"`},
+		{"securitypolicy/http field on grpc", "apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: p}\nspec: {extAuth: {grpc: {backendRefs: [{name: tollgate, port: 9191}], path: /x}}}\n", `unknown field "spec.extAuth.grpc.path"`},
+		{"httproute/misspelt field", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec: {parentRef: [{name: g}]}\n", `unknown field "spec.parentRef"`},
+		{"gateway/misspelt field", "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec: {gatewayClass: eg, listeners: []}\n", `unknown field "spec.gatewayClass"`},
+		{"referencegrant/v1 is not what Envoy Gateway watches", "apiVersion: gateway.networking.k8s.io/v1\nkind: ReferenceGrant\nmetadata: {name: g}\nspec: {}\n", `unknown kind "ReferenceGrant"`},
+		{"pdb/misspelt field", "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: p}\nspec: {maxUnavaliable: 1}\n", `unknown field "spec.maxUnavaliable"`},
+		{"servicemonitor/misspelt field", "apiVersion: monitoring.coreos.com/v1\nkind: ServiceMonitor\nmetadata: {name: s}\nspec: {selector: {}, endpoints: [{port: admin, intervall: 30s}]}\n", `unknown field "spec.endpoints[0].intervall"`},
+		{"prometheusrule/misspelt field", "apiVersion: monitoring.coreos.com/v1\nkind: PrometheusRule\nmetadata: {name: r}\nspec: {groups: [{name: g, rules: [{alert: A, expr: up, fore: 5m}]}]}\n", `unknown field "spec.groups[0].rules[0].fore"`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, _, err := Decode([]byte(c.doc))
+			switch {
+			case c.wantErr == "" && err != nil:
+				t.Fatalf("control refused: %v", err)
+			case c.wantErr != "" && err == nil:
+				t.Fatalf("accepted; want an error containing %q", c.wantErr)
+			case c.wantErr != "" && !strings.Contains(err.Error(), c.wantErr):
+				t.Fatalf("error %q does not contain %q", err, c.wantErr)
+			}
+		})
+	}
+}
