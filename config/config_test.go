@@ -66,9 +66,9 @@ routes:
 		doc  string
 		want string
 	}{
-		{"unknown top-level field", base + "sevrer: {}\n", "t.yaml:9: field sevrer not found"},
-		{"unknown nested field", strings.Replace(base, "feature: search", "featur: search", 1), "t.yaml:8: field featur not found"},
-		{"unknown plan field", strings.Replace(base, "{features: [search]}", "{feature: [search]}", 1), "t.yaml:4: field feature not found"},
+		{"unknown top-level field", base + "sevrer: {}\n", "t.yaml:9: sevrer: unknown field; did you mean `server`?"},
+		{"unknown nested field", strings.Replace(base, "feature: search", "featur: search", 1), "t.yaml:8: routes[0].featur: unknown field; did you mean `feature`?"},
+		{"unknown plan field", strings.Replace(base, "{features: [search]}", "{feature: [search]}", 1), "t.yaml:4: plans.free.feature: unknown field; did you mean `features`?"},
 		{"route feature not in any plan", strings.Replace(base, "feature: search", "feature: chat", 1), `t.yaml:8: routes[0].feature: "chat" is not a feature of any plan`},
 		{"bad status code name", base + "responses:\n  status:\n    payment_faild: 403\n", `t.yaml:11: responses.status.payment_faild: "payment_faild" is not a decision code`},
 		{"bad status", base + "responses:\n  status:\n    payment_failed: 200\n", "t.yaml:11: responses.status.payment_failed: 200 is not a 4xx or 5xx status"},
@@ -76,8 +76,8 @@ routes:
 		{"sample rate", base + "log: {allow_sample_rate: 2}\n", "t.yaml:9: log.allow_sample_rate: 2 is not between 0 and 1"},
 		{"bad address", base + "server: {grpc_address: nowhere}\n", `t.yaml:9: server.grpc_address: "nowhere" is not host:port`},
 		{"timeout over envoy's", strings.Replace(base, "file: {path: e.yaml}", "file: {path: e.yaml}\n  cache: {timeout: 250ms}", 1), "entitlements.cache.timeout: 250ms is not under server.envoy_timeout 200ms"},
-		{"bad identity", base + "identity: [cookie]\n", `t.yaml:9: unknown identity kind "cookie"`},
-		{"wrong type", base + "shadow: maybe\n", "t.yaml:9: cannot unmarshal"},
+		{"bad identity", base + "identity: [cookie]\n", `t.yaml:9: identity[0]: unknown identity kind "cookie"`},
+		{"wrong type", base + "shadow: maybe\n", `t.yaml:9: shadow: expected true or false, got "maybe"`},
 		{"bad duration", base + "server: {drain_timeout: soon}\n", "t.yaml:9:"},
 		{"no source path", "plans: {}\n", "entitlements.file.path: is required"},
 		{"unknown source", "entitlements: {source: ldap}\n", `entitlements.source: "ldap" is not a source`},

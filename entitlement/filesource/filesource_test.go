@@ -87,7 +87,7 @@ func TestParseErrorsNameFileLineField(t *testing.T) {
 		{"duplicate id", "subjects:\n  - {id: a, plan: p, status: active}\n  - {id: a, plan: p, status: active}\n", `e.yaml:3: subjects[1].id: subject "a" is listed twice`},
 		{"bad digest", "subjects:\n  - id: a\n    plan: p\n    status: active\n    api_key_sha256:\n      - demo-free-key\n", "e.yaml:6: subjects[0].api_key_sha256[0]: is not a hex SHA-256 digest"},
 		{"shared key", "subjects:\n  - {id: a, plan: p, status: active, api_key_sha256: [" + digestA + "]}\n  - {id: b, plan: p, status: active, api_key_sha256: [" + digestA + "]}\n", `subjects[1].api_key_sha256[0]: key is already held by subject "a"`},
-		{"unknown field", "subjects:\n  - id: a\n    plna: free\n", "e.yaml:3: field plna not found"},
+		{"unknown field", "subjects:\n  - id: a\n    plna: free\n", "e.yaml:3: subjects[0].plna: unknown field; did you mean `plan`?"},
 		{"negative credits", "subjects:\n  - {id: a, plan: p, status: active, credits: -1}\n", "subjects[0].credits: must not be negative"},
 		{"syntax", "subjects:\n  - id: a\n   plan: [\n", "e.yaml:"},
 		{"policy check", "subjects:\n  - id: a\n    plan: gold\n    status: active\n", `e.yaml:3: subjects[0].plan: no plan "gold"`},
