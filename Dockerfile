@@ -8,7 +8,11 @@
 # its pod's proxy talks to, but unreachable through `docker run -p`: mount your
 # own config over /etc/tollgate for that (deploy/kubernetes/ shows one).
 
-FROM golang:1.26 AS build
+# Exactly the Go release go.mod names (its toolchain line, else its go line):
+# the standard library's security fixes are part of the product, and the
+# golang image sets GOTOOLCHAIN=local, so a floating tag would build with
+# whatever release it holds. deploy/packaging_test.go keeps the two equal.
+FROM golang:1.26.11 AS build
 WORKDIR /src
 # Dependencies first, so editing the code does not download them again.
 COPY go.mod go.sum ./
