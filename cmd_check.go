@@ -5,9 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
-	"math"
 	"strings"
 	"time"
 
@@ -18,12 +16,14 @@ import (
 	"github.com/tollgate-authz/tollgate/authz"
 	"github.com/tollgate-authz/tollgate/config"
 	"github.com/tollgate-authz/tollgate/identity"
-	"github.com/tollgate-authz/tollgate/quota"
+	"github.com/tollgate-authz/tollgate/internal/app"
 )
 
-func cmdValidate(args []string, stdout io.Writer) error {
-	fs := newFlags("validate")
-	cfgPath := fs.String("config", "", "config file")
+func cmdValidate(ctx context.Context, args []string, std stdio) error {
+	fs := newFlags("validate", std.out)
+	cfgPath := fs.String("config", "", "the config file")
+	connect := fs.Bool("connect", false, "also connect to each Redis the config names (source, quota store) and fail if one does not answer")
+	timeout := fs.Duration("timeout", 5*time.Second, "bound on --connect")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -34,13 +34,24 @@ func cmdValidate(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	p, err := build(cfg, slog.New(slog.DiscardHandler), nil)
+	// Built as serve builds it, without connecting to anything: what
+	// validate accepts, serve starts with.
+	a, err := app.New(cfg, app.Options{Version: version, Lazy: true})
 	if err != nil {
 		return err
 	}
-	defer p.close()
-	fmt.Fprintf(stdout, "%s: ok (%d plans, %d routes, entitlements: %s)\n", *cfgPath,
-		len(cfg.Policy.PlanNames()), len(cfg.Policy.Routes()), p.describe)
+	defer a.Close()
+	connected := ""
+	if *connect {
+		ctx, cancel := context.WithTimeout(ctx, *timeout)
+		defer cancel()
+		if err := a.Connect(ctx); err != nil {
+			return err
+		}
+		connected = ", connected"
+	}
+	fmt.Fprintf(std.out, "%s: ok (%d plans, %d routes, entitlements: %s%s)\n", *cfgPath,
+		len(cfg.Policy.PlanNames()), len(cfg.Policy.Routes()), a.SourceSummary(), connected)
 	return nil
 }
 
@@ -65,23 +76,56 @@ func (m kvFlags) Set(v string) error {
 
 // checkOutput is what `tollgate check` prints.
 type checkOutput struct {
-	Allowed         bool              `json:"allowed"`
-	Status          int               `json:"status"`
-	Code            string            `json:"code"`
-	Shadow          bool              `json:"shadow,omitempty"`
-	Route           string            `json:"route,omitempty"`
-	Subject         string            `json:"subject,omitempty"`
-	Plan            string            `json:"plan,omitempty"`
-	Headers         map[string]string `json:"headers,omitempty"`
-	HeadersToRemove []string          `json:"headers_to_remove,omitempty"`
-	Body            json.RawMessage   `json:"body,omitempty"`
-	Quotas          []quotaState      `json:"quotas,omitempty"`
-	DynamicMetadata json.RawMessage   `json:"dynamic_metadata,omitempty"`
+	Allowed bool   `json:"allowed"`
+	Status  int    `json:"status"`
+	Code    string `json:"code"`
+	Shadow  bool   `json:"shadow,omitempty"`
+	// Error is why the entitlements or quota store gave no answer
+	// (entitlements_unavailable): what serve's client never sees.
+	Error   string `json:"error,omitempty"`
+	Route   string `json:"route,omitempty"`
+	Subject string `json:"subject,omitempty"`
+	Plan    string `json:"plan,omitempty"`
+	// UpstreamHeaders, on an allow, are what Envoy sets on the request it
+	// sends upstream, in order; HeadersToRemove what it strips from it.
+	UpstreamHeaders []header `json:"upstream_headers,omitempty"`
+	HeadersToRemove []string `json:"headers_to_remove,omitempty"`
+	// ResponseHeaders are what the client gets: with the denial, or added
+	// to the upstream's response on an allow.
+	ResponseHeaders []header         `json:"response_headers,omitempty"`
+	Body            json.RawMessage  `json:"body,omitempty"`
+	Quotas          []app.QuotaState `json:"quotas,omitempty"`
+	DynamicMetadata json.RawMessage  `json:"dynamic_metadata,omitempty"`
 }
 
-func cmdCheck(ctx context.Context, args []string, stdout io.Writer) error {
-	fs := newFlags("check")
-	cfgPath := fs.String("config", "", "config file")
+// header is one header as Envoy applies it. Append is set when the value
+// is added beside an existing one instead of replacing it.
+type header struct {
+	Name   string `json:"name"`
+	Value  string `json:"value"`
+	Append bool   `json:"append,omitempty"`
+}
+
+func headersOf(opts []*corev3.HeaderValueOption) []header {
+	hs := make([]header, 0, len(opts))
+	for _, o := range opts {
+		h := header{Name: o.GetHeader().GetKey(), Value: o.GetHeader().GetValue()}
+		if v := o.GetHeader().GetRawValue(); len(v) > 0 && h.Value == "" {
+			h.Value = string(v)
+		}
+		switch o.GetAppendAction() {
+		case corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD:
+			h.Append = true
+		case corev3.HeaderValueOption_ADD_IF_ABSENT, corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD, corev3.HeaderValueOption_OVERWRITE_IF_EXISTS:
+		}
+		hs = append(hs, h)
+	}
+	return hs
+}
+
+func cmdCheck(ctx context.Context, args []string, std stdio) error {
+	fs := newFlags("check", std.out)
+	cfgPath := fs.String("config", "", "the config file")
 	method := fs.String("method", "GET", "HTTP method")
 	path := fs.String("path", "/", "request path, with query")
 	host := fs.String("host", "localhost", "host (:authority)")
@@ -89,7 +133,7 @@ func cmdCheck(ctx context.Context, args []string, stdout io.Writer) error {
 	raw := fs.Bool("raw-headers", false, "send headers in header_map, as Envoy does with encode_raw_headers")
 	var hdrs headerFlags
 	ctxExt := kvFlags{}
-	fs.Var(&hdrs, "H", "header 'name: value' (repeatable)")
+	fs.Var(&hdrs, "H", "request header 'name: value' (repeatable)")
 	fs.Var(ctxExt, "context", "context extension key=value (repeatable)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -113,48 +157,43 @@ func cmdCheck(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	store, err := newQuotaStore(cfg, nil, nil)
+	dry := &app.DryQuotas{}
+	// The server's warnings (a source's breaker opening, say) go to stderr.
+	log := slog.New(slog.NewTextHandler(std.errOut, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	a, err := app.New(cfg, app.Options{Version: version, Logger: log, Lazy: true, WrapQuotas: func(q authz.Quotas) authz.Quotas {
+		dry.Store = q
+		return dry
+	}})
 	if err != nil {
 		return err
 	}
-	defer store.close()
-	dry := &dryQuotas{store: store.Quotas}
-	p, err := build(cfg, slog.New(slog.DiscardHandler), dry)
-	if err != nil {
-		return err
-	}
-	defer p.close()
-	resp, res := p.server.Decide(ctx, checkRequest(strings.ToUpper(*method), *path, *host, *principal, headers, ctxExt, *raw))
+	defer a.Close()
+	resp, res := a.Decide(ctx, checkRequest(strings.ToUpper(*method), *path, *host, *principal, headers, ctxExt, *raw))
 
 	out := checkOutput{
 		Allowed: res.Allowed, Status: res.Status, Code: res.Code.String(), Shadow: res.Shadow,
-		Route: res.Route, Subject: res.Subject, Plan: res.Plan, Headers: map[string]string{},
+		Route: res.Route, Subject: res.Subject, Plan: res.Plan,
 	}
-	var opts []*corev3.HeaderValueOption
+	if res.Err != nil {
+		out.Error = res.Err.Error()
+	}
 	if ok := resp.GetOkResponse(); ok != nil {
-		opts = ok.GetHeaders()
+		out.UpstreamHeaders = headersOf(ok.GetHeaders())
 		out.HeadersToRemove = ok.GetHeadersToRemove()
+		out.ResponseHeaders = headersOf(ok.GetResponseHeadersToAdd())
 	}
 	if d := resp.GetDeniedResponse(); d != nil {
-		opts = d.GetHeaders()
+		out.ResponseHeaders = headersOf(d.GetHeaders())
 		out.Body = json.RawMessage(d.GetBody())
 		if !json.Valid(out.Body) { // a gRPC client's denial is one line of text
 			out.Body, _ = json.Marshal(d.GetBody())
 		}
 	}
-	for _, o := range opts {
-		out.Headers[o.GetHeader().GetKey()] = o.GetHeader().GetValue()
-	}
-	if ok := resp.GetOkResponse(); ok != nil {
-		for _, o := range ok.GetResponseHeadersToAdd() {
-			out.Headers[o.GetHeader().GetKey()] = o.GetHeader().GetValue()
-		}
-	}
-	out.Quotas = dry.state
+	out.Quotas = dry.State
 	if md := resp.GetDynamicMetadata(); md != nil {
 		out.DynamicMetadata, _ = protojson.Marshal(md)
 	}
-	enc := json.NewEncoder(stdout)
+	enc := json.NewEncoder(std.out)
 	enc.SetIndent("", "  ")
 	return enc.Encode(out)
 }
@@ -177,7 +216,13 @@ func checkRequest(method, path, host, principal string, headers, ctxExt map[stri
 	}}
 }
 
-func cmdHashKey(args []string, stdin io.Reader, stdout io.Writer) error {
+func cmdHashKey(_ context.Context, args []string, std stdio) error {
+	stdin, stdout := std.in, std.out
+	if len(args) == 1 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
+		// A key that looks like a flag is hashed with: echo -- -h | tollgate hash-key -
+		printHelp(stdout, newFlags("hash-key", stdout).FlagSet)
+		return errHelp
+	}
 	if len(args) != 1 {
 		return fmt.Errorf("%w: hash-key: give exactly one KEY, or - to read it from stdin", errUsage)
 	}
@@ -194,63 +239,4 @@ func cmdHashKey(args []string, stdin io.Reader, stdout io.Writer) error {
 	}
 	fmt.Fprintln(stdout, identity.HashKey(key))
 	return nil
-}
-
-// quotaState is one counter as `tollgate check` reports it.
-type quotaState struct {
-	Key     string `json:"counter"`
-	Limit   int64  `json:"limit"`
-	Used    int64  `json:"used"`
-	Cost    int64  `json:"cost"`
-	Fits    bool   `json:"fits"`
-	ResetAt string `json:"resets_at"`
-}
-
-// dryQuotas answers Spend from the counters' current use and spends nothing,
-// so `tollgate check` shows quota state without consuming any.
-type dryQuotas struct {
-	store authz.Quotas
-	state []quotaState
-}
-
-func (d *dryQuotas) Spend(ctx context.Context, group string, items []quota.Item, used []int64) (int, error) {
-	denied := -1
-	pk, _ := d.store.(quota.Peeker)
-	for i, it := range items {
-		var u int64
-		if pk != nil {
-			var err error
-			if u, err = pk.Peek(ctx, group, it); err != nil {
-				return -1, err
-			}
-		}
-		used[i] = u
-		// The server spends items naming one counter as one summed cost
-		// (saturating), so check that sum, not each item's own cost.
-		fits := quota.Fits(u, counterCost(items, it.Key), it.Limit)
-		if !fits && denied < 0 {
-			denied = i
-		}
-		d.state = append(d.state, quotaState{
-			Key: strings.ReplaceAll(it.Key, "\x00", "/"), Limit: it.Limit, Used: u, Cost: it.Cost, Fits: fits,
-			ResetAt: it.Reset.UTC().Format(time.RFC3339),
-		})
-	}
-	return denied, nil
-}
-
-// counterCost is the summed cost of the items naming counter key, each
-// negative cost counting as 0, saturating at math.MaxInt64: what a store
-// spends on that counter for the request.
-func counterCost(items []quota.Item, key string) int64 {
-	var c int64
-	for _, it := range items {
-		if it.Key != key {
-			continue
-		}
-		if c += max(it.Cost, 0); c < 0 {
-			return math.MaxInt64
-		}
-	}
-	return c
 }

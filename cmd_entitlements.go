@@ -26,7 +26,16 @@ const redisEnv = "TOLLGATE_REDIS"
 // cmdEntitlements edits records in the redis entitlement source. Every write
 // is published on the invalidation channel, so running replicas drop their
 // cached copies at once.
-func cmdEntitlements(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) error {
+func cmdEntitlements(ctx context.Context, args []string, std stdio) error {
+	stdin, stdout := std.in, std.out
+	if len(args) == 1 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
+		printHelp(stdout, newFlags("entitlements", stdout).FlagSet)
+		for _, sub := range []string{"set", "get", "delete"} {
+			fmt.Fprintf(stdout, "\n  tollgate entitlements %s %s\n      %s\n", sub, subcommands["entitlements "+sub][0], subcommands["entitlements "+sub][1])
+		}
+		fmt.Fprint(stdout, "\nRun 'tollgate entitlements SUBCOMMAND --help' for its flags.\n")
+		return errHelp
+	}
 	if len(args) == 0 {
 		return fmt.Errorf("%w: entitlements: give a subcommand: set, get or delete (tollgate entitlements get --redis ADDR --subject S)", errUsage)
 	}
@@ -40,6 +49,14 @@ func cmdEntitlements(ctx context.Context, args []string, stdin io.Reader, stdout
 	default:
 		return fmt.Errorf("%w: entitlements: unknown subcommand %q (want set, get or delete)", errUsage, sub)
 	}
+}
+
+// subcommands are the synopsis and summary of each entitlements
+// subcommand, for their help.
+var subcommands = map[string][2]string{
+	"entitlements set":    {"--redis ADDR --subject S --plan P --status S [flags]", "write a subject's record (replacing it) and publish the change"},
+	"entitlements get":    {"--redis ADDR --subject S", "print a subject's record as JSON"},
+	"entitlements delete": {"--redis ADDR --subject S", "delete a subject's record and its API keys, and publish the change"},
 }
 
 // redisFlags are the connection flags every subcommand takes.
@@ -75,7 +92,7 @@ var flagOf = map[string]string{
 // open checks the connection flags and returns a source over a new client.
 // The password is read from the environment, never from a flag: flags land
 // in shell history and process lists.
-func (r *redisFlags) open(fs *flag.FlagSet) (*redissource.Source, func(), error) {
+func (r *redisFlags) open(fs *flagSet) (*redissource.Source, func(), error) {
 	if r.addr == "" {
 		r.addr = strings.TrimSpace(os.Getenv(redisEnv))
 	}
@@ -143,9 +160,9 @@ func (q quotaFlags) Set(v string) error {
 }
 
 func entitlementsSet(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) error {
-	fs := newFlags("entitlements set")
+	fs := newFlags("entitlements set", stdout)
 	var rf redisFlags
-	rf.register(fs)
+	rf.register(fs.FlagSet)
 	subject := fs.String("subject", "", "subject id")
 	plan := fs.String("plan", "", "plan name")
 	status := fs.String("status", "", "subscription status")
@@ -267,10 +284,10 @@ func readKeys(r io.Reader) ([]string, error) {
 }
 
 // subjectFlags parses the flags of get and delete.
-func subjectFlags(name string, args []string) (*flag.FlagSet, *redisFlags, string, error) {
-	fs := newFlags(name)
+func subjectFlags(name string, args []string, stdout io.Writer) (*flagSet, *redisFlags, string, error) {
+	fs := newFlags(name, stdout)
 	var rf redisFlags
-	rf.register(fs)
+	rf.register(fs.FlagSet)
 	subject := fs.String("subject", "", "subject id")
 	if err := parseFlags(fs, args); err != nil {
 		return nil, nil, "", err
@@ -303,7 +320,7 @@ func entitlementsDelete(ctx context.Context, args []string, stdout io.Writer) er
 // name, within --timeout, and prints what do returns as JSON.
 func onSubject(ctx context.Context, name string, args []string, stdout io.Writer,
 	do func(ctx context.Context, src *redissource.Source, subject string) (any, error)) error {
-	fs, rf, subject, err := subjectFlags(name, args)
+	fs, rf, subject, err := subjectFlags(name, args, stdout)
 	if err != nil {
 		return err
 	}

@@ -30,7 +30,7 @@ const (
 func entitlementsCmd(t *testing.T, stdin string, args ...string) (string, error) {
 	t.Helper()
 	var out bytes.Buffer
-	err := cmdEntitlements(context.Background(), args, strings.NewReader(stdin), &out)
+	err := cmdEntitlements(context.Background(), args, stdio{in: strings.NewReader(stdin), out: &out, errOut: io.Discard})
 	if err != nil && strings.Contains(err.Error(), "\n") {
 		t.Errorf("error is not one line: %q", err)
 	}
@@ -315,7 +315,7 @@ func TestEntitlementsRedisDown(t *testing.T) {
 				done := make(chan error, 1)
 				go func() {
 					var out bytes.Buffer
-					done <- cmdEntitlements(context.Background(), append(args, "--redis", target.addr, "--timeout", "200ms"), strings.NewReader(""), &out)
+					done <- cmdEntitlements(context.Background(), append(args, "--redis", target.addr, "--timeout", "200ms"), stdio{in: strings.NewReader(""), out: &out, errOut: io.Discard})
 				}()
 				var err error
 				select {

@@ -3,6 +3,7 @@ package authz
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"strconv"
@@ -67,7 +68,11 @@ type Result struct {
 	Cache     entitlement.CacheOutcome
 	Looked    bool // an entitlement lookup happened (Cache is meaningful)
 	Duration  time.Duration
-	now       time.Time // the decision's clock reading, for reset times
+	// Err is why the entitlements or the quota store gave no answer, for
+	// entitlements_unavailable; nil otherwise. It is for the operator
+	// (tollgate check prints it), never sent to the client.
+	Err error
+	now time.Time // the decision's clock reading, for reset times
 }
 
 // Server answers Envoy's Authorization/Check.
@@ -172,7 +177,7 @@ func (s *Server) decideRequest(ctx context.Context, q *Request) (resp *authv3.Ch
 	defer func() {
 		if p := recover(); p != nil {
 			s.log.Error("panic in Check", "panic", p, "request_id", r.requestID)
-			*sr = Result{RequestID: r.requestID, Code: policy.EntitlementsUnavailable}
+			*sr = Result{RequestID: r.requestID, Code: policy.EntitlementsUnavailable, Err: fmt.Errorf("panic in Check: %v", p)}
 			d := policy.Decision{Code: policy.EntitlementsUnavailable}
 			resp = rt.deny(r, &d, sr)
 		}
@@ -238,6 +243,7 @@ func (s *Server) decide(ctx context.Context, rt *Rules, q *Request, now time.Tim
 	case errors.Is(err, entitlement.ErrNotFound):
 		return policy.Decision{Code: policy.InvalidCredentials, Route: route}
 	case err != nil:
+		res.Err = err
 		return policy.Decision{Code: policy.EntitlementsUnavailable, Route: route}
 	}
 	d := rt.policy.Decide(route, ent, now)
@@ -285,6 +291,7 @@ func (s *Server) spend(ctx context.Context, rt *Rules, q *Request, d *policy.Dec
 	switch {
 	case err != nil:
 		d.Code = policy.EntitlementsUnavailable
+		q.res.Err = err
 		s.observeQuota(spends, "error")
 	case denied >= 0:
 		d.Code = spends[denied].DenialCode()

@@ -1,4 +1,4 @@
-package main
+package app
 
 import (
 	"context"
@@ -14,7 +14,11 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/tollgate-authz/tollgate/entitlement"
+	"github.com/tollgate-authz/tollgate/entitlement/redissource"
 	"github.com/tollgate-authz/tollgate/identity"
+	"github.com/tollgate-authz/tollgate/internal/apptest"
+	"github.com/tollgate-authz/tollgate/internal/redisconn"
 	"github.com/tollgate-authz/tollgate/internal/redistest"
 )
 
@@ -104,13 +108,7 @@ func httpSourceDirTimeout(t *testing.T, url, timeout, cache string) string {
 
 func metricValue(t *testing.T, s *server, series string) string {
 	t.Helper()
-	_, m := s.get(t, "/metrics")
-	for _, line := range strings.Split(m, "\n") {
-		if v, ok := strings.CutPrefix(line, series+" "); ok {
-			return v
-		}
-	}
-	return ""
+	return apptest.MetricValue(t, s.admin, series)
 }
 
 func TestHTTPSourceThroughServer(t *testing.T) {
@@ -229,22 +227,22 @@ func TestHTTPSourceThroughServer(t *testing.T) {
 }
 
 // TestRedisSourceReplicasSeeWritesAtOnce runs two servers on the redis
-// source with a one-hour TTL: a write with `tollgate entitlements set`
-// reaches both through pub/sub, so a customer who pays is let in at once.
+// source with a one-hour TTL: a write (redissource.Put, as `tollgate
+// entitlements set` writes) reaches both through pub/sub, so a customer who pays is let in at once.
 // It runs on a plain Redis and on one that speaks only mutual TLS.
 func TestRedisSourceReplicasSeeWritesAtOnce(t *testing.T) {
 	cases := []struct {
 		name  string
 		start func(t *testing.T) *redistest.Server
-		flags func(f *redistest.TLSFiles) []string // the CLI's TLS flags
-		conf  func(f *redistest.TLSFiles) string   // the config's tls block
+		tls   func(f *redistest.TLSFiles) redisconn.TLS // the writer's TLS
+		conf  func(f *redistest.TLSFiles) string        // the config's tls block
 	}{
 		{"plain", func(t *testing.T) *redistest.Server { return redistest.Start(t) },
-			func(*redistest.TLSFiles) []string { return nil },
+			func(*redistest.TLSFiles) redisconn.TLS { return redisconn.TLS{} },
 			func(*redistest.TLSFiles) string { return "" }},
 		{"mutual tls", func(t *testing.T) *redistest.Server { return redistest.StartTLS(t, true) },
-			func(f *redistest.TLSFiles) []string {
-				return []string{"--tls-ca", f.CAFile, "--tls-cert", f.CertFile, "--tls-key", f.KeyFile}
+			func(f *redistest.TLSFiles) redisconn.TLS {
+				return redisconn.TLS{Enabled: true, CAFile: f.CAFile, CertFile: f.CertFile, KeyFile: f.KeyFile}
 			},
 			func(f *redistest.TLSFiles) string {
 				return fmt.Sprintf(", tls: {enabled: true, ca_file: %s, cert_file: %s, key_file: %s}", f.CAFile, f.CertFile, f.KeyFile)
@@ -253,16 +251,27 @@ func TestRedisSourceReplicasSeeWritesAtOnce(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			rs := c.start(t)
-			set := func(status string) {
+			// The writer connects as the CLI's entitlements set does.
+			conn, err := redisconn.Dial(redisconn.Options{Address: rs.Addr(), TLS: c.tls(rs.TLS()), Timeout: patience})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { conn.Close() })
+			writer, err := redissource.New(redissource.Options{Client: conn.UniversalClient})
+			if err != nil {
+				t.Fatal(err)
+			}
+			set := func(status entitlement.Status) {
 				t.Helper()
-				var out strings.Builder
-				args := append([]string{"set", "--redis", rs.Addr(), "--subject", "globex",
-					"--plan", "pro", "--status", status, "--api-key-sha256", identity.HashKey("demo-pastdue-key")}, c.flags(rs.TLS())...)
-				if err := cmdEntitlements(context.Background(), args, nil, &out); err != nil {
-					t.Fatalf("entitlements set: %v", err)
+				rec := redissource.Record{
+					Entitlement:   entitlement.Entitlement{Subject: "globex", Plan: "pro", Status: status},
+					APIKeyDigests: []string{identity.HashKey("demo-pastdue-key")},
+				}
+				if err := writer.Put(context.Background(), rec); err != nil {
+					t.Fatalf("put: %v", err)
 				}
 			}
-			set("past_due")
+			set(entitlement.StatusPastDue)
 			dir := demoDir(t, "127.0.0.1:0")
 			cfg := filepath.Join(dir, "tollgate.yaml")
 			raw, _ := os.ReadFile(cfg)
@@ -283,7 +292,7 @@ func TestRedisSourceReplicasSeeWritesAtOnce(t *testing.T) {
 				// instead): wait, so the test proves the pub/sub path.
 				waitFor(t, func() bool { return strings.Contains(r.logs.String(), "subscribed to entitlement invalidations") })
 			}
-			set("active")
+			set(entitlement.StatusActive)
 			for i, r := range replicas {
 				waitFor(t, func() bool { return code(r.check(t, "GET", "/v1/search", key)) == "ok" })
 				if v := metricValue(t, r, `tollgate_entitlement_invalidations_total{via="pubsub"}`); v == "" || v == "0" {

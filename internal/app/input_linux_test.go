@@ -1,6 +1,6 @@
 //go:build linux
 
-package main
+package app
 
 import (
 	"bytes"
@@ -35,7 +35,7 @@ func TestConfigWrittenInPlaceIsNeverLoadedHalfWritten(t *testing.T) {
 	}
 	// One poll a second: the rest of a file is written well within a poll
 	// interval of the poll that saw the first half, however busy the machine.
-	writeFile(t, cfg, strings.Replace(string(raw), "poll_interval: 20ms", "poll_interval: 1s", 1))
+	writeFile(t, cfg, strings.ReplaceAll(string(raw), "poll_interval: 20ms", "poll_interval: 1s"))
 	s := startServe(t, cfg)
 	opens := watchOpens(t, dir)
 	client := authv3.NewAuthorizationClient(s.conn)

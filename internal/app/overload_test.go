@@ -1,9 +1,7 @@
-package main
+package app
 
 import (
 	"fmt"
-	"os"
-	"strings"
 	"sync"
 	"testing"
 )
@@ -73,17 +71,4 @@ func TestOverloadIsShedNotQueued(t *testing.T) {
 	if got := code(s.check(t, "GET", "/v1/search", map[string]string{"x-api-key": "demo-free-key"})); got != "invalid_credentials" {
 		t.Errorf("after the release: %q, want invalid_credentials (decided, not shed)", got)
 	}
-}
-
-// editFile replaces old with new once in path, failing if old is absent.
-func editFile(t *testing.T, path, old, new string) {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(string(b), old) {
-		t.Fatalf("%s has no %q", path, old)
-	}
-	writeFile(t, path, strings.Replace(string(b), old, new, 1))
 }

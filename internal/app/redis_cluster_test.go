@@ -1,4 +1,4 @@
-package main
+package app
 
 import (
 	"context"
@@ -7,13 +7,15 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tollgate-authz/tollgate/entitlement"
+	"github.com/tollgate-authz/tollgate/entitlement/redissource"
 	"github.com/tollgate-authz/tollgate/identity"
 	"github.com/tollgate-authz/tollgate/internal/redistest"
 )
 
 // TestRedisCluster serves two replicas from a real three-node Redis Cluster:
-// entitlements from the redis source (records written with the CLI, a
-// hash-tagged prefix), quota counters in the leased store, spread over the
+// entitlements from the redis source (records written as the CLI writes
+// them, through redissource.Put, under a hash-tagged prefix), quota counters in the leased store, spread over the
 // nodes by subject, and an invalidation published on one node reaching both
 // replicas.
 func TestRedisCluster(t *testing.T) {
@@ -21,18 +23,22 @@ func TestRedisCluster(t *testing.T) {
 	seed := rc.Nodes[0].Addr()
 	const subjects = 24
 	const prefix = "{tollgate:ent}:"
-	set := func(i int, status string) {
+	writer, err := redissource.New(redissource.Options{Client: rc.Client(), Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := func(i int, status entitlement.Status) {
 		t.Helper()
-		args := []string{"set", "--redis", seed, "--cluster", "--prefix", prefix,
-			"--subject", fmt.Sprintf("sub-%d", i), "--plan", "pro", "--status", status,
-			"--api-key-sha256", identity.HashKey(fmt.Sprintf("key-%d", i))}
-		var out strings.Builder
-		if err := cmdEntitlements(context.Background(), args, nil, &out); err != nil {
-			t.Fatalf("entitlements set sub-%d: %v", i, err)
+		rec := redissource.Record{
+			Entitlement:   entitlement.Entitlement{Subject: fmt.Sprintf("sub-%d", i), Plan: "pro", Status: status},
+			APIKeyDigests: []string{identity.HashKey(fmt.Sprintf("key-%d", i))},
+		}
+		if err := writer.Put(context.Background(), rec); err != nil {
+			t.Fatalf("put sub-%d: %v", i, err)
 		}
 	}
 	for i := range subjects {
-		set(i, "active")
+		set(i, entitlement.StatusActive)
 	}
 
 	path := quotaDemoDir(t, seed, 1000, 10)
@@ -70,7 +76,7 @@ func TestRedisCluster(t *testing.T) {
 	for _, srv := range replicas {
 		waitFor(t, func() bool { return strings.Contains(srv.logs.String(), "subscribed to entitlement invalidations") })
 	}
-	set(5, "past_due")
+	set(5, entitlement.StatusPastDue)
 	for r, srv := range replicas {
 		waitFor(t, func() bool {
 			return code(srv.check(t, "GET", "/v1/search", map[string]string{"x-api-key": "key-5"})) == "payment_failed"
