@@ -32,6 +32,8 @@ func getStatus(t *testing.T, url string) int {
 }
 
 func TestCLI(t *testing.T) {
+	noEnts := filepath.Join(t.TempDir(), "tollgate.yaml") // names an entitlements file that is not there
+	writeFile(t, noEnts, "entitlements: {file: {path: missing.yaml}}\nplans: {free: {}}\n")
 	bad := filepath.Join(t.TempDir(), "bad.yaml")
 	writeFile(t, bad, "entitlements: {file: {path: e.yaml}}\nroutes:\n  - feature: nope\n")
 	tests := []struct {
@@ -67,6 +69,8 @@ func TestCLI(t *testing.T) {
 		{"missing file", []string{"validate", "--config", "/nonexistent.yaml"}, "", 1, "", "tollgate: open /nonexistent.yaml: no such file or directory"},
 		{"bad config", []string{"validate", "--config", bad}, "", 1, "", `bad.yaml:3: routes[0].feature: "nope" is not a feature of any plan`},
 		{"bad config on serve", []string{"serve", "--config", bad}, "", 1, "", `routes[0].feature: "nope"`},
+		{"missing entitlements file", []string{"validate", "--config", noEnts}, "", 1, "", noEnts + ":1: entitlements.file.path: "},
+		{"missing entitlements file on serve", []string{"serve", "--config", noEnts}, "", 1, "", noEnts + ":1: entitlements.file.path: "},
 		{"check bad header", []string{"check", "--config", "examples/tollgate.yaml", "-H", "novalue"}, "", 2, "", `tollgate: check: -H "novalue" is not 'name: value'`},
 		{"check allow", []string{"check", "--config", "examples/tollgate.yaml", "--path", "/v1/search", "-H", "x-api-key: demo-free-key"}, "", 0, "\"name\": \"x-tollgate-plan\",\n      \"value\": \"free\"", ""},
 		{"check deny", []string{"check", "--config", "examples/tollgate.yaml", "--method", "post", "--path", "/v1/chat", "-H", "X-Api-Key: demo-free-key"}, "", 0, `"plans_with_feature": [`, ""},

@@ -302,3 +302,40 @@ func TestRedisSourceReplicasSeeWritesAtOnce(t *testing.T) {
 		})
 	}
 }
+
+// TestSourceTimeoutsFollowEnvoys: with server.envoy_timeout raised to
+// 500ms, as the README tells users to do, an http or redis source with a
+// 300ms timeout builds and serves (both used to refuse anything ≥ 200ms).
+func TestSourceTimeoutsFollowEnvoys(t *testing.T) {
+	b := newBillingService(t)
+	b.set("initech", "free", "active", "demo-free-key")
+	rs := redistest.Start(t)
+	writer, err := redissource.New(redissource.Options{Client: rs.Client()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writer.Put(context.Background(), redissource.Record{
+		Entitlement:   entitlement.Entitlement{Subject: "initech", Plan: "free", Status: entitlement.StatusActive},
+		APIKeyDigests: []string{identity.HashKey("demo-free-key")},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct{ name, source string }{
+		{"http", "http\n  http: {url: " + b.URL + ", timeout: 300ms}"},
+		{"redis", "redis\n  redis: {address: \"" + rs.Addr() + "\", timeout: 300ms}"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := demoDir(t, "127.0.0.1:0")
+			cfg := filepath.Join(dir, "tollgate.yaml")
+			editFile(t, cfg, "  source: file\n", "  source: "+tt.source+"\n")
+			editFile(t, cfg, "  drain_timeout: 10s\n", "  drain_timeout: 10s\n  envoy_timeout: 500ms\n")
+			editFile(t, cfg, "    timeout: 50ms\n", "    timeout: 400ms\n") // the cache's, under Envoy's too
+			s := startServe(t, cfg)
+			// A loaded machine may miss 300ms once; errors are not cached,
+			// so the next Check asks again.
+			waitFor(t, func() bool {
+				return code(s.check(t, "GET", "/v1/search", map[string]string{"x-api-key": "demo-free-key"})) == "ok"
+			})
+		})
+	}
+}
