@@ -37,6 +37,9 @@ func (s Status) Valid() bool {
 type Entitlement struct {
 	// Subject is the stable id of the customer, tenant or app.
 	Subject string
+	// Customer is the billing system's id for the subject (a Stripe
+	// customer id), named in usage events; "" means the subject's own id.
+	Customer string
 	// Plan names a plan declared in the policy config.
 	Plan string
 	// Status is the subscription state.

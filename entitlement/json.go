@@ -15,6 +15,7 @@ import (
 // can add fields before tollgate reads them.
 type JSON struct {
 	Subject      string           `json:"subject"`
+	Customer     string           `json:"customer,omitempty"`
 	Plan         string           `json:"plan"`
 	Status       string           `json:"status"`
 	Features     []string         `json:"features,omitempty"`
@@ -28,7 +29,7 @@ type JSON struct {
 // ToJSON is e in the JSON contract, with its times in UTC.
 func ToJSON(e *Entitlement) JSON {
 	return JSON{
-		Subject: e.Subject, Plan: e.Plan, Status: string(e.Status),
+		Subject: e.Subject, Customer: e.Customer, Plan: e.Plan, Status: string(e.Status),
 		Features: e.Features, Quotas: e.Quotas, Credits: e.Credits,
 		PeriodStart: e.PeriodStart.UTC(), PeriodEnd: e.PeriodEnd.UTC(), PastDueSince: e.PastDueSince.UTC(),
 	}
@@ -37,7 +38,7 @@ func ToJSON(e *Entitlement) JSON {
 // Entitlement is the record j holds, unchecked (see Validate).
 func (j *JSON) Entitlement() *Entitlement {
 	return &Entitlement{
-		Subject: j.Subject, Plan: j.Plan, Status: Status(j.Status),
+		Subject: j.Subject, Customer: j.Customer, Plan: j.Plan, Status: Status(j.Status),
 		Features: j.Features, Quotas: j.Quotas, Credits: j.Credits,
 		PeriodStart: j.PeriodStart, PeriodEnd: j.PeriodEnd, PastDueSince: j.PastDueSince,
 	}

@@ -48,7 +48,7 @@ func TestJSONRoundTrip(t *testing.T) {
 	credits := int64(7)
 	est := time.FixedZone("EST", -5*3600)
 	in := &Entitlement{
-		Subject: "acme", Plan: "pro", Status: StatusPastDue, Features: []string{"chat"},
+		Subject: "acme", Customer: "cus_123", Plan: "pro", Status: StatusPastDue, Features: []string{"chat"},
 		Quotas: map[string]int64{"requests": 10}, Credits: &credits,
 		PeriodStart: time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC), PeriodEnd: time.Date(2026, 3, 31, 19, 0, 0, 0, est),
 		PastDueSince: time.Date(2026, 3, 20, 0, 0, 0, 0, time.UTC),

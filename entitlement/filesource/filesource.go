@@ -24,6 +24,7 @@ type Document struct {
 // Subject is one record as written in the file.
 type Subject struct {
 	ID       string           `yaml:"id"`
+	Customer string           `yaml:"customer"` // the billing system's id, for usage events
 	Plan     string           `yaml:"plan"`
 	Status   string           `yaml:"status"`
 	APIKeys  []string         `yaml:"api_key_sha256"`
@@ -149,6 +150,7 @@ func parse(name string, data []byte, check func(*entitlement.Entitlement) (strin
 		}
 		e := &entitlement.Entitlement{
 			Subject:      sub.ID,
+			Customer:     sub.Customer,
 			Plan:         sub.Plan,
 			Status:       st,
 			Features:     sub.Features,

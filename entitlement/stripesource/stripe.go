@@ -176,7 +176,7 @@ func (s *Source) Lookup(ctx context.Context, key entitlement.Key) (*entitlement.
 		return nil, err
 	}
 
-	e := &entitlement.Entitlement{Subject: subject, Status: entitlement.StatusCanceled, Features: fr.features}
+	e := &entitlement.Entitlement{Subject: subject, Customer: customerID, Status: entitlement.StatusCanceled, Features: fr.features}
 	if sub == nil {
 		return e, nil
 	}
