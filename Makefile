@@ -9,7 +9,7 @@ export ENVOY
 # standard library's security fixes are part of the product.
 export GOTOOLCHAIN := $(shell sed -n 's/^toolchain //p' go.mod)
 
-.PHONY: all build run demo-upstream demo-envoy test fuzz vulncheck unit vet e2e envoy-validate deploy-test tools bench clean
+.PHONY: all build run demo-upstream demo-envoy test fuzz vulncheck unit vet e2e envoy-validate deploy-test promtool tools bench clean
 
 all: build
 
@@ -43,8 +43,17 @@ unit:
 vulncheck:
 	scripts/vulncheck.sh
 
-deploy-test:
+# deploy/'s tests run promtool's rule tests with .tools/bin/promtool (or
+# $PROMTOOL), built once from the Prometheus release deploy/go.mod requires.
+deploy-test: promtool
 	@if [ -f deploy/go.mod ]; then cd deploy && $(GO) vet ./... && $(GO) test -count=1 ./...; fi
+
+PROMTOOL ?= $(CURDIR)/.tools/bin/promtool
+export PROMTOOL
+promtool: $(PROMTOOL)
+
+$(PROMTOOL):
+	GOBIN=$(dir $(PROMTOOL)) $(GO) install github.com/prometheus/prometheus/cmd/promtool@$$(cd deploy && $(GO) list -m -f '{{.Version}}' github.com/prometheus/prometheus)
 
 tools: $(ENVOY)
 
