@@ -471,6 +471,7 @@ spec:
 // (the config says 0.0.0.0, which tests do not bind), on free ports given
 // to the chart as ports.grpc and ports.admin.
 func TestHelmChartServes(t *testing.T) {
+	t.Parallel() // each runs its own tollgate; the drain takes seconds
 	grpcPort, adminPort := freePort(t), freePort(t)
 	r := renderChart(t, "", map[string]any{"ports": map[string]any{"grpc": grpcPort, "admin": adminPort}})
 	cm := only[*corev1.ConfigMap](t, r.Docs)

@@ -336,6 +336,7 @@ func TestGrafanaDashboard(t *testing.T) {
 // the Checks are what make the source and quota vectors appear; a name
 // still missing after them is reported, never assumed.
 func TestMonitoringMetricsExist(t *testing.T) {
+	t.Parallel() // each runs its own tollgate; the drain takes seconds
 	// Every name the dashboard and the rules use.
 	used := map[string][]string{} // name → where
 	pr := promRule(t)
