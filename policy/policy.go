@@ -46,6 +46,8 @@ type Route struct {
 	Cost    int64
 	// MaxCost bounds what one request may cost; 0: no bound but the limit.
 	MaxCost int64
+	// Meter, when set, settles and reports the request's actual use.
+	Meter *Meter
 	// costHeader and costExt read a per-request cost; Cost is the fallback.
 	costHeader, costExt string
 	// PlansWithFeature lists, in file order, the plans that include Feature.
@@ -206,6 +208,7 @@ func compileRoute(at string, rs RouteSpec) (*Route, []error) {
 		fail("cost_from", "a cost needs a quota to spend it from")
 	}
 	compileMaxCost(r, rs, fail)
+	compileMeter(r, rs.Meter, fail)
 	if h := strings.ToLower(rs.Match.Host); h != "" {
 		if rest, ok := strings.CutPrefix(h, "*."); ok {
 			r.host, r.hostWild = "."+rest, true

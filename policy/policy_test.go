@@ -1,6 +1,8 @@
 package policy
 
 import (
+	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"testing"
@@ -195,6 +197,20 @@ func TestCompileErrors(t *testing.T) {
 		}, `plans.free.quotas.requests.period: "week" is not a period`},
 		{"undeclared quota", func(s *Spec) { s.Routes[1].Quota = "tokens" }, `routes[1].quota: "tokens" is not a quota of any plan`},
 		{"negative grace", func(s *Spec) { s.Billing.PastDueGrace = -time.Second }, "billing.past_due_grace"},
+		{"meter on a public route", func(s *Spec) { s.Routes[0].Meter = &MeterSpec{} }, "routes[0].meter: a public route has no subject to bill"},
+		{"meter with two unit sources", func(s *Spec) {
+			s.Routes[1].Meter = &MeterSpec{UnitsFrom: UnitsFromSpec{Header: "x-units", Body: "usage.total_tokens"}}
+		}, "routes[1].meter.units_from: set one of header, body, or input and output"},
+		{"meter input without output", func(s *Spec) {
+			s.Routes[1].Meter = &MeterSpec{UnitsFrom: UnitsFromSpec{Input: "usage.prompt_tokens"}}
+		}, "routes[1].meter.units_from: set input and output together"},
+		{"meter bad member path", func(s *Spec) { s.Routes[1].Meter = &MeterSpec{UnitsFrom: UnitsFromSpec{Body: "usage..total"}} },
+			`routes[1].meter.units_from.body: "usage..total" is not a member path`},
+		{"meter bad overage", func(s *Spec) { s.Routes[1].Meter = &MeterSpec{Overage: "forgive"} }, `routes[1].meter.overage: "forgive" is not allow or cap`},
+		{"meter bad billable", func(s *Spec) { s.Routes[1].Meter = &MeterSpec{Billable: []string{"2xx", "6xx"}} },
+			`routes[1].meter.billable: "6xx" is not a status class (2xx) or code (404)`},
+		{"meter bad header", func(s *Spec) { s.Routes[1].Meter = &MeterSpec{UnitsFrom: UnitsFromSpec{Header: "x units"}} },
+			`routes[1].meter.units_from.header: "x units" is not a header name`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -364,6 +380,44 @@ func BenchmarkMatchIndexVsScan(b *testing.B) {
 					}
 				}
 			})
+		}
+	}
+}
+
+func TestMeterCompiles(t *testing.T) {
+	spec := demoSpec()
+	spec.Routes[1].Meter = &MeterSpec{
+		UnitsFrom: UnitsFromSpec{Input: "usage.prompt_tokens", Output: "usage.completion_tokens", OutputWeight: 3},
+		Overage:   "cap", Billable: []string{"2xx", "404"},
+	}
+	m := mustCompile(t, spec).Routes()[1].Meter
+	if m == nil {
+		t.Fatal("no meter")
+	}
+	got := fmt.Sprint(m.Event, m.Input, m.Output, m.InputWeight, m.OutputWeight, m.CapOverage, m.FromBody(), m.MaxBodyBytes)
+	if want := fmt.Sprint(spec.Routes[1].Name, []string{"usage", "prompt_tokens"}, []string{"usage", "completion_tokens"}, 1, 3, true, true, DefaultMaxBodyBytes); got != want {
+		t.Errorf("meter = %s, want %s", got, want)
+	}
+	for _, tt := range []struct {
+		status int
+		want   bool
+	}{{200, true}, {201, true}, {299, true}, {404, true}, {400, false}, {500, false}, {0, false}, {302, false}} {
+		if got := m.Billable(tt.status); got != tt.want {
+			t.Errorf("Billable(%d) = %v, want %v", tt.status, got, tt.want)
+		}
+	}
+}
+
+func TestUnits(t *testing.T) {
+	for _, tt := range []struct {
+		in     string
+		want   int64
+		wantOK bool
+	}{{"1234", 1234, true}, {" 7 ", 7, true}, {"0", 0, true}, {"-1", 0, false}, {"1.5", 0, false}, {"", 0, false},
+		{"99999999999999999999", 0, false}, {"9223372036854775807", math.MaxInt64, true}} {
+		got, ok := Units(tt.in)
+		if ok != tt.wantOK || (ok && got != tt.want) {
+			t.Errorf("Units(%q) = %d, %v; want %d, %v", tt.in, got, ok, tt.want, tt.wantOK)
 		}
 	}
 }

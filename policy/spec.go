@@ -111,6 +111,9 @@ type RouteSpec struct {
 	// touched. Whatever it is, a cost above the whole limit of the quota it
 	// spends is refused the same way.
 	MaxCost *int64 `yaml:"max_cost"`
+	// Meter settles the request's actual use when the response ends and
+	// reports it to billing.
+	Meter *MeterSpec `yaml:"meter"`
 }
 
 // CostFromSpec names where a request's cost comes from. Set one field.
