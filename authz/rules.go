@@ -12,6 +12,7 @@ import (
 
 	"github.com/tollgate-authz/tollgate/identity"
 	"github.com/tollgate-authz/tollgate/policy"
+	"github.com/tollgate-authz/tollgate/reservation"
 )
 
 // Options are the response settings from the config file.
@@ -32,6 +33,10 @@ type Options struct {
 	Shadow bool
 	// AllowSampleRate is the share of allows written to the decision log.
 	AllowSampleRate float64
+	// Reservations signs the reservation a metered route's allow carries
+	// in dynamic metadata ("reservation"), for its settlement; nil: metered
+	// routes carry none.
+	Reservations *reservation.Signer
 }
 
 // Rules is everything a Check reads that a config reload may change. It is

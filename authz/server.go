@@ -22,6 +22,7 @@ import (
 	"github.com/tollgate-authz/tollgate/identity"
 	"github.com/tollgate-authz/tollgate/policy"
 	"github.com/tollgate-authz/tollgate/quota"
+	"github.com/tollgate-authz/tollgate/reservation"
 )
 
 // Entitlements is what the server needs from the entitlement cache.
@@ -373,7 +374,34 @@ func (rt *Rules) allow(r *request, d *policy.Decision, res *Result) *authv3.Chec
 	a.resp.Status = okStatus
 	a.resp.HttpResponse = &a.ok
 	a.resp.DynamicMetadata = a.md.fill(res)
+	if d.Allowed() && d.Route != nil && d.Route.Meter != nil && rt.opts.Reservations != nil {
+		a.resp.DynamicMetadata.Fields[ReservationKey] = structpb.NewStringValue(rt.opts.Reservations.Sign(reserve(r, d, res)))
+	}
 	return &a.resp
+}
+
+// ReservationKey is the dynamic metadata key (in the ext_authz filter's
+// namespace) of a metered request's reservation token.
+const ReservationKey = "reservation"
+
+// reserve is what an allowed metered request reserved: the route's own
+// spend (the last, see policy.Spends), or none when it spends no quota.
+func reserve(r *request, d *policy.Decision, res *Result) *reservation.Reservation {
+	e := d.Entitlement
+	rv := &reservation.Reservation{
+		ID: r.requestID, Subject: e.Subject, Customer: e.Customer, Route: d.Route.Name, Meter: d.Route.Meter.Event,
+		Estimate: d.Route.Cost, Start: res.now.UnixMilli(),
+	}
+	if rv.ID == "" {
+		rv.ID = reservation.NewID()
+	}
+	if n := len(d.Spends); n > 0 && d.Route.Quota != "" {
+		sp := &d.Spends[n-1]
+		rv.Estimate = max(sp.Cost, 0)
+		rv.Counter = quota.Key(e.Subject, sp.Counter, sp.Start)
+		rv.Reset = sp.Reset.Unix()
+	}
+	return rv
 }
 
 // denyResponse is a refusal and the messages it points to, in one allocation.

@@ -182,5 +182,8 @@ func parseStatusMatch(s string) (lo, hi int, ok bool) {
 // is false for anything else (negative, fractional, not a number).
 func Units(v string) (int64, bool) {
 	n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-	return n, err == nil && n >= 0
+	if err != nil || n < 0 {
+		return 0, false
+	}
+	return n, true
 }
