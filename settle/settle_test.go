@@ -31,9 +31,9 @@ func (b *memBox) Append(_ context.Context, evs []usage.Event) error {
 	return nil
 }
 func (b *memBox) Pending(context.Context, int) ([]usage.Event, error) { return nil, nil }
-func (b *memBox) Ack(context.Context, []string) error                  { return nil }
-func (b *memBox) Stats(context.Context) (usage.Stats, error)           { return usage.Stats{}, nil }
-func (b *memBox) Close() error                                          { return nil }
+func (b *memBox) Ack(context.Context, []string) error                 { return nil }
+func (b *memBox) Stats(context.Context) (usage.Stats, error)          { return usage.Stats{}, nil }
+func (b *memBox) Close() error                                        { return nil }
 func (b *memBox) all() []usage.Event {
 	b.mu.Lock()
 	defer b.mu.Unlock()
