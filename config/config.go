@@ -31,6 +31,7 @@ type Config struct {
 	Admin        Admin           `yaml:"admin"`
 	QuotaStore   QuotaStore      `yaml:"quota_store"`
 	Reload       Reload          `yaml:"reload"`
+	Metering     Metering        `yaml:"metering"`
 	policy.Spec  `yaml:",inline"`
 
 	// Filled by Load.
@@ -322,6 +323,7 @@ func (c *Config) defaults() {
 	def(&c.Entitlements.Source, "file")
 	defDur(&c.Entitlements.File.PollInterval, time.Second)
 	defDur(&c.Reload.PollInterval, time.Second)
+	c.meteringDefaults()
 	defDur(&c.Entitlements.Stripe.PollInterval, time.Second)
 	if c.Entitlements.Cache.MaxEntries == 0 {
 		c.Entitlements.Cache.MaxEntries = cache.DefaultMaxEntries
@@ -580,6 +582,7 @@ func Parse(name string, data []byte) (*Config, error) {
 		}
 	}
 	c.Policy = p
+	c.checkMetering(name, c.Metered(), fail)
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
