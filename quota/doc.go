@@ -14,6 +14,16 @@
 // overflow (see Fits): no sequence of costs, however large or negative,
 // takes a counter past its limit.
 //
+// A spend may be a reservation, settled when the request ends (Adjuster):
+// the unused part is released, or an overage is recorded, past the limit
+// if need be (later spends are then refused). Adjustments are checked too:
+// a counter saturates instead of wrapping and never goes below 0, and a
+// release never brings back a counter whose window ended. Memory adjusts
+// under the subject's lock; Leased changes the counter in Redis, where
+// every replica sees it (a release is not kept in the settling replica's
+// lease, so no replica holds more than a lease); Resilient copies
+// adjustments made while Redis is down into it afterwards, exactly once.
+//
 // All stores are safe for concurrent use. Memory's Spend costs one mutex
 // (sharded by subject) and a map lookup per item.
 package quota

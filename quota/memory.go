@@ -24,10 +24,8 @@ type memShard struct {
 }
 
 type counter struct {
-	used   int64
-	synced int64  // of used, what has been copied to a shared store (see takeUnsynced)
-	group  string // the group it was spent with, for copying it
-	reset  time.Time
+	used  int64 // never negative
+	reset time.Time
 }
 
 var _ Store = (*Memory)(nil)
@@ -91,7 +89,7 @@ func (m *Memory) Spend(_ context.Context, group string, items []Item, used []int
 			}
 		}
 		if c == nil {
-			c = &counter{reset: it.Reset, group: group}
+			c = &counter{reset: it.Reset}
 			sh.counters[it.Key] = c
 		}
 		// Every key's total fits its limits (checked above): no overflow.
@@ -115,45 +113,6 @@ func (m *Memory) Used(group, key string) int64 {
 		return c.used
 	}
 	return 0
-}
-
-// Delta is local use of one counter not yet copied to a shared store.
-type Delta struct {
-	Group, Key string
-	N          int64
-	Reset      time.Time
-}
-
-// takeUnsynced returns the use of every live counter since it was last
-// taken, and counts it as copied; untake undoes that for deltas that could
-// not be copied.
-func (m *Memory) takeUnsynced() []Delta {
-	now := m.now()
-	var out []Delta
-	for i := range m.shards {
-		sh := &m.shards[i]
-		sh.mu.Lock()
-		for k, c := range sh.counters {
-			if n := c.used - c.synced; n > 0 && now.Before(c.reset) {
-				out = append(out, Delta{Group: c.group, Key: k, N: n, Reset: c.reset})
-				c.synced = c.used
-			}
-		}
-		sh.mu.Unlock()
-	}
-	return out
-}
-
-// untake marks deltas returned by takeUnsynced as not copied after all.
-func (m *Memory) untake(ds []Delta) {
-	for _, d := range ds {
-		sh := &m.shards[maphash.String(m.seed, d.Group)%memShards]
-		sh.mu.Lock()
-		if c := sh.counters[d.Key]; c != nil && c.reset.Equal(d.Reset) {
-			c.synced -= d.N
-		}
-		sh.mu.Unlock()
-	}
 }
 
 func (sh *memShard) sweep(now time.Time) {

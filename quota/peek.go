@@ -37,10 +37,19 @@ func (s *Leased) Peek(ctx context.Context, group string, it Item) (int64, error)
 	return num(v[0]), nil
 }
 
-// Peek reads the primary's counter, or the local one while degraded.
+// Peek reads the primary's counter, with what this replica still owes it
+// (local spends and adjustments not yet copied), or the local count while
+// degraded.
 func (r *Resilient) Peek(ctx context.Context, group string, it Item) (int64, error) {
 	if pk, ok := r.primary.(Peeker); ok && !r.degraded.Load() {
-		return pk.Peek(ctx, group, it)
+		u, err := pk.Peek(ctx, group, it)
+		if err != nil {
+			return u, err
+		}
+		return addFloor(u, r.j.owed(group, it.Key, it.Reset)), nil
+	}
+	if r.local == nil {
+		return 0, errDegraded
 	}
 	return r.local.Peek(ctx, group, it)
 }

@@ -29,13 +29,21 @@ import (
 //     min(LeaseSize, limit − u), all or nothing across the items: if one item
 //     cannot get its need, nothing is granted. A counter whose stored window
 //     ended by now (the injected clock, sent as an argument) counts as 0.
-//   - The replica remembers u as Redis last reported it ("seen"). Because u
-//     only grows within a window, an item whose need exceeds limit − seen is
-//     refused locally, with no round trip: an exhausted counter is cached until
-//     its window ends, and so is a cost that can no longer fit. The check
+//   - The replica remembers u as Redis last reported it ("seen"). Spends
+//     only raise u, so an item whose need exceeds limit − seen is refused
+//     locally, with no round trip: an exhausted counter is cached, and so is
+//     a cost that can no longer fit. But u also goes down: a settlement
+//     releases what a request reserved and did not use (Adjust), and a
+//     draining replica hands its leases back (Release). So a cached refusal
+//     holds for Recheck (default 1 s) after the round trip that saw u; the
+//     next spend after that asks Redis again. A flood on an exhausted
+//     counter costs each replica one round trip per Recheck. The check
 //     uses the request's Limit, so a raised limit is asked about at once.
 //     When an item is refused this way, Redis is not asked about the others:
 //     the index returned is the first item known not to fit.
+//   - Adjust changes u in Redis directly, with one round trip: a release
+//     lowers it, so that any replica can lease the units again, and an
+//     overage raises it, past the limit if need be.
 //   - A lease whose window ended is dropped. Unspent units of a window that
 //     ended are simply forgotten; they counted against a window that is over.
 //
@@ -84,16 +92,24 @@ import (
 //     at most L − 1 per counter; with K such stops in a window the floor drops
 //     by K(L − 1). Release (on drain) hands the units back to Redis, where
 //     the next replica to ask can lease them (a replica that already cached
-//     the counter as spent keeps refusing until the reset: never over N).
+//     the counter as spent keeps refusing for up to Recheck: never over N).
 //   - Redis data loss (restart without persistence, failover losing writes)
 //     resets the counters it lost: the window may then admit up to N more.
-//     Replicas keep refusing what they cached as exhausted until its reset.
+//     Replicas keep refusing what they cached as exhausted for up to Recheck.
+//   - Settlement: admitted counts what requests were finally charged
+//     (reservations adjusted to their actual cost). A release lowers u at
+//     once, and no replica holds more than before, so the floor stands, but
+//     for refusals cached from a u seen before the release: for Recheck
+//     after a release, a replica may refuse up to the released units too
+//     early. An overage raises u past what was admitted at the door: the
+//     ceiling becomes N plus the overages recorded in the window (a route
+//     that caps them keeps N).
 //
 // So, in a window with K replica losses and U unanswered round trips, at
-// any refusal when no late reply is in flight and no replica holds units
-// adopted from one:
+// any refusal when no late reply is in flight, no replica holds units
+// adopted from one, and no release happened within Recheck before it:
 //
-//	N − (c − 1) − (R − 1)(L − 1) − K(L − 1) − U·max(L, c) ≤ admitted ≤ N,
+//	N − (c − 1) − (R − 1)(L − 1) − K(L − 1) − U·max(L, c) ≤ admitted ≤ N + overages,
 //
 // and with adopted units still held elsewhere the floor is lower by those.
 // Adopted units are spent by the next requests on their replica.
@@ -130,6 +146,7 @@ type Leased struct {
 	leaseSize int64
 	timeout   time.Duration
 	slack     time.Duration
+	recheck   time.Duration
 	now       func() time.Time
 	seed      maphash.Seed
 	lateReply time.Duration
@@ -163,6 +180,12 @@ type LeasedOptions struct {
 	// ExpirySlack keeps a counter in Redis this long after its window ends,
 	// covering clock skew between replicas; default 2 s.
 	ExpirySlack time.Duration
+	// Recheck is how long a replica refuses, without asking Redis, a counter
+	// it saw too spent for a request; default 1 s (DefaultRecheck). Counters
+	// go down when settlements release units (Adjust) or replicas hand
+	// their leases back (Release): a replica learns of it within Recheck.
+	// Measured on Now.
+	Recheck time.Duration
 	// Now is the clock; default time.Now. It decides windows, not timeouts.
 	Now func() time.Time
 }
@@ -213,10 +236,11 @@ type leaseGroup struct {
 }
 
 type lease struct {
-	rkey  string    // the Redis key
-	reset time.Time // window end, as Redis stores it
-	avail int64     // leased and not yet spent here
-	seen  int64     // u at this replica's last round trip for the key
+	rkey   string    // the Redis key
+	reset  time.Time // window end, as Redis stores it
+	avail  int64     // leased and not yet spent here
+	seen   int64     // u at this replica's last round trip for the key
+	seenAt time.Time // when seen was read: refusals cached on it hold for Recheck
 }
 
 var _ Store = (*Leased)(nil)
@@ -229,7 +253,9 @@ const (
 	// DefaultLateReply is how long after Timeout a round trip's reply is
 	// still awaited, to hand back what it granted.
 	DefaultLateReply = time.Second
-	defaultSlack     = 2 * time.Second
+	// DefaultRecheck is how long a refusal is cached (LeasedOptions.Recheck).
+	DefaultRecheck = time.Second
+	defaultSlack   = 2 * time.Second
 )
 
 // NewLeased returns a Leased store. It panics without a Client.
@@ -244,6 +270,7 @@ func NewLeased(o LeasedOptions) *Leased {
 		timeout:   o.Timeout,
 		lateReply: o.LateReply,
 		slack:     o.ExpirySlack,
+		recheck:   o.Recheck,
 		now:       o.Now,
 		seed:      maphash.MakeSeed(),
 	}
@@ -261,6 +288,9 @@ func NewLeased(o LeasedOptions) *Leased {
 	}
 	if s.slack <= 0 {
 		s.slack = defaultSlack
+	}
+	if s.recheck <= 0 {
+		s.recheck = DefaultRecheck
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -356,8 +386,10 @@ func (s *Leased) spend(ctx context.Context, group string, items []Item, used []i
 		it := &items[i]
 		cost := max(it.Cost, 0)
 		var avail, seen int64
+		fresh := false // seen is recent enough to refuse on
 		if l := g.live(it.Key, now); l != nil {
 			avail, seen = l.avail, l.seen
+			fresh = now.Before(l.seenAt.Add(s.recheck))
 		}
 		used[i] = max(seen-avail, 0)
 		if cost == 0 {
@@ -371,10 +403,11 @@ func (s *Leased) spend(ctx context.Context, group string, items []Item, used []i
 		if cost <= avail {
 			continue
 		}
-		// u only grows within a window, so Redis cannot give more than
-		// Limit − seen: refuse without asking. Checked arithmetic, so that
-		// no cost fits by overflowing.
-		if !Fits(seen, cost-avail, it.Limit) {
+		// Spends only raise u, so Redis cannot give more than Limit − seen
+		// unless units were released since: refuse without asking while
+		// seen is fresh, and always a cost that fits no counter. Checked
+		// arithmetic, so that no cost fits by overflowing.
+		if !Fits(seen, cost-avail, it.Limit) && (fresh || !Fits(0, cost-avail, it.Limit)) {
 			if denied < 0 {
 				denied = i
 			}
@@ -610,7 +643,7 @@ func (s *Leased) lease(ctx context.Context, group string, g *leaseGroup, items [
 			l = &lease{rkey: keys[j]}
 			g.leases[key] = l
 		}
-		l.seen, l.reset = u, time.UnixMilli(reset)
+		l.seen, l.reset, l.seenAt = u, time.UnixMilli(reset), now
 		l.avail += granted
 		used[i] = max(l.seen-l.avail, 0)
 	}
@@ -688,6 +721,7 @@ func (s *Leased) adopt(g *leaseGroup, keys, rkeys []string, res []int64) {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	now := s.now()
 	var units int64
 	for j, key := range keys {
 		u, reset, granted := res[1+3*j], time.UnixMilli(res[2+3*j]), res[3+3*j]
@@ -704,7 +738,9 @@ func (s *Leased) adopt(g *leaseGroup, keys, rkeys []string, res []int64) {
 		case reset.Before(l.reset):
 			continue
 		}
-		l.seen = max(l.seen, u)
+		if u >= l.seen {
+			l.seen, l.seenAt = u, now
+		}
 		l.avail += granted
 		units += granted
 	}
@@ -775,46 +811,6 @@ if tonumber(v[2]) == tonumber(ARGV[2]) then
 end
 return 0
 `)
-
-// addScript adds n units that were spent while Redis was unreachable to a
-// counter, if it is in the window they were spent in or has none: the
-// counter may then exceed its limit, which only means later leases are
-// refused. KEYS[1]: the counter. ARGV: n, reset_ms, now_ms, slack_ms.
-var addScript = redis.NewScript(`
-local n = tonumber(ARGV[1])
-local reset = tonumber(ARGV[2])
-local now = tonumber(ARGV[3])
-local v = redis.call('HMGET', KEYS[1], 'u', 'r')
-local r = tonumber(v[2])
-local u = 0
-if r and r > now then
-  if r ~= reset then return 0 end
-  u = tonumber(v[1]) or 0
-end
-redis.call('HSET', KEYS[1], 'u', string.format('%.0f', u + n), 'r', string.format('%.0f', reset))
-local ttl = reset - now + tonumber(ARGV[4])
-if ttl < 1 then ttl = 1 end
-redis.call('PEXPIRE', KEYS[1], string.format('%.0f', ttl))
-return 1
-`)
-
-// addUnsynced copies spends counted locally while Redis was unreachable
-// (Resilient's fail-open items) into Redis, so the shared counters hold
-// them once it is back. Each delta is added only to the window it was
-// spent in. The error wraps ErrUnavailable.
-func (s *Leased) addUnsynced(ctx context.Context, ds []Delta) error {
-	now := s.now()
-	_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, d := range ds {
-			addScript.Eval(ctx, p, []string{s.redisKey(d.Group, d.Key)}, d.N, d.Reset.UnixMilli(), now.UnixMilli(), s.slack.Milliseconds())
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("%w: redis add: %w", ErrUnavailable, err)
-	}
-	return nil
-}
 
 // Release hands every unspent leased unit back to Redis, so a replica that
 // drains does not strand them (see the admission bounds). The store stays

@@ -25,8 +25,9 @@ const (
 //     store: per replica, from zero, each replica admitting up to the limit
 //     on its own. When the primary returns, those spends are copied into it
 //     in the background (for a Leased primary), so the shared counters hold
-//     them for the rest of their window; a copy that fails is tried again at
-//     the next return.
+//     them for the rest of their window; a copy that fails is tried again
+//     after the next successful round trip. Copies are exactly once (see
+//     Adjust, whose settlements go the same way).
 //   - Otherwise the spend fails with an error wrapping ErrUnavailable (the
 //     caller answers 503 entitlements_unavailable with Retry-After): the
 //     quota fails closed.
@@ -66,14 +67,21 @@ type Resilient struct {
 	notifyMu sync.Mutex // serialises onMode calls
 	notified string
 
-	adder       unsyncedAdder // the primary, when it can take local spends back
+	// j holds what the primary has not been told yet: spends counted
+	// locally and adjustments. applier is the primary, if it can take them.
+	j           *journal
+	applier     deltaApplier
 	onWriteBack func(units int64, err error)
 	syncing     atomic.Bool // a write-back is running
+	dirty       atomic.Bool // the journal holds changes nobody is sending
 }
 
-// unsyncedAdder is a primary that can take spends counted locally.
-type unsyncedAdder interface {
-	addUnsynced(ctx context.Context, ds []Delta) error
+// deltaApplier is a primary that can take changes made without it (Leased).
+type deltaApplier interface {
+	// applyDeltas applies ds, each at most once per (Writer, Seq), waiting
+	// at most wait (0: the store's own timeout), and returns each
+	// counter's use after.
+	applyDeltas(ctx context.Context, ds []Delta, wait time.Duration) ([]int64, error)
 }
 
 // ResilientOptions configures a Resilient store.
@@ -90,9 +98,10 @@ type ResilientOptions struct {
 	OnMode func(mode string)
 	// Now is the clock for RetryEvery; default time.Now.
 	Now func() time.Time
-	// OnWriteBack, if set, is told of each copy of local spends into the
-	// primary after it returns: the units copied, or the error (the units
-	// are then kept for the next try).
+	// OnWriteBack, if set, is told of each copy of local spends and
+	// adjustments into the primary after it returns: the units copied
+	// (each change counted by its size, releases too), or the error (the
+	// changes are then kept for the next try).
 	OnWriteBack func(units int64, err error)
 }
 
@@ -129,8 +138,8 @@ const (
 func NewResilient(primary Store, local *Memory, o ResilientOptions) *Resilient {
 	r := &Resilient{primary: primary, local: local, retry: o.RetryEvery, now: o.Now, onMode: o.OnMode, notified: ModePrimary,
 		onWriteBack: o.OnWriteBack}
-	if a, ok := primary.(unsyncedAdder); ok && local != nil {
-		r.adder = a
+	if a, ok := primary.(deltaApplier); ok {
+		r.applier = a
 	}
 	if r.retry <= 0 {
 		r.retry = DefaultRetryEvery
@@ -141,6 +150,7 @@ func NewResilient(primary Store, local *Memory, o ResilientOptions) *Resilient {
 	if r.now == nil {
 		r.now = time.Now
 	}
+	r.j = newJournal(r.now)
 	if c, ok := primary.(cachedSpender); ok {
 		r.cached = c
 	}
@@ -168,7 +178,7 @@ func (r *Resilient) Spend(ctx context.Context, group string, items []Item, used 
 	switch t {
 	case tripOK:
 		r.fails.Store(0)
-		if r.setDegraded(false) {
+		if r.setDegraded(false) || r.dirty.Load() {
 			r.writeBack()
 		}
 	case tripFailed:
@@ -233,35 +243,39 @@ func (r *Resilient) setDegraded(v bool) bool {
 	return true
 }
 
-// writeBack copies the local spends into the primary, in the background,
-// one copy at a time. A copy goes on while it finds new local spends (from
-// a short outage during the copy), and stops at the first failure, leaving
-// the rest for the next return.
+// writeBackBatch is how many counters one copy sends in one pipeline.
+const writeBackBatch = 1000
+
+// writeBack copies the journal (local spends, adjustments) into the
+// primary, in the background, one copy at a time. A copy goes on while it
+// finds changes (made meanwhile, or more than one batch), and stops at the
+// first failure, leaving the rest for the next successful round trip.
 func (r *Resilient) writeBack() {
-	if r.adder == nil || !r.syncing.CompareAndSwap(false, true) {
+	if r.applier == nil || !r.syncing.CompareAndSwap(false, true) {
 		return
 	}
 	go func() {
-		defer r.syncing.Store(false)
-		for range 4 {
-			ds := r.local.takeUnsynced()
-			if len(ds) == 0 {
-				return
+		for {
+			r.dirty.Store(false)
+			if ds := r.j.take(writeBackBatch); len(ds) > 0 {
+				ctx, cancel := context.WithTimeout(context.Background(), writeBackTimeout)
+				_, err := r.applier.applyDeltas(ctx, ds, writeBackTimeout)
+				cancel()
+				r.j.done(ds, err == nil)
+				if r.onWriteBack != nil {
+					r.onWriteBack(units(ds), err)
+				}
+				if err != nil {
+					r.dirty.Store(true)
+					r.syncing.Store(false)
+					return
+				}
+				continue
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), writeBackTimeout)
-			err := r.adder.addUnsynced(ctx, ds)
-			cancel()
-			var units int64
-			for _, d := range ds {
-				units += d.N
-			}
-			if err != nil {
-				r.local.untake(ds)
-			}
-			if r.onWriteBack != nil {
-				r.onWriteBack(units, err)
-			}
-			if err != nil {
+			r.syncing.Store(false)
+			// A change journaled after take, whose writeBack found this
+			// copy still running, is copied now.
+			if !r.dirty.Load() || !r.syncing.CompareAndSwap(false, true) {
 				return
 			}
 		}
@@ -292,5 +306,13 @@ func (r *Resilient) fallback(ctx context.Context, group string, items []Item, us
 			return -1, cause
 		}
 	}
-	return r.local.Spend(ctx, group, items, used)
+	d, err := r.local.Spend(ctx, group, items, used)
+	if err == nil && d < 0 && r.applier != nil {
+		// Owed to the primary: copied once it answers again.
+		for _, it := range items {
+			r.j.add(group, it.Key, it.Reset, max(it.Cost, 0))
+		}
+		r.dirty.Store(true)
+	}
+	return d, err
 }

@@ -17,7 +17,7 @@ import (
 )
 
 // fakeStore is a Store whose Spend is a function field. It takes local
-// spends back (addUnsynced) unless addErr is set.
+// spends and adjustments back (applyDeltas) unless addErr is set.
 type fakeStore struct {
 	calls  atomic.Int64
 	spend  func(ctx context.Context, group string, items []Item, used []int64) (int, error)
@@ -26,19 +26,21 @@ type fakeStore struct {
 	addErr error
 }
 
-func (f *fakeStore) addUnsynced(_ context.Context, ds []Delta) error {
+func (f *fakeStore) applyDeltas(_ context.Context, ds []Delta, _ time.Duration) ([]int64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.addErr != nil {
-		return f.addErr
+		return nil, f.addErr
 	}
 	if f.added == nil {
 		f.added = map[string]int64{}
 	}
-	for _, d := range ds {
+	used := make([]int64, len(ds))
+	for i, d := range ds {
 		f.added[d.Group+"/"+d.Key] += d.N
+		used[i] = f.added[d.Group+"/"+d.Key]
 	}
-	return nil
+	return used, nil
 }
 
 func (f *fakeStore) addedUnits(key string) int64 {
