@@ -52,7 +52,15 @@ type Deps struct {
 	Observer     Observer
 	Log          *slog.Logger
 	Now          func() time.Time
+	// MeteringClosed, when set and true, refuses requests on metered routes
+	// with entitlements_unavailable: their usage could not be recorded
+	// (the usage outbox is full and configured to refuse).
+	MeteringClosed func() bool
 }
+
+// ErrMeteringClosed is Result.Err for a metered request refused because
+// its usage could not be recorded.
+var ErrMeteringClosed = errors.New("usage outbox full: metered requests are refused (metering.outbox.when_full: refuse)")
 
 // Result describes one decision, for metrics, the decision log and `tollgate check`.
 type Result struct {
@@ -85,6 +93,8 @@ type Server struct {
 	obs    Observer
 	log    *slog.Logger
 	now    func() time.Time
+	// meteringClosed is Deps.MeteringClosed.
+	meteringClosed func() bool
 	// checkInfo and checkHandler are what Register's handler passes to
 	// interceptors, made once rather than on every Check.
 	checkInfo    grpc.UnaryServerInfo
@@ -102,7 +112,7 @@ func NewServer(rt *Rules, d Deps) *Server {
 	if d.Quotas == nil {
 		d.Quotas = quota.NewMemory(d.Now)
 	}
-	s := &Server{ents: d.Entitlements, quotas: d.Quotas, obs: d.Observer, log: d.Log, now: d.Now}
+	s := &Server{ents: d.Entitlements, quotas: d.Quotas, obs: d.Observer, log: d.Log, now: d.Now, meteringClosed: d.MeteringClosed}
 	s.checkInfo = grpc.UnaryServerInfo{Server: s, FullMethod: authv3.Authorization_Check_FullMethodName}
 	s.checkHandler = s.interceptedCheck
 	s.rt.Store(rt)
@@ -224,6 +234,10 @@ func (s *Server) decide(ctx context.Context, rt *Rules, q *Request, now time.Tim
 	}
 	if route.Public {
 		return policy.Decision{Code: policy.OK, Route: route}
+	}
+	if route.Meter != nil && s.meteringClosed != nil && s.meteringClosed() {
+		res.Err = ErrMeteringClosed
+		return policy.Decision{Code: policy.EntitlementsUnavailable, Route: route}
 	}
 	cred := rt.identity.Extract(r)
 	res.CredFrom, res.KeyID = cred.From, cred.KeyID()

@@ -39,6 +39,9 @@ type Metrics struct {
 	qBack    *prometheus.CounterVec
 	lastOK   *prometheus.GaugeVec
 	entries  prometheus.GaugeFunc
+
+	usageOnce sync.Once
+	usage     *Usage
 }
 
 const (

@@ -66,6 +66,8 @@ type App struct {
 	summary string             // what the source is, for the log and validate
 	cache   *cache.Cache
 	server  *authz.Server
+	// metering settles metered routes and exports usage; nil without them.
+	metering *metering
 	// serverTLS is server.tls, reloaded while serving; nil without TLS.
 	serverTLS *tlsreload.Reloader
 
@@ -139,11 +141,18 @@ func New(cfg *config.Config, o Options) (_ *App, err error) {
 		return nil, fmt.Errorf("%s: %w", cfg.Path, err)
 	}
 	a.metrics.QuotaPolicies(cfg.Policy.QuotaPolicies())
+	if err := a.openMetering(); err != nil {
+		return nil, err
+	}
 	var quotas authz.Quotas = a.quotas
 	if o.WrapQuotas != nil {
 		quotas = o.WrapQuotas(quotas)
 	}
-	a.server = authz.NewServer(rules, authz.Deps{Entitlements: a.cache, Quotas: quotas, Observer: a.metrics, Log: a.log})
+	deps := authz.Deps{Entitlements: a.cache, Quotas: quotas, Observer: a.metrics, Log: a.log}
+	if a.metering != nil {
+		deps.MeteringClosed = a.metering.closed
+	}
+	a.server = authz.NewServer(rules, deps)
 	if err := a.openServerTLS(); err != nil {
 		return nil, err
 	}

@@ -12,7 +12,9 @@ import (
 	"strings"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -26,6 +28,7 @@ import (
 	"github.com/tollgate-authz/tollgate/internal/overload"
 	"github.com/tollgate-authz/tollgate/internal/tlsreload"
 	"github.com/tollgate-authz/tollgate/metrics"
+	"github.com/tollgate-authz/tollgate/settle"
 )
 
 // Addrs are the bound listeners' addresses.
@@ -139,6 +142,11 @@ func (a *App) Serve(ctx context.Context) error {
 	}
 	gs := grpc.NewServer(gopts...)
 	authz.Register(gs, a.server)
+	if m := a.metering; m != nil {
+		// Envoy's access log service and ext_proc filter, for settlement.
+		accesslogv3.RegisterAccessLogServiceServer(gs, settle.NewALS(m.settler))
+		extprocv3.RegisterExternalProcessorServer(gs, settle.NewExtProc(m.settler))
+	}
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	hs.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)

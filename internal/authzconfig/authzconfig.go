@@ -7,12 +7,26 @@ package authzconfig
 import (
 	"github.com/tollgate-authz/tollgate/authz"
 	"github.com/tollgate-authz/tollgate/config"
+	"github.com/tollgate-authz/tollgate/internal/envvar"
+	"github.com/tollgate-authz/tollgate/reservation"
 )
 
 // Rules builds what a Check reads from cfg: the policy, the identity chain
 // and the response settings.
 func Rules(cfg *config.Config) (*authz.Rules, error) {
+	var signer *reservation.Signer
+	if cfg.Metered() {
+		// config.Parse checked the variable and the key's length.
+		key, err := envvar.Lookup(cfg.Metering.KeyEnv)
+		if err != nil {
+			return nil, cfg.Errorf("metering.key_env", "%v", err)
+		}
+		if signer, err = reservation.NewSigner([]byte(key)); err != nil {
+			return nil, cfg.Errorf("metering.key_env", "%v", err)
+		}
+	}
 	return authz.NewRules(cfg.Policy, cfg.Chain, authz.Options{
+		Reservations:    signer,
 		ProblemTypeBase: cfg.Responses.ProblemTypeBase,
 		Realm:           cfg.Responses.Realm,
 		RetryAfter:      cfg.Responses.RetryAfter,

@@ -1,0 +1,179 @@
+package app
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	accesslogdatav3 "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/tollgate-authz/tollgate/quota"
+	"github.com/tollgate-authz/tollgate/usage"
+)
+
+// sink is a JSON-lines endpoint that keeps each event once, by ID, as a
+// billing provider de-duplicates.
+type sink struct {
+	mu     sync.Mutex
+	events map[string]usage.Event
+	posts  int
+}
+
+func newSink(t *testing.T) (*sink, string) {
+	s := &sink{events: map[string]usage.Event{}}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sc := bufio.NewScanner(r.Body)
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.posts++
+		for sc.Scan() {
+			var e usage.Event
+			if json.Unmarshal(sc.Bytes(), &e) == nil {
+				s.events[e.ID] = e
+			}
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(srv.Close)
+	return s, srv.URL
+}
+
+func (s *sink) all() []usage.Event {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []usage.Event
+	for _, e := range s.events {
+		out = append(out, e)
+	}
+	return out
+}
+
+// meteredDemo is the demo config with a tokens quota on chat, metered by
+// the x-usage-units response header, settling into a file outbox.
+func meteredDemo(t *testing.T, metering string) string {
+	t.Helper()
+	t.Setenv("TOLLGATE_TEST_METER_KEY", strings.Repeat("m", 32))
+	dir := demoDir(t, "127.0.0.1:0")
+	cfg := filepath.Join(dir, "tollgate.yaml")
+	editFile(t, cfg, "    features: [search, chat]\n", "    features: [search, chat]\n    quotas: {tokens: {limit: 1000, period: day}}\n")
+	editFile(t, cfg, "    feature: chat\n", "    feature: chat\n    quota: tokens\n    cost: 100\n    meter: {event: llm_tokens, units_from: {header: x-usage-units}}\n")
+	editFile(t, cfg, "default: deny", "metering:\n  key_env: TOLLGATE_TEST_METER_KEY\n  outbox: {path: "+filepath.Join(dir, "usage.db")+metering+"\ndefault: deny")
+	return cfg
+}
+
+func checkWithID(t *testing.T, s *server, id string) *authv3.CheckResponse {
+	t.Helper()
+	return s.check(t, "POST", "/v1/chat", map[string]string{"x-api-key": "demo-pro-key", "x-request-id": id})
+}
+
+// settleVia sends one access log entry for a response, as Envoy does.
+func settleVia(t *testing.T, s *server, resp *authv3.CheckResponse, status uint32, headers map[string]string) {
+	t.Helper()
+	stream, err := accesslogv3.NewAccessLogServiceClient(s.conn).StreamAccessLogs(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry := &accesslogdatav3.HTTPAccessLogEntry{
+		CommonProperties: &accesslogdatav3.AccessLogCommon{
+			StartTime: timestamppb.Now(),
+			Metadata:  &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"envoy.filters.http.ext_authz": resp.GetDynamicMetadata()}},
+		},
+		Response: &accesslogdatav3.HTTPResponseProperties{ResponseCode: wrapperspb.UInt32(status), ResponseHeaders: headers},
+	}
+	if err := stream.Send(&accesslogv3.StreamAccessLogsMessage{LogEntries: &accesslogv3.StreamAccessLogsMessage_HttpLogs{
+		HttpLogs: &accesslogv3.StreamAccessLogsMessage_HTTPAccessLogEntries{LogEntry: []*accesslogdatav3.HTTPAccessLogEntry{entry}},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.CloseAndRecv(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// used is the tokens counter of acme now.
+func used(t *testing.T, s *server) int64 {
+	t.Helper()
+	now := time.Now()
+	start := time.Date(now.UTC().Year(), now.UTC().Month(), now.UTC().Day(), 0, 0, 0, 0, time.UTC)
+	n, err := s.app.quotas.Quotas.(quota.Peeker).Peek(context.Background(), "acme", quota.Item{Key: quota.Key("acme", "tokens", start)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestMeteredRequestSettlesAndExports: a metered Check reserves its cost
+// and carries a reservation; the access log entry of its response settles
+// the actual units (releasing the rest of the reservation) and the usage
+// event reaches the billing endpoint once, even when the entry is sent
+// twice.
+func TestMeteredRequestSettlesAndExports(t *testing.T) {
+	snk, url := newSink(t)
+	s := startServe(t, meteredDemo(t, "}\n  export: {to: http, http: {url: "+url+"}}"))
+
+	resp := checkWithID(t, s, "req-1")
+	if code(resp) != "ok" || resp.GetDynamicMetadata().GetFields()["reservation"].GetStringValue() == "" {
+		t.Fatalf("metered Check: %s, metadata %v", code(resp), resp.GetDynamicMetadata())
+	}
+	if got := used(t, s); got != 100 {
+		t.Fatalf("reserved %d, want the route's cost 100", got)
+	}
+	settleVia(t, s, resp, 200, map[string]string{"x-usage-units": "40"})
+	settleVia(t, s, resp, 200, map[string]string{"x-usage-units": "40"}) // Envoy never does; a replay must not count
+	waitFor(t, func() bool { return len(snk.all()) == 1 })
+	ev := snk.all()[0]
+	if ev.Units != 40 || ev.Reserved != 100 || ev.Subject != "acme" || ev.Customer != "acme" || ev.Meter != "llm_tokens" || ev.Route != "chat" || ev.Status != 200 {
+		t.Errorf("event = %+v", ev)
+	}
+	if got := used(t, s); got != 40 {
+		t.Errorf("after settlement the counter holds %d, want the actual 40", got)
+	}
+	if got := metricValue(t, s, `tollgate_settlements_total{outcome="duplicate",route="chat"}`); got != "1" {
+		t.Errorf("duplicates counted: %q, want 1", got)
+	}
+
+	// A 5xx from the upstream is not billed, and its reservation released.
+	resp = checkWithID(t, s, "req-2")
+	settleVia(t, s, resp, 503, nil)
+	waitFor(t, func() bool { return metricValue(t, s, `tollgate_settlements_total{outcome="not_billable",route="chat"}`) == "1" })
+	if got := used(t, s); got != 40 {
+		t.Errorf("after a 503 the counter holds %d, want 40", got)
+	}
+	if n := len(snk.all()); n != 1 {
+		t.Errorf("%d events, want 1: a 503 is not billed", n)
+	}
+}
+
+// TestFullOutboxRefusesMeteredRequests: with when_full: refuse, once the
+// outbox holds its maximum, metered requests are refused (nothing is
+// served unbilled) and unmetered ones still pass.
+func TestFullOutboxRefusesMeteredRequests(t *testing.T) {
+	s := startServe(t, meteredDemo(t, ", max_events: 1, when_full: refuse}"))
+	for i, id := range []string{"a", "b"} {
+		resp := checkWithID(t, s, id)
+		if code(resp) != "ok" {
+			t.Fatalf("check %d: %s", i, code(resp))
+		}
+		settleVia(t, s, resp, 200, map[string]string{"x-usage-units": "1"})
+	}
+	waitFor(t, func() bool { return code(checkWithID(t, s, "c")) == "entitlements_unavailable" })
+	if got := code(s.check(t, "GET", "/v1/search", map[string]string{"x-api-key": "demo-pro-key"})); got != "ok" {
+		t.Errorf("unmetered route with the outbox full: %s, want ok", got)
+	}
+	if got := metricValue(t, s, `tollgate_usage_events_dropped_total`); got != "1" {
+		t.Errorf("dropped events = %q, want 1", got)
+	}
+}
