@@ -112,7 +112,9 @@ func (u *Usage) Delivered(n int, at time.Time) {
 }
 
 // Failed implements export.Observer.
-func (u *Usage) Failed(kind export.Kind, n int) { u.failed.WithLabelValues(string(kind)).Add(float64(n)) }
+func (u *Usage) Failed(kind export.Kind, n int) {
+	u.failed.WithLabelValues(string(kind)).Add(float64(n))
+}
 
 // Backlog implements export.Observer.
 func (u *Usage) Backlog(s usage.Stats) {

@@ -148,7 +148,9 @@ func TestMeteredRequestSettlesAndExports(t *testing.T) {
 	// A 5xx from the upstream is not billed, and its reservation released.
 	resp = checkWithID(t, s, "req-2")
 	settleVia(t, s, resp, 503, nil)
-	waitFor(t, func() bool { return metricValue(t, s, `tollgate_settlements_total{outcome="not_billable",route="chat"}`) == "1" })
+	waitFor(t, func() bool {
+		return metricValue(t, s, `tollgate_settlements_total{outcome="not_billable",route="chat"}`) == "1"
+	})
 	if got := used(t, s); got != 40 {
 		t.Errorf("after a 503 the counter holds %d, want 40", got)
 	}
