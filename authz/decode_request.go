@@ -181,6 +181,12 @@ func (d *wireDecoder) http(b []byte) error {
 			if err = f.msg(); err == nil {
 				err = d.headerMap(f.v)
 			}
+		case 11, 12: // body, raw_body (with_request_body): kept for cost_from.body
+			var v string
+			// body wins over raw_body, as in fromProto (Envoy sends one).
+			if v, err = d.t.str(&f); err == nil && v != "" && (f.num == 11 || r.body == "") {
+				r.body = v
+			}
 		default:
 			err = skip(f, httpShape, 3)
 		}

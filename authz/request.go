@@ -33,7 +33,13 @@ type request struct {
 	principal  string            // the source peer's
 	jwt        *structpb.Struct  // metadata_context's jwt_authn payloads
 	requestID  string
+	// body is the request body Envoy sent (with_request_body), body or
+	// raw_body; "" when it sent none.
+	body string
 }
+
+// Body is the request body Envoy sent, for cost_from.body.
+func (r *request) Body() string { return r.body }
 
 // header is one header as the client sent it.
 type header struct{ name, value string }
@@ -53,6 +59,10 @@ func (r *request) fromProto(cr *authv3.CheckRequest) {
 	attrs := cr.GetAttributes()
 	http := attrs.GetRequest().GetHttp()
 	r.httpMethod, r.httpPath, r.httpHost = http.GetMethod(), http.GetPath(), http.GetHost()
+	r.body = http.GetBody()
+	if b := http.GetRawBody(); len(b) > 0 && r.body == "" {
+		r.body = string(b)
+	}
 	if h := http.GetHeaders(); len(h) > 0 {
 		r.hmap = h
 	} else {

@@ -205,3 +205,47 @@ func FuzzCostFromRequest(f *testing.F) {
 		}
 	})
 }
+
+// bodyRequest is a RequestView with a body.
+type bodyRequest string
+
+func (bodyRequest) Header(string) (string, bool) { return "", false }
+func (b bodyRequest) Body() string                { return string(b) }
+
+func TestCostFromBody(t *testing.T) {
+	spec := costSpec(1_000_000, nil)
+	spec.Routes[0].CostFrom = CostFromSpec{Body: "max_tokens"}
+	spec.Routes[0].Cost = ptr[int64](256)
+	p := mustCompile(t, spec)
+	r := p.Routes()[0]
+	e := &entitlement.Entitlement{Subject: "acme", Plan: "pro", Status: entitlement.StatusActive}
+	tests := []struct {
+		name string
+		body string
+		want int64
+	}{
+		{"max_tokens", `{"model":"m","max_tokens":1500,"messages":[]}`, 1500},
+		{"spaces", " {\"max_tokens\": 7 } ", 7},
+		{"absent: the route's cost", `{"model":"m"}`, 256},
+		{"not a number", `{"max_tokens":"lots"}`, 256},
+		{"negative", `{"max_tokens":-5}`, 256},
+		{"fractional", `{"max_tokens":1.5}`, 256},
+		{"huge: the largest cost, refused", `{"max_tokens":99999999999999999999}`, math.MaxInt64},
+		{"cut short by max_request_bytes", `{"model":"m","max_tokens":15`, 256},
+		{"not JSON", `max_tokens=5`, 256},
+		{"no body", ``, 256},
+		{"nested member is not read at the top", `{"options":{"max_tokens":9}}`, 256},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sp := p.Spends(r, e, time.Now(), bodyRequest(tt.body), nil, nil)
+			if got := sp[len(sp)-1].Cost; got != tt.want {
+				t.Errorf("cost = %d, want %d", got, tt.want)
+			}
+		})
+	}
+	spec.Routes[0].CostFrom = CostFromSpec{Body: "max_tokens", Header: "x-cost"}
+	if _, errs := Compile(spec); len(errs) == 0 || !strings.Contains(errs[0].Error(), "set one of header, context_extension or body") {
+		t.Errorf("two cost sources: %v", errs)
+	}
+}

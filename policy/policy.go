@@ -48,8 +48,10 @@ type Route struct {
 	MaxCost int64
 	// Meter, when set, settles and reports the request's actual use.
 	Meter *Meter
-	// costHeader and costExt read a per-request cost; Cost is the fallback.
+	// costHeader, costExt and costBody read a per-request cost; Cost is
+	// the fallback.
 	costHeader, costExt string
+	costBody            []string
 	// PlansWithFeature lists, in file order, the plans that include Feature.
 	PlansWithFeature []string
 
@@ -201,10 +203,17 @@ func compileRoute(at string, rs RouteSpec) (*Route, []error) {
 	if rs.Cost != nil {
 		r.Cost = *rs.Cost
 	}
-	if rs.CostFrom.Header != "" && rs.CostFrom.ContextExtension != "" {
-		fail("cost_from", "set header or context_extension, not both")
+	cf := rs.CostFrom
+	if n := count(cf.Header != "", cf.ContextExtension != "", cf.Body != ""); n > 1 {
+		fail("cost_from", "set one of header, context_extension or body")
 	}
-	if (rs.CostFrom.Header != "" || rs.CostFrom.ContextExtension != "") && rs.Quota == "" {
+	if cf.Body != "" {
+		r.costBody = strings.Split(cf.Body, ".")
+		if slices.Contains(r.costBody, "") {
+			fail("cost_from.body", "%q is not a member path such as max_tokens", cf.Body)
+		}
+	}
+	if (cf.Header != "" || cf.ContextExtension != "" || cf.Body != "") && rs.Quota == "" {
 		fail("cost_from", "a cost needs a quota to spend it from")
 	}
 	compileMaxCost(r, rs, fail)
@@ -441,4 +450,15 @@ func (p *Policy) routeFeature(f string) bool {
 		}
 	}
 	return false
+}
+
+// count is how many of bs are true.
+func count(bs ...bool) int {
+	n := 0
+	for _, b := range bs {
+		if b {
+			n++
+		}
+	}
+	return n
 }

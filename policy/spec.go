@@ -122,6 +122,11 @@ type RouteSpec struct {
 type CostFromSpec struct {
 	Header           string `yaml:"header"`
 	ContextExtension string `yaml:"context_extension"`
+	// Body is a member of the request's JSON body, such as max_tokens
+	// (an LLM request's upper bound on its cost). Envoy must send the body
+	// (ext_authz with_request_body); a body without it, or not JSON, or
+	// cut short by max_request_bytes, costs the route's cost.
+	Body string `yaml:"body"`
 }
 
 // MatchSpec says which requests a route covers. Every field set must match.

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -148,6 +149,12 @@ type RequestView interface {
 	Header(name string) (string, bool)
 }
 
+// BodyView is a RequestView that also has the request's body (as much as
+// Envoy sent), for cost_from.body.
+type BodyView interface {
+	Body() string
+}
+
 // creditsHorizon bounds a credits counter with no billing period.
 const creditsHorizon = 31 * 24 * time.Hour
 
@@ -224,6 +231,10 @@ func (r *Route) cost(req RequestView, ext map[string]string) int64 {
 		v, ok = req.Header(r.costHeader)
 	case r.costExt != "":
 		v, ok = ext[r.costExt]
+	case r.costBody != nil && req != nil:
+		if bv, isBody := req.(BodyView); isBody {
+			v, ok = jsonNumber(bv.Body(), r.costBody)
+		}
 	}
 	if ok {
 		return parseCost(v, r.Cost)
@@ -291,4 +302,28 @@ func (p *Policy) QuotaPolicies() map[string]string {
 		}
 	}
 	return out
+}
+
+// jsonNumber is the number at path in a JSON object body, as written.
+func jsonNumber(body string, path []string) (string, bool) {
+	if body == "" {
+		return "", false
+	}
+	dec := json.NewDecoder(strings.NewReader(body))
+	dec.UseNumber()
+	var v any
+	if dec.Decode(&v) != nil {
+		return "", false
+	}
+	for _, k := range path {
+		o, ok := v.(map[string]any)
+		if !ok {
+			return "", false
+		}
+		if v, ok = o[k]; !ok {
+			return "", false
+		}
+	}
+	n, ok := v.(json.Number)
+	return n.String(), ok
 }

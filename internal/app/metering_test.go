@@ -179,3 +179,37 @@ func TestFullOutboxRefusesMeteredRequests(t *testing.T) {
 		t.Errorf("dropped events = %q, want 1", got)
 	}
 }
+
+// TestReserveFromRequestBody: an LLM route reserves the request body's
+// max_tokens (Envoy's with_request_body), whether Envoy sends the body as
+// a string or as bytes, and falls back to the route's cost without it.
+func TestReserveFromRequestBody(t *testing.T) {
+	cfg := meteredDemo(t, "}")
+	editFile(t, cfg, "    cost: 100\n", "    cost: 100\n    cost_from: {body: max_tokens}\n")
+	s := startServe(t, cfg)
+	client := authv3.NewAuthorizationClient(s.conn)
+	before := used(t, s)
+	for _, tt := range []struct {
+		name string
+		http *authv3.AttributeContext_HttpRequest
+		want int64
+	}{
+		{"body", &authv3.AttributeContext_HttpRequest{Body: `{"model":"m","max_tokens":700}`}, 700},
+		{"raw_body", &authv3.AttributeContext_HttpRequest{RawBody: []byte(`{"max_tokens":50,"stream":true}`)}, 50},
+		{"no body", &authv3.AttributeContext_HttpRequest{}, 100},
+	} {
+		h := tt.http
+		h.Method, h.Path, h.Host = "POST", "/v1/chat", "api.example.com"
+		h.Headers = map[string]string{":method": "POST", ":path": "/v1/chat", ":authority": "api.example.com", "x-api-key": "demo-pro-key"}
+		resp, err := client.Check(context.Background(), &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+			Request: &authv3.AttributeContext_Request{Http: h},
+		}})
+		if err != nil || code(resp) != "ok" {
+			t.Fatalf("%s: %s, %v", tt.name, code(resp), err)
+		}
+		if got := used(t, s) - before; got != tt.want {
+			t.Errorf("%s: reserved %d, want %d", tt.name, got, tt.want)
+		}
+		before = used(t, s)
+	}
+}
