@@ -210,7 +210,7 @@ func FuzzCostFromRequest(f *testing.F) {
 type bodyRequest string
 
 func (bodyRequest) Header(string) (string, bool) { return "", false }
-func (b bodyRequest) Body() string                { return string(b) }
+func (b bodyRequest) Body() string               { return string(b) }
 
 func TestCostFromBody(t *testing.T) {
 	spec := costSpec(1_000_000, nil)
