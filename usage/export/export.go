@@ -3,6 +3,7 @@ package export
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -123,13 +124,23 @@ func (e *PartialError) Error() string {
 
 func (e *PartialError) Unwrap() error { return e.Err }
 
-// KindOf is the Kind of an error from Export (or from an Outbox, which is
-// KindOutbox only when the loop says so: KindOf does not know it). An error
-// it does not recognise is KindUnavailable: retried.
+// KindOf is the Kind of an error from Export: of its retryable cause for a
+// *PartialError, or of a refusal when it has nothing to retry. An error it
+// does not recognise is KindUnavailable: retried.
 func KindOf(err error) Kind {
 	var pe *PartialError
-	if errors.As(err, &pe) && pe.Err != nil {
-		err = pe.Err
+	if errors.As(err, &pe) {
+		switch {
+		case pe.Err != nil:
+			err = pe.Err
+		case len(pe.Permanent) > 0:
+			// Nothing to retry: the kind of a refusal (the first by ID).
+			ids := make([]string, 0, len(pe.Permanent))
+			for id := range pe.Permanent {
+				ids = append(ids, id)
+			}
+			err = pe.Permanent[slices.Min(ids)]
+		}
 	}
 	var e *Error
 	if errors.As(err, &e) {

@@ -177,7 +177,10 @@ func (b *memOutbox) Pending(ctx context.Context, n int) ([]usage.Event, error) {
 	return out, nil
 }
 
-func (b *memOutbox) Ack(_ context.Context, ids []string) error {
+func (b *memOutbox) Ack(ctx context.Context, ids []string) error {
+	if err := ctx.Err(); err != nil {
+		return err // as a store over the network would
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.failAck > 0 {

@@ -139,6 +139,10 @@ func TestRunExactlyOnce(t *testing.T) {
 // provider counted the events and is about to answer) and runs it again on
 // the same outbox: nothing is lost, nothing counted twice.
 func TestRunStopAndRestart(t *testing.T) {
+	// What is left after the stop: only what the hanging request carried
+	// and what came after it; the events answered before it, even in the
+	// batch cut short (Stripe's), were acknowledged.
+	wantBacklog := map[string]int{"stripe": 23, "openmeter": 5, "http": 5}
 	for _, name := range providerNames {
 		t.Run(name, func(t *testing.T) {
 			clock := newFakeClock()
@@ -160,8 +164,8 @@ func TestRunStopAndRestart(t *testing.T) {
 			stop := startRun(t, box, p.exp, loopOptions(clock, nil))
 			waitUntil(t, "a request hangs at the provider", func() bool { return p.Hanging() == 1 })
 			stop() // Run returns: the Export in flight was cancelled.
-			if box.Backlog() == 0 {
-				t.Fatal("the outbox is empty after a stop mid-request; want the unanswered events still in it")
+			if got, want := box.Backlog(), wantBacklog[name]; got != want {
+				t.Errorf("backlog after a stop mid-request = %d, want %d", got, want)
 			}
 
 			// More events arrive while the loop is down.
