@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -211,5 +213,62 @@ func TestReserveFromRequestBody(t *testing.T) {
 			t.Errorf("%s: reserved %d, want %d", tt.name, got, tt.want)
 		}
 		before = used(t, s)
+	}
+}
+
+// TestSettledUseEqualsActualUse: after many metered requests with random
+// estimates and random actual units (under, over, equal, absent), the
+// quota counter and the prepaid credits spent equal the sum of what was
+// billed, not of the estimates.
+func TestSettledUseEqualsActualUse(t *testing.T) {
+	for _, spend := range []string{"tokens", "credits"} {
+		t.Run(spend, func(t *testing.T) {
+			snk, url := newSink(t)
+			cfg := meteredDemo(t, "}\n  export: {to: http, http: {url: "+url+"}}")
+			editFile(t, cfg, "    cost: 100\n", "    cost: 100\n    cost_from: {header: x-estimate}\n")
+			editFile(t, cfg, "{limit: 1000, period: day}", "{limit: 1000000, period: day}")
+			counter := "tokens"
+			if spend == "credits" {
+				editFile(t, cfg, "    quota: tokens\n", "    quota: credits\n")
+				editFile(t, filepath.Join(filepath.Dir(cfg), "entitlements.yaml"), "  - id: acme\n    plan: pro\n", "  - id: acme\n    plan: pro\n    credits: 1000000\n")
+				counter = "credits/1000000"
+			}
+			s := startServe(t, cfg)
+			rng := rand.New(rand.NewPCG(1, uint64(len(spend))))
+			var billed int64
+			const n = 60
+			for i := range n {
+				est := rng.Int64N(200)
+				resp := s.check(t, "POST", "/v1/chat", map[string]string{"x-api-key": "demo-pro-key", "x-request-id": fmt.Sprint("r", i), "x-estimate": fmt.Sprint(est)})
+				if code(resp) != "ok" {
+					t.Fatalf("request %d: %s", i, code(resp))
+				}
+				h := map[string]string{}
+				actual := est // no header: billed the reservation
+				if rng.IntN(5) > 0 {
+					actual = rng.Int64N(400)
+					h["x-usage-units"] = fmt.Sprint(actual)
+				}
+				billed += actual
+				settleVia(t, s, resp, 200, h)
+			}
+			waitFor(t, func() bool { return len(snk.all()) == n })
+			var exported int64
+			for _, e := range snk.all() {
+				exported += e.Units
+			}
+			now := time.Now().UTC()
+			start := time.Date(now.Year(), now.Month(), now.Day(), 0, 0, 0, 0, time.UTC)
+			if spend == "credits" {
+				start = time.Time{}
+			}
+			got, err := s.app.quotas.Quotas.(quota.Peeker).Peek(context.Background(), "acme", quota.Item{Key: quota.Key("acme", counter, start)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != billed || exported != billed {
+				t.Errorf("counter %d, exported %d, want both the billed sum %d", got, exported, billed)
+			}
+		})
 	}
 }
