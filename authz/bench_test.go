@@ -61,12 +61,21 @@ routes:
     match: {method: POST, path: {prefix: /v1/chat}}
     feature: chat
     quota: requests
+  - name: llm
+    match: {method: POST, path: {prefix: /v1/llm}}
+    feature: search
+    quota: requests
+    meter: {event: tokens, units_from: {header: x-usage-units}}
+metering:
+  key_env: TOLLGATE_BENCH_METER_KEY
+  outbox: {path: usage.db}
 `
 
 // writeBenchConfig writes benchConfig and an entitlements file with n
 // subjects, sub-N with API key key-N, alternately free and pro.
 func writeBenchConfig(b *testing.B, n int) string {
 	b.Helper()
+	b.Setenv("TOLLGATE_BENCH_METER_KEY", strings.Repeat("k", 32))
 	dir := b.TempDir()
 	var ents strings.Builder
 	ents.WriteString("subjects:\n")
@@ -115,6 +124,22 @@ func envoyReq(method, path, key string) *authv3.CheckRequest {
 		"x-api-key": key, "x-request-id": "0b9c4d3e-5f7a-4b1c-9d2e-3f4a5b6c7d8e",
 		"user-agent": "bench", "accept": "*/*", "x-forwarded-proto": "http",
 	})
+}
+
+// BenchmarkCheckMetered is BenchmarkCheckQuota's request on a metered
+// route: the difference is what metering adds to a Check (signing the
+// reservation into the dynamic metadata).
+func BenchmarkCheckMetered(b *testing.B) {
+	srv := benchQuotaServer(b, cache.Options{})
+	ctx := context.Background()
+	cr := envoyReq("POST", "/v1/llm", "key-1")
+	srv.Check(ctx, cr) // warm the cache
+	b.ReportAllocs()
+	for b.Loop() {
+		if resp, res := srv.Decide(ctx, cr); res.Code != policy.OK || resp.GetDynamicMetadata().GetFields()["reservation"] == nil {
+			b.Fatalf("%s, no reservation", res.Code)
+		}
+	}
 }
 
 // BenchmarkCheckQuota is a cache hit on a route that spends two counters

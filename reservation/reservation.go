@@ -12,6 +12,12 @@
 package reservation
 
 import (
+	"hash"
+	"strconv"
+	"sync"
+	"unicode/utf8"
+	"unsafe"
+
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -49,7 +55,10 @@ func (r *Reservation) ResetTime() time.Time { return time.Unix(r.Reset, 0) }
 func (r *Reservation) StartTime() time.Time { return time.UnixMilli(r.Start) }
 
 // Signer signs and checks tokens with one key.
-type Signer struct{ key []byte }
+type Signer struct {
+	key  []byte
+	macs sync.Pool // of hash.Hash: hmac.New allocates its state each time
+}
 
 // MinKeyBytes is the shortest key NewSigner takes.
 const MinKeyBytes = 32
@@ -60,7 +69,9 @@ func NewSigner(key []byte) (*Signer, error) {
 	if len(key) < MinKeyBytes {
 		return nil, errors.New("reservation key: at least 32 bytes are needed")
 	}
-	return &Signer{key: append([]byte(nil), key...)}, nil
+	s := &Signer{key: append([]byte(nil), key...)}
+	s.macs.New = func() any { return hmac.New(sha256.New, s.key) }
+	return s, nil
 }
 
 const prefix = "v1."
@@ -68,25 +79,91 @@ const prefix = "v1."
 // macBytes is how much of the HMAC-SHA256 a token carries (128 bits).
 const macBytes = 16
 
-// Sign returns r's token: "v1." base64url(JSON) "." base64url(MAC).
+// Sign returns r's token: "v1." base64url(JSON) "." base64url(MAC). It
+// runs on every metered Check: the JSON is written by hand, in one buffer.
 func (s *Signer) Sign(r *Reservation) string {
-	body, _ := json.Marshal(r) // plain fields: cannot fail
+	var stack [512]byte
+	body := appendJSON(stack[:0], r)
 	enc := base64.RawURLEncoding
-	var b strings.Builder
-	b.Grow(len(prefix) + enc.EncodedLen(len(body)) + 1 + enc.EncodedLen(macBytes))
-	b.WriteString(prefix)
-	payload := enc.EncodeToString(body)
-	b.WriteString(payload)
-	b.WriteByte('.')
-	b.WriteString(enc.EncodeToString(s.mac(payload)))
-	return b.String()
+	n := len(prefix) + enc.EncodedLen(len(body)) + 1 + enc.EncodedLen(macBytes)
+	out := make([]byte, n)
+	copy(out, prefix)
+	p := len(prefix) + enc.EncodedLen(len(body))
+	enc.Encode(out[len(prefix):p], body)
+	out[p] = '.'
+	var sum [sha256.Size]byte
+	enc.Encode(out[p+1:], s.mac(out[len(prefix):p], sum[:0]))
+	return unsafe.String(unsafe.SliceData(out), len(out)) // out is never written again
 }
 
-func (s *Signer) mac(payload string) []byte {
-	m := hmac.New(sha256.New, s.key)
-	m.Write([]byte(prefix))
-	m.Write([]byte(payload))
-	return m.Sum(nil)[:macBytes]
+// mac is the token's MAC of payload (its base64 text), appended to b.
+func (s *Signer) mac(payload, b []byte) []byte {
+	h := s.macs.Get().(hash.Hash)
+	h.Reset()
+	h.Write([]byte(prefix))
+	h.Write(payload)
+	b = h.Sum(b)[:macBytes]
+	s.macs.Put(h)
+	return b
+}
+
+// appendJSON writes r as encoding/json would read it back.
+func appendJSON(b []byte, r *Reservation) []byte {
+	b = append(b, `{"i":`...)
+	b = appendString(b, r.ID)
+	b = append(b, `,"s":`...)
+	b = appendString(b, r.Subject)
+	if r.Customer != "" {
+		b = append(b, `,"c":`...)
+		b = appendString(b, r.Customer)
+	}
+	b = append(b, `,"r":`...)
+	b = appendString(b, r.Route)
+	b = append(b, `,"m":`...)
+	b = appendString(b, r.Meter)
+	b = append(b, `,"e":`...)
+	b = strconv.AppendInt(b, r.Estimate, 10)
+	if r.Counter != "" {
+		b = append(b, `,"k":`...)
+		b = appendString(b, r.Counter)
+	}
+	if r.Reset != 0 {
+		b = append(b, `,"x":`...)
+		b = strconv.AppendInt(b, r.Reset, 10)
+	}
+	b = append(b, `,"t":`...)
+	b = strconv.AppendInt(b, r.Start, 10)
+	return append(b, '}')
+}
+
+// appendString writes s as a JSON string: quotes, backslashes and control
+// characters escaped, invalid UTF-8 as U+FFFD (as encoding/json reads it).
+func appendString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c < 0x20:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			default:
+				b = append(b, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, `\ufffd`...)
+		} else {
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(b, '"')
 }
 
 // MaxTokenBytes bounds a token Verify reads.
@@ -116,7 +193,8 @@ func (s *Signer) Verify(tok string) (*Reservation, error) {
 	if err != nil {
 		return nil, ErrMalformed
 	}
-	if !hmac.Equal(got, s.mac(payload)) {
+	var sum [sha256.Size]byte
+	if !hmac.Equal(got, s.mac([]byte(payload), sum[:0])) {
 		return nil, ErrForged
 	}
 	body, err := enc.DecodeString(payload)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func TestSignVerify(t *testing.T) {
@@ -66,4 +67,33 @@ func BenchmarkSign(b *testing.B) {
 	for b.Loop() {
 		_ = s.Sign(r)
 	}
+}
+
+// FuzzSignRoundTrip: whatever the strings, Verify(Sign(r)) is r (with
+// invalid UTF-8 read back as U+FFFD, as encoding/json reads it).
+func FuzzSignRoundTrip(f *testing.F) {
+	s, _ := NewSigner([]byte(strings.Repeat("k", 32)))
+	f.Add("req-1", "acme", "cus_1", "chat", "tokens", "acme\x00tokens\x0020261201T000000", int64(5), int64(1767225600), int64(1764547200123))
+	f.Add("\"\\\n\t\u2028", "ü\xff", "", "r", "m", "", int64(0), int64(0), int64(-1))
+	f.Fuzz(func(t *testing.T, id, subject, customer, route, meter, counter string, est, reset, start int64) {
+		if subject == "" || est < 0 {
+			return
+		}
+		r := Reservation{ID: id, Subject: subject, Customer: customer, Route: route, Meter: meter, Estimate: est, Counter: counter, Reset: reset, Start: start}
+		got, err := s.Verify(s.Sign(&r))
+		if len(s.Sign(&r)) > MaxTokenBytes {
+			return // too long to verify, by design
+		}
+		if err != nil {
+			t.Fatalf("Verify(Sign(%+v)) = %v", r, err)
+		}
+		want := r
+		for _, p := range []*string{&want.ID, &want.Subject, &want.Customer, &want.Route, &want.Meter, &want.Counter} {
+			*p = strings.ToValidUTF8(*p, "\ufffd")
+		}
+		// encoding/json replaces each invalid byte; ToValidUTF8 a run of them.
+		if *got != want && utf8.ValidString(id+subject+customer+route+meter+counter) {
+			t.Errorf("round trip = %+v, want %+v", *got, want)
+		}
+	})
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -166,5 +167,38 @@ func TestSettleOutboxFailure(t *testing.T) {
 	box.err = nil // not remembered as settled: a retry stores it
 	if got, _, err := s.Settle(context.Background(), e); got != AtEstimate || err != nil {
 		t.Errorf("retry = %s, %v; want at_estimate", got, err)
+	}
+}
+
+// memAdjuster is a quota.Adjuster that only adds.
+type memAdjuster struct{ n atomic.Int64 }
+
+func (m *memAdjuster) Adjust(_ context.Context, _, _ string, delta int64, _ time.Time) (int64, error) {
+	return m.n.Add(delta), nil
+}
+
+// BenchmarkSettle is one settlement: verify the token, adjust the counter,
+// append the event (to memory: the outbox's own cost is its benchmark's).
+func BenchmarkSettle(b *testing.B) {
+	box := &memBox{}
+	s, signer := newSettler(b, box, &memAdjuster{})
+	toks := make([]string, 1024)
+	for i := range toks {
+		toks[i] = token(signer, fmt.Sprint("req-", i), "header", 100)
+	}
+	h := map[string]string{"x-usage-units": "40"}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if i%len(toks) == 0 {
+			s.seen.Purge() // the same tokens again: not duplicates for the benchmark
+			box.mu.Lock()
+			box.events = box.events[:0]
+			box.mu.Unlock()
+		}
+		if o, _, err := s.Settle(context.Background(), Entry{Token: toks[i%len(toks)], Status: 200, Headers: h}); o != Settled || err != nil {
+			b.Fatal(o, err)
+		}
+		i++
 	}
 }
