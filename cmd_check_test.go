@@ -158,3 +158,46 @@ func TestValidateConnectsOnlyWhenAsked(t *testing.T) {
 		}
 	}
 }
+
+// TestUsageCommand: `tollgate usage SUBJECT` prints what the running
+// server's GET /v1/usage reports, with the admin token from the
+// environment.
+func TestUsageCommand(t *testing.T) {
+	t.Setenv("TOLLGATE_TEST_ADMIN_TOKEN", "test-admin-token-0123456789")
+	dir := demoDir(t, "127.0.0.1:0")
+	cfg, err := config.Load(filepath.Join(dir, "tollgate.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := app.New(cfg, app.Options{Version: version})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.Close)
+	addrs, err := a.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- a.Serve(ctx) }()
+	t.Cleanup(func() { cancel(); <-served })
+	for _, tt := range []struct {
+		args       []string
+		wantCode   int
+		wantOut    string
+		wantStderr string
+	}{
+		{[]string{"usage", "acme", "--admin", addrs.Admin, "--token-env", "TOLLGATE_TEST_ADMIN_TOKEN"}, 0, `"subject": "acme"`, ""},
+		{[]string{"usage", "--admin", addrs.Admin, "--token-env", "TOLLGATE_TEST_ADMIN_TOKEN", "nobody"}, 1, "", "404 Not Found"},
+		{[]string{"usage", "acme", "--admin", addrs.Admin, "--token-env", "TOLLGATE_TEST_NO_SUCH_VAR"}, 2, "", "$TOLLGATE_TEST_NO_SUCH_VAR is empty"},
+		{[]string{"usage"}, 2, "", "give a SUBJECT"},
+		{[]string{"usage", "--help"}, 0, "usage: tollgate usage SUBJECT", ""},
+	} {
+		var stdout, stderr bytes.Buffer
+		got := run(context.Background(), tt.args, strings.NewReader(""), &stdout, &stderr)
+		if got != tt.wantCode || !strings.Contains(stdout.String(), tt.wantOut) || !strings.Contains(stderr.String(), tt.wantStderr) {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want %d, %q, %q", tt.args, got, stdout.String(), stderr.String(), tt.wantCode, tt.wantOut, tt.wantStderr)
+		}
+	}
+}

@@ -58,6 +58,7 @@ var commands = []command{
 	{"check", "--config FILE --method M --path P [-H 'name: value']...", "decide one request offline and print the decision, with the headers serve would send"},
 	{"hash-key", "KEY | -", "print the SHA-256 digest to store for an API key (- reads the key from stdin)"},
 	{"entitlements", "set|get|delete --redis ADDR --subject S ...", "write, read or delete a record in the redis source"},
+	{"usage", "SUBJECT [--admin ADDR] [--token-env VAR]", "print a subject's quotas and credits (used, remaining) and the export backlog, from a running server"},
 	{"version", "", "print the version"},
 	{"help", "[COMMAND]", "print this help, or a command's flags"},
 }
@@ -86,6 +87,8 @@ func runner(name string) func(ctx context.Context, args []string, std stdio) err
 		return cmdHashKey
 	case "entitlements":
 		return cmdEntitlements
+	case "usage":
+		return cmdUsage
 	case "version":
 		return cmdVersion
 	}

@@ -78,3 +78,20 @@ func bearerMatches(r *http.Request, want [32]byte) bool {
 	got := sha256.Sum256([]byte(strings.TrimSpace(h[len(p):])))
 	return subtle.ConstantTimeCompare(got[:], want[:]) == 1
 }
+
+// HandleWithToken serves h at pattern to callers with "Authorization:
+// Bearer <token>" only; with an empty token the endpoint is not served.
+func (s *Server) HandleWithToken(token, pattern string, h http.Handler) {
+	if token == "" {
+		return
+	}
+	want := sha256.Sum256([]byte(token))
+	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		if !bearerMatches(r, want) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="tollgate-admin"`)
+			plain(w, http.StatusUnauthorized, "a valid bearer token is required\n")
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}

@@ -327,3 +327,26 @@ func jsonNumber(body string, path []string) (string, bool) {
 	n, ok := v.(json.Number)
 	return n.String(), ok
 }
+
+// Counters lists the counters a subject with record e spends on at now:
+// each quota of its plan (with the subject's overrides) and, when it has a
+// balance, its credits. They are what `tollgate usage` and GET /v1/usage
+// report, with their use read from the store.
+func (p *Policy) Counters(e *entitlement.Entitlement, now time.Time) []Spend {
+	var out []Spend
+	if pl := p.plans[e.Plan]; pl != nil {
+		for _, name := range sortedKeys(pl.Quotas) {
+			out = append(out, p.quotaSpend(pl.Quotas[name], e, now, 0))
+		}
+	}
+	if e.Credits != nil {
+		bal := *e.Credits
+		reset := e.PeriodEnd
+		if reset.IsZero() || !now.Before(reset) {
+			reset = now.Add(creditsHorizon)
+		}
+		out = append(out, Spend{Quota: CreditsQuota, Credits: true, Counter: CreditsQuota + "/" + strconv.FormatInt(bal, 10),
+			Limit: bal, Start: e.PeriodStart, Reset: reset})
+	}
+	return out
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
@@ -270,5 +271,47 @@ func TestSettledUseEqualsActualUse(t *testing.T) {
 				t.Errorf("counter %d, exported %d, want both the billed sum %d", got, exported, billed)
 			}
 		})
+	}
+}
+
+// TestUsageEndpoint: GET /v1/usage/{subject} shows each counter's use
+// after settlement and the export backlog, to a caller with the admin
+// token only.
+func TestUsageEndpoint(t *testing.T) {
+	t.Setenv("TOLLGATE_TEST_ADMIN_TOKEN", "test-admin-token-0123456789")
+	s := startServe(t, meteredDemo(t, "}"))
+	resp := checkWithID(t, s, "u1")
+	settleVia(t, s, resp, 200, map[string]string{"x-usage-units": "40"})
+	waitFor(t, func() bool {
+		return metricValue(t, s, `tollgate_settlements_total{outcome="settled",route="chat"}`) == "1"
+	})
+	get := func(path, token string) (int, string) {
+		req, _ := http.NewRequest("GET", "http://"+s.admin+path, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		r, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Body.Close()
+		var b strings.Builder
+		_, _ = io.Copy(&b, r.Body)
+		return r.StatusCode, b.String()
+	}
+	if st, _ := get("/v1/usage/acme", ""); st != 401 {
+		t.Errorf("without the token: %d, want 401", st)
+	}
+	if st, _ := get("/v1/usage/nobody", "test-admin-token-0123456789"); st != 404 {
+		t.Errorf("unknown subject: %d, want 404", st)
+	}
+	st, body := get("/v1/usage/acme", "test-admin-token-0123456789")
+	var rep UsageReport
+	if err := json.Unmarshal([]byte(body), &rep); err != nil || st != 200 {
+		t.Fatalf("%d %s: %v", st, body, err)
+	}
+	if len(rep.Quotas) != 1 || rep.Quotas[0].Name != "tokens" || rep.Quotas[0].Used != 40 || rep.Quotas[0].Remaining != 960 ||
+		rep.Export == nil || rep.Export.Backlog != 1 || rep.Export.To != "none" {
+		t.Errorf("report = %s", body)
 	}
 }

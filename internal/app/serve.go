@@ -157,6 +157,7 @@ func (a *App) Serve(ctx context.Context) error {
 		MaxBodiesPerClient: cfg.Admin.MaxBodiesPerClient, MinBodyRate: cfg.Admin.MinBodyRate,
 	})
 	adm.EnableInvalidation(cfg.AdminToken(), countingInvalidator{a.cache, a.metrics, "admin"})
+	adm.HandleWithToken(cfg.AdminToken(), "GET /v1/usage/{subject}", a.usageHandler())
 	for pattern, h := range a.handlers {
 		adm.Handle(pattern, h)
 	}
