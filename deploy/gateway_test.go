@@ -1,6 +1,7 @@
 package deploy
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -31,7 +32,7 @@ func TestEnvoyGatewayWiring(t *testing.T) {
 	}
 	pr := route.Spec.ParentRefs[0]
 	if string(pr.Name) != gw.Name || route.Namespace != gw.Namespace || pr.SectionName == nil || !listeners[string(*pr.SectionName)] {
-		t.Errorf("HTTPRoute %s/%s parentRef %+v: want the Gateway %s/%s and one of its listeners", route.Namespace, route.Name, pr, gw.Namespace, gw.Name)
+		t.Errorf("HTTPRoute %s/%s parentRef %s section %s: want the Gateway %s/%s and one of its listeners", route.Namespace, route.Name, pr.Name, deref(pr.SectionName), gw.Namespace, gw.Name)
 	}
 
 	// The policy applies to that route (targetRefs are local to its namespace).
@@ -91,10 +92,10 @@ func TestEnvoyGatewayWiring(t *testing.T) {
 	}
 	br := refs[0].BackendObjectReference
 	if (br.Group != nil && *br.Group != "") || (br.Kind != nil && *br.Kind != "Service") {
-		t.Errorf("backendRef %v/%v: want a core Service", br.Group, br.Kind)
+		t.Errorf("backendRef group %s kind %s: want a core Service", deref(br.Group), deref(br.Kind))
 	}
 	if string(br.Name) != svc.Name || br.Namespace == nil || string(*br.Namespace) != chartNamespace || br.Port == nil || int32(*br.Port) != grpcPort {
-		t.Errorf("backendRef %s/%v:%v, the chart's Service is %s/%s:%d", br.Name, br.Namespace, br.Port, chartNamespace, svc.Name, grpcPort)
+		t.Errorf("backendRef %s/%s:%s, the chart's Service is %s/%s:%d", deref(br.Namespace), br.Name, deref(br.Port), chartNamespace, svc.Name, grpcPort)
 	}
 	for _, d := range r.Docs {
 		if cm, ok := d.Object.(*corev1.ConfigMap); ok {
@@ -119,6 +120,14 @@ func TestEnvoyGatewayWiring(t *testing.T) {
 			t.Errorf("ReferenceGrant %s/%s does not let SecurityPolicies in %s refer to Service %s/%s", grant.Namespace, grant.Name, sp.Namespace, *br.Namespace, svc.Name)
 		}
 	}
+}
+
+// deref prints what a pointer points at, or "(unset)".
+func deref[T any](p *T) string {
+	if p == nil {
+		return "(unset)"
+	}
+	return fmt.Sprint(*p)
 }
 
 // TestGatewayDecodeRejects: the Envoy Gateway, Gateway API, PDB and

@@ -215,7 +215,7 @@ func checkTollgateContainer(t *testing.T, pod corev1.PodSpec, cm *corev1.ConfigM
 	}
 	stop := dur(t, c.Server.ShutdownDelay) + dur(t, c.Server.DrainTimeout)
 	if g := pod.TerminationGracePeriodSeconds; g == nil || time.Duration(*g)*time.Second <= stop+time.Second {
-		t.Errorf("terminationGracePeriodSeconds %v must exceed shutdown_delay+drain_timeout (%v)", g, stop)
+		t.Errorf("terminationGracePeriodSeconds must exceed shutdown_delay+drain_timeout (%v)", stop)
 	}
 }
 
