@@ -97,7 +97,7 @@ func TestQuotaDecisions(t *testing.T) {
 			{0, "GET", "/v1/search", free, 200, "ok", `ratelimit: "burst";r=3;t=1, "requests";r=1;t=561600`, ""},
 			{time.Second, "GET", "/v1/search", free, 200, "ok", "", ""},
 			{time.Second, "GET", "/v1/search", free, 402, "quota_exhausted", "retry-after: 561598",
-				`"quota":"requests","limit":3,"used":3,"cost":1,"resets_at":"2026-12-01T00:00:00Z","upgrade_url":"https://billing.example.com/upgrade"}`},
+				`"quota":"requests","limit":3,"used":3,"cost":1,"resets_at":"2026-12-01T00:00:00Z","upgrade_url":"https://billing.example.com/upgrade","decision_id":"0123456789abcdeffedcba9876543210"}`},
 			// A new month brings a new allowance.
 			{7 * 24 * time.Hour, "GET", "/v1/search", free, 200, "ok", "", ""},
 		}},

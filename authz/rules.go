@@ -48,6 +48,8 @@ type Rules struct {
 	status   policy.StatusTable
 	tmpl     []template
 	lowerPfx string
+	// idHeader carries the decision id upstream: the prefix's decision-id.
+	idHeader string
 	missing  string // detail for missing_credentials
 }
 
@@ -114,6 +116,7 @@ func NewRules(p *policy.Policy, chain identity.Chain, opts Options) (*Rules, err
 		opts.RetryAfter = policy.DefaultRetryAfter
 	}
 	rt := &Rules{policy: p, identity: chain, opts: opts, status: policy.DefaultStatus, lowerPfx: strings.ToLower(opts.HeaderPrefix)}
+	rt.idHeader = rt.lowerPfx + "decision-id"
 	for c, st := range opts.Status {
 		if err := policy.CheckStatus(st); err != nil {
 			return nil, fmt.Errorf("status for %s: %w", c, err)

@@ -56,6 +56,8 @@ type Deps struct {
 	// with entitlements_unavailable: their usage could not be recorded
 	// (the usage outbox is full and configured to refuse).
 	MeteringClosed func() bool
+	// Tracer, when set, traces every decided Check (see Tracer).
+	Tracer Tracer
 }
 
 // ErrMeteringClosed is Result.Err for a metered request refused because
@@ -82,6 +84,11 @@ type Result struct {
 	// (tollgate check prints it), never sent to the client.
 	Err error
 	now time.Time // the decision's clock reading, for reset times
+	// DecisionID names this decision alone: sent to the client on a
+	// denial, upstream on an allow, and in the decision log.
+	DecisionID string
+	// TraceID is the trace the Check belongs to, when tracing is on.
+	TraceID string
 }
 
 // Server answers Envoy's Authorization/Check.
@@ -95,6 +102,7 @@ type Server struct {
 	now    func() time.Time
 	// meteringClosed is Deps.MeteringClosed.
 	meteringClosed func() bool
+	tracer         Tracer // nil: no tracing
 	// checkInfo and checkHandler are what Register's handler passes to
 	// interceptors, made once rather than on every Check.
 	checkInfo    grpc.UnaryServerInfo
@@ -112,7 +120,7 @@ func NewServer(rt *Rules, d Deps) *Server {
 	if d.Quotas == nil {
 		d.Quotas = quota.NewMemory(d.Now)
 	}
-	s := &Server{ents: d.Entitlements, quotas: d.Quotas, obs: d.Observer, log: d.Log, now: d.Now, meteringClosed: d.MeteringClosed}
+	s := &Server{ents: d.Entitlements, quotas: d.Quotas, obs: d.Observer, log: d.Log, now: d.Now, meteringClosed: d.MeteringClosed, tracer: d.Tracer}
 	s.checkInfo = grpc.UnaryServerInfo{Server: s, FullMethod: authv3.Authorization_Check_FullMethodName}
 	s.checkHandler = s.interceptedCheck
 	s.rt.Store(rt)
@@ -185,12 +193,18 @@ func (s *Server) decideRequest(ctx context.Context, q *Request) (resp *authv3.Ch
 	start := s.now()
 	rt := s.rt.Load()
 	r, sr := &q.r, &q.res
+	if s.tracer != nil {
+		ctx, sr.TraceID = s.tracer.StartCheck(ctx, r)
+	}
 	defer func() {
 		if p := recover(); p != nil {
-			s.log.Error("panic in Check", "panic", p, "request_id", r.requestID)
-			*sr = Result{RequestID: r.requestID, Code: policy.EntitlementsUnavailable, Err: fmt.Errorf("panic in Check: %v", p)}
+			s.log.Error("panic in Check", "panic", p, "request_id", r.requestID, "trace_id", sr.TraceID)
+			*sr = Result{RequestID: r.requestID, TraceID: sr.TraceID, Code: policy.EntitlementsUnavailable, Err: fmt.Errorf("panic in Check: %v", p)}
 			d := policy.Decision{Code: policy.EntitlementsUnavailable}
 			resp = rt.deny(r, &d, sr)
+			if s.tracer != nil {
+				s.tracer.EndCheck(ctx, sr)
+			}
 		}
 		res = *sr
 	}()
@@ -221,6 +235,9 @@ func (s *Server) decideRequest(ctx context.Context, q *Request) (resp *authv3.Ch
 		s.obs.ObserveCheck(sr)
 	}
 	s.logDecision(ctx, rt, r, sr)
+	if s.tracer != nil {
+		s.tracer.EndCheck(ctx, sr)
+	}
 	return resp, res
 }
 
@@ -335,16 +352,17 @@ type allowResponse struct {
 	resp authv3.CheckResponse
 	ok   authv3.CheckResponse_OkResponse
 	http authv3.OkHttpResponse
-	set  [2]*corev3.HeaderValueOption // trusted headers upstream
+	set  [3]*corev3.HeaderValueOption // trusted headers upstream
 	rl   [2]*corev3.HeaderValueOption // RateLimit fields to the client
 	hdrs headerBlock
 	md   metadataBlock
+	id   decisionID
 }
 
 // headerBlock holds the header messages of one response.
 type headerBlock struct {
-	opts [4]corev3.HeaderValueOption
-	vals [4]corev3.HeaderValue
+	opts [5]corev3.HeaderValueOption
+	vals [5]corev3.HeaderValue
 	n    int
 }
 
@@ -362,16 +380,20 @@ func (b *headerBlock) overwrite(k, v string) *corev3.HeaderValueOption {
 func (rt *Rules) allow(r *request, d *policy.Decision, res *Result) *authv3.CheckResponse {
 	a := new(allowResponse)
 	ok := &a.http
+	res.DecisionID = a.id.fill()
+	a.set[0] = a.hdrs.overwrite(rt.idHeader, res.DecisionID)
+	ok.Headers = a.set[:1]
 	if res.Subject != "" {
-		a.set[0] = a.hdrs.overwrite(rt.opts.SubjectHeader, res.Subject)
-		a.set[1] = a.hdrs.overwrite(rt.opts.PlanHeader, res.Plan)
-		ok.Headers = a.set[:]
+		a.set[1] = a.hdrs.overwrite(rt.opts.SubjectHeader, res.Subject)
+		a.set[2] = a.hdrs.overwrite(rt.opts.PlanHeader, res.Plan)
+		ok.Headers = a.set[:3]
 	}
 	r.eachHeaderName(func(name string) {
 		if len(name) >= len(rt.lowerPfx) && strings.EqualFold(name[:len(rt.lowerPfx)], rt.lowerPfx) {
 			// Headers we set are overwritten anyway; removing them too would
 			// race with the set, depending on Envoy's order of operations.
-			if res.Subject != "" && (strings.EqualFold(name, rt.opts.SubjectHeader) || strings.EqualFold(name, rt.opts.PlanHeader)) {
+			if strings.EqualFold(name, rt.idHeader) ||
+				res.Subject != "" && (strings.EqualFold(name, rt.opts.SubjectHeader) || strings.EqualFold(name, rt.opts.PlanHeader)) {
 				return
 			}
 			ok.HeadersToRemove = append(ok.HeadersToRemove, name)
@@ -425,26 +447,34 @@ type denyResponse struct {
 	denied authv3.CheckResponse_DeniedResponse
 	http   authv3.DeniedHttpResponse
 	md     metadataBlock
+	id     decisionID
+	idOpt  corev3.HeaderValueOption
+	idVal  corev3.HeaderValue
+	hs     [8]*corev3.HeaderValueOption // the template's, the id, a quota's
 }
 
 // deny builds the refusal: problem+json with the members that apply.
 func (rt *Rules) deny(r *request, d *policy.Decision, res *Result) *authv3.CheckResponse {
 	t := &rt.tmpl[d.Code]
+	x := new(denyResponse)
+	res.DecisionID = x.id.fill()
 	detail := rt.detail(r, d, res.now)
 	msg := d.Code.String() + ": " + detail
-	var headers []*corev3.HeaderValueOption
 	var body string
+	headers := x.hs[:0]
 	if r.isGRPC() {
 		// Envoy ignores Status.Code for a gRPC client and would map 402 to
 		// UNKNOWN and send the JSON as grpc-message: see grpcdeny.go.
-		headers, body = t.grpc, msg
+		headers, body = append(headers, t.grpc...), msg
 	} else {
-		headers, body = t.headers, rt.problem(r, d, t, detail, res.now)
+		headers, body = append(headers, t.headers...), rt.problem(r, d, t, detail, res)
 	}
+	x.idVal.Key, x.idVal.Value = DecisionIDHeader, res.DecisionID
+	x.idOpt.Header, x.idOpt.AppendAction = &x.idVal, corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+	headers = append(headers, &x.idOpt)
 	if sp, _ := d.DeniedSpend(); sp != nil {
-		headers = append(append([]*corev3.HeaderValueOption(nil), headers...), quotaDenialHeaders(d, sp, res.now)...)
+		headers = append(headers, quotaDenialHeaders(d, sp, res.now)...)
 	}
-	x := new(denyResponse)
 	x.status.Code, x.status.Message = int32(t.grpcCode), msg
 	x.http.Status, x.http.Headers, x.http.Body = t.httpStatus, headers, body
 	x.denied.DeniedResponse = &x.http
@@ -455,7 +485,7 @@ func (rt *Rules) deny(r *request, d *policy.Decision, res *Result) *authv3.Check
 }
 
 // problem renders RFC 9457 problem details; members appear in a fixed order.
-func (rt *Rules) problem(r *request, d *policy.Decision, t *template, detail string, now time.Time) string {
+func (rt *Rules) problem(r *request, d *policy.Decision, t *template, detail string, res *Result) string {
 	o := jsonObject{b: make([]byte, 0, 512)}
 	o.str("type", t.typeURI)
 	o.str("title", t.title)
@@ -497,6 +527,7 @@ func (rt *Rules) problem(r *request, d *policy.Decision, t *template, detail str
 	if d.Entitlement != nil {
 		o.strIf("upgrade_url", d.UpgradeURL)
 	}
+	o.str("decision_id", res.DecisionID)
 	return string(o.bytes())
 }
 
@@ -577,8 +608,8 @@ func statusOf(e *entitlement.Entitlement) entitlement.Status {
 // with the response.
 type metadataBlock struct {
 	st   structpb.Struct
-	vals [3]structpb.Value // route, subject, plan
-	strs [3]structpb.Value_StringValue
+	vals [4]structpb.Value // route, subject, plan, decision_id
+	strs [4]structpb.Value_StringValue
 }
 
 // Values every response shares; a shared message is never modified.
@@ -608,8 +639,11 @@ func (m *metadataBlock) fill(res *Result) *structpb.Struct {
 	} else {
 		code = structpb.NewStringValue(res.Code.String())
 	}
-	f := make(map[string]*structpb.Value, 6)
+	f := make(map[string]*structpb.Value, 7)
 	f["decision"], f["code"] = decision, code
+	if res.DecisionID != "" {
+		f["decision_id"] = m.str(3, res.DecisionID)
+	}
 	if res.Route != "" {
 		f["route"] = m.str(0, res.Route)
 	}
@@ -645,8 +679,10 @@ func (s *Server) logDecision(ctx context.Context, rt *Rules, r *request, res *Re
 	if res.Allowed && !res.Shadow {
 		decision = "allow"
 	}
-	attrs := []slog.Attr{
+	attrs := make([]slog.Attr, 0, 16)
+	attrs = append(attrs,
 		slog.String("request_id", res.RequestID),
+		slog.String("decision_id", res.DecisionID),
 		slog.String("decision", decision),
 		slog.String("code", res.Code.String()),
 		slog.Int("status", res.Status),
@@ -656,6 +692,9 @@ func (s *Server) logDecision(ctx context.Context, rt *Rules, r *request, res *Re
 		slog.String("subject", res.Subject),
 		slog.String("plan", res.Plan),
 		slog.Int64("latency_us", res.Duration.Microseconds()),
+	)
+	if res.TraceID != "" {
+		attrs = append(attrs, slog.String("trace_id", res.TraceID))
 	}
 	if res.CredFrom != "" {
 		attrs = append(attrs, slog.String("credential", res.CredFrom))

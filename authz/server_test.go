@@ -237,7 +237,8 @@ func TestFeatureNotInPlanBody(t *testing.T) {
 		`"detail":"The chat feature is not included in the free plan; it is available on pro.",` +
 		`"instance":"/v1/chat","code":"feature_not_in_plan","request_id":"req-42",` +
 		`"subject":"initech","plan":"free","feature":"chat","plans_with_feature":["pro"],` +
-		`"upgrade_url":"https://billing.example.com/upgrade"}`
+		`"upgrade_url":"https://billing.example.com/upgrade",` +
+		`"decision_id":"0123456789abcdeffedcba9876543210"}`
 	if got != want {
 		t.Errorf("body\n got %s\nwant %s", got, want)
 	}

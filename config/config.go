@@ -32,6 +32,7 @@ type Config struct {
 	QuotaStore   QuotaStore      `yaml:"quota_store"`
 	Reload       Reload          `yaml:"reload"`
 	Metering     Metering        `yaml:"metering"`
+	Tracing      Tracing         `yaml:"tracing"`
 	policy.Spec  `yaml:",inline"`
 
 	// Filled by Load.
@@ -324,6 +325,7 @@ func (c *Config) defaults() {
 	defDur(&c.Entitlements.File.PollInterval, time.Second)
 	defDur(&c.Reload.PollInterval, time.Second)
 	c.meteringDefaults()
+	c.tracingDefaults()
 	defDur(&c.Entitlements.Stripe.PollInterval, time.Second)
 	if c.Entitlements.Cache.MaxEntries == 0 {
 		c.Entitlements.Cache.MaxEntries = cache.DefaultMaxEntries
@@ -583,6 +585,7 @@ func Parse(name string, data []byte) (*Config, error) {
 	}
 	c.Policy = p
 	c.checkMetering(name, c.Metered(), fail)
+	c.checkTracing(fail)
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
