@@ -481,7 +481,8 @@ func newFakeLines(t *testing.T, now func() time.Time) *fakeLines {
 
 func (f *fakeLines) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if f.token != "" && r.Header.Get("Authorization") != "Bearer "+f.token {
-		http.Error(w, `{"message":"bad token"}`, http.StatusUnauthorized)
+		// Echoes the token it got, to prove the exporter scrubs it.
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"message": "bad token " + strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")})
 		return
 	}
 	if f.token == "" && r.Header.Get("Authorization") != "" {

@@ -53,6 +53,7 @@ func TestRunExactlyOnce(t *testing.T) {
 		script     func(clock *fakeClock) func(n int) mode
 		retryAfter string
 		wantSleeps []time.Duration // nil: not checked
+		maxSleep   time.Duration   // 0: not checked
 	}{
 		{
 			name:   "every answer fine",
@@ -65,6 +66,9 @@ func TestRunExactlyOnce(t *testing.T) {
 			script: func(*fakeClock) func(int) mode {
 				return func(n int) mode { return []mode{answerOK, count500, answer500}[n%3] }
 			},
+			// Never more than two failures in a row, and a round that
+			// delivered some events starts the count again: 1s, 2s at most.
+			maxSleep: 2 * time.Second,
 		},
 		{
 			name: "429 storm with Retry-After",
@@ -124,6 +128,11 @@ func TestRunExactlyOnce(t *testing.T) {
 				p.checkExactlyOnce(t, p.key, events)
 				if got, want := obs.DeliveredCount(), len(events); got != want {
 					t.Errorf("Observer.Delivered total = %d, want %d (each event acknowledged once)", got, want)
+				}
+				if tt.maxSleep > 0 {
+					if got := slices.Max(append(clock.Sleeps(), 0)); got > tt.maxSleep {
+						t.Errorf("waits = %v, want none over %v", clock.Sleeps(), tt.maxSleep)
+					}
 				}
 				if tt.wantSleeps != nil {
 					if got := clock.Sleeps(); !slices.Equal(got, tt.wantSleeps) {

@@ -199,11 +199,17 @@ func TestStripeSecretNeverInErrors(t *testing.T) {
 	const wrong = "sk_live_51WrongKeyThatMustNeverBeLogged987"
 	closed := httptest.NewServer(http.NotFoundHandler())
 	closed.Close()
+	// Real Stripe echoes part of a refused key.
+	masked := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		stripeError(w, http.StatusUnauthorized, "invalid_request_error", "", "Invalid API Key provided: sk_live_****************g987")
+	}))
+	defer masked.Close()
 	tests := []struct {
 		name string
 		exp  *Stripe
 	}{
-		{"wrong key echoed by the fake", f.exporter(clock, StripeOptions{SecretKey: wrong})},
+		{"wrong key echoed whole by the fake", f.exporter(clock, StripeOptions{SecretKey: wrong})},
+		{"wrong key echoed in part, as Stripe does", NewStripe(StripeOptions{SecretKey: wrong, APIBase: masked.URL, RatePerSecond: -1})},
 		{"connection refused", NewStripe(StripeOptions{SecretKey: wrong, APIBase: closed.URL, RatePerSecond: -1})},
 	}
 	for _, tt := range tests {
@@ -215,7 +221,7 @@ func TestStripeSecretNeverInErrors(t *testing.T) {
 			if KindOf(err).Permanent() {
 				t.Errorf("KindOf = %s: a wrong key or a dead host must be retried", KindOf(err))
 			}
-			for _, secret := range []string{wrong, "WrongKeyThat"} {
+			for _, secret := range []string{wrong, "WrongKeyThat", "sk_live_"} {
 				if strings.Contains(err.Error(), secret) {
 					t.Errorf("error %q holds the key", err)
 				}
