@@ -194,7 +194,6 @@ func (s *Stripe) Export(ctx context.Context, events []usage.Event) error {
 	var wg sync.WaitGroup
 	for range min(s.concurrency, len(events)) {
 		wg.Go(func() {
-			var buf []byte
 			for {
 				i := int(next.Add(1) - 1)
 				if i >= len(events) {
@@ -211,8 +210,10 @@ func (s *Stripe) Export(ctx context.Context, events []usage.Event) error {
 					stop.Store(true)
 					continue
 				}
-				buf = s.appendForm(buf[:0], events[i], now)
-				errs[i], sent[i] = s.send(ctx, buf), true
+				// A buffer per request: the transport may still read a
+				// body after Do returns.
+				form := s.appendForm(make([]byte, 0, 192), events[i], now)
+				errs[i], sent[i] = s.send(ctx, form), true
 				if errs[i] != nil && !KindOf(errs[i]).Permanent() {
 					stop.Store(true)
 				}
