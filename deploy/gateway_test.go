@@ -1,7 +1,11 @@
 package deploy
 
 import (
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +14,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayv1beta1 "sigs.k8s.io/gateway-api/apis/v1beta1"
+	kjson "sigs.k8s.io/json"
+	"sigs.k8s.io/yaml"
 )
 
 // TestEnvoyGatewayWiring checks that the Envoy Gateway example's objects
@@ -159,4 +165,71 @@ func TestGatewayDecodeRejects(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestEnvoyGatewayDocs: the extAuth block the README ("Attach to Envoy
+// Gateway") shows decodes strictly and is the example's, so the two cannot
+// drift. It is looked for in README.md and docs/*.md, wherever the section
+// lives.
+func TestEnvoyGatewayDocs(t *testing.T) {
+	sp := one[*egv1alpha1.SecurityPolicy](t, allDocs(t), "envoy-gateway/")
+	files, _ := filepath.Glob("../docs/*.md")
+	files = append([]string{"../README.md"}, files...)
+	var found int
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, block := range yamlBlocks(string(data)) {
+			if !strings.HasPrefix(block, "extAuth:") {
+				continue
+			}
+			found++
+			js, err := yaml.YAMLToJSONStrict([]byte(block))
+			if err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			var doc struct {
+				ExtAuth egv1alpha1.ExtAuth `json:"extAuth"`
+			}
+			strictErrs, err := kjson.UnmarshalStrict(js, &doc)
+			if err == nil {
+				err = errors.Join(strictErrs...)
+			}
+			if err != nil {
+				t.Fatalf("%s: extAuth block: %v", f, err)
+			}
+			if !reflect.DeepEqual(&doc.ExtAuth, sp.Spec.ExtAuth) {
+				t.Errorf("%s: the extAuth block differs from envoy-gateway/paid-api.yaml's:\n%s", f, block)
+			}
+		}
+	}
+	if found == 0 {
+		t.Error("no ```yaml block starting with extAuth: in README.md or docs/")
+	}
+}
+
+// yamlBlocks returns the contents of the ```yaml fences in a Markdown text,
+// each unindented by its fence's indentation.
+func yamlBlocks(md string) []string {
+	var blocks []string
+	lines := strings.Split(md, "\n")
+	for i := 0; i < len(lines); i++ {
+		fence := strings.TrimLeft(lines[i], " ")
+		if fence != "```yaml" {
+			continue
+		}
+		indent := len(lines[i]) - len(fence)
+		var b strings.Builder
+		for i++; i < len(lines) && strings.TrimSpace(lines[i]) != "```"; i++ {
+			l := lines[i]
+			if len(l) >= indent {
+				l = l[indent:]
+			}
+			b.WriteString(l + "\n")
+		}
+		blocks = append(blocks, b.String())
+	}
+	return blocks
 }
