@@ -22,7 +22,7 @@ import (
 const (
 	// DefaultMaxEvents bounds the backlog: a billing outage of 55 minutes
 	// at 300 settled requests a second. Set it from the rate and the
-	// outage to ride out; a File takes roughly 400 bytes of disk an event.
+	// outage to ride out; a File takes roughly 500 bytes of disk an event.
 	DefaultMaxEvents = 1_000_000
 	// DefaultDedupWindow is how long an acknowledged ID is remembered, so
 	// that a retried Append, or a second replica settling the same
@@ -137,12 +137,12 @@ var _ usage.Outbox = (*File)(nil)
 // OpenFile opens the outbox file at path, creating it (mode 0600) when it
 // does not exist. It fails, with an error naming path, when another process
 // holds the file (ErrLocked, after opts.LockTimeout) and when the file is
-// damaged or truncated (ErrCorrupt): its events would be lost by starting
-// empty, so moving it aside is the operator's choice. The whole file is
-// checked: opening reads every page once.
+// damaged or truncated (ErrCorrupt): starting empty would lose the events
+// it holds, so moving it aside is the operator's choice. The whole file is
+// checked first: opening reads every page once.
 func OpenFile(path string, opts FileOptions) (*File, error) {
 	opts = opts.withDefaults()
-	if err := probe(path, opts.LockTimeout); err != nil {
+	if err := verify(path, opts.LockTimeout); err != nil {
 		return nil, err
 	}
 	db, err := openBolt(path, &bolt.Options{Timeout: opts.LockTimeout})
@@ -150,7 +150,7 @@ func OpenFile(path string, opts FileOptions) (*File, error) {
 		return nil, err
 	}
 	f := &File{db: db, path: path, opts: opts, appends: make(chan *appendReq, queueLen)}
-	if err := f.checkAndInit(); err != nil {
+	if err := f.init(); err != nil {
 		_ = db.Close()
 		return nil, err
 	}
@@ -159,16 +159,9 @@ func OpenFile(path string, opts FileOptions) (*File, error) {
 	return f, nil
 }
 
-// openBolt is bolt.Open with its errors named for an operator. A damaged
-// page can make bbolt panic (or fault) while loading; that is an error too.
-func openBolt(path string, o *bolt.Options) (db *bolt.DB, err error) {
-	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	defer func() {
-		if r := recover(); r != nil {
-			db, err = nil, fmt.Errorf("usage outbox %s: %w: %v", path, ErrCorrupt, r)
-		}
-	}()
-	db, err = bolt.Open(path, 0o600, o)
+// openBolt is bolt.Open with its errors named for an operator.
+func openBolt(path string, o *bolt.Options) (*bolt.DB, error) {
+	db, err := bolt.Open(path, 0o600, o)
 	switch {
 	case err == nil:
 		return db, nil
@@ -185,11 +178,13 @@ func openBolt(path string, o *bolt.Options) (db *bolt.DB, err error) {
 	}
 }
 
-// probe opens an existing file read-only and checks that it is as long as
-// its meta page says. bbolt's read-write open loads the freelist through
-// its memory map: in a truncated file that page is past the end, and the
-// read would fault.
-func probe(path string, timeout time.Duration) error {
+// verify checks an existing file, opened read-only (no page but the meta
+// pages is read by that open): that it is as long as its meta page says,
+// bbolt's consistency check, and the outbox's layout and counters. Only a
+// file that passes is opened for writing: bbolt's read-write open reads the
+// freelist page, and a damaged one makes it panic (leaving the file locked
+// by its memory map) or, past the end of a truncated file, fault.
+func verify(path string, timeout time.Duration) (err error) {
 	fi, err := os.Stat(path)
 	if err != nil || fi.Size() == 0 {
 		return nil // a new file, or an error the real open reports
@@ -199,27 +194,17 @@ func probe(path string, timeout time.Duration) error {
 		return err
 	}
 	defer db.Close()
-	var want int64
-	if err := db.View(func(tx *bolt.Tx) error { want = tx.Size(); return nil }); err != nil {
-		return fmt.Errorf("usage outbox %s: %w: %w", path, ErrCorrupt, err)
-	}
-	if fi.Size() < want {
-		return fmt.Errorf("usage outbox %s: %w: truncated: %d bytes, its header says %d", path, ErrCorrupt, fi.Size(), want)
-	}
-	return nil
-}
-
-// checkAndInit runs bbolt's consistency check, checks the outbox's layout
-// and counters, and creates the buckets in a new file.
-func (f *File) checkAndInit() (err error) {
+	// A damaged page can make bbolt panic, or fault, as it is read here.
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("usage outbox %s: %w: %v", f.path, ErrCorrupt, r)
+			err = fmt.Errorf("usage outbox %s: %w: %v", path, ErrCorrupt, r)
 		}
 	}()
-	empty := false
-	err = f.db.View(func(tx *bolt.Tx) error {
+	err = db.View(func(tx *bolt.Tx) error {
+		if fi.Size() < tx.Size() {
+			return fmt.Errorf("truncated: %d bytes, its header says %d", fi.Size(), tx.Size())
+		}
 		var first error
 		for cerr := range tx.Check() { // drain it: Check reads tx until it closes the channel
 			if first == nil {
@@ -229,41 +214,62 @@ func (f *File) checkAndInit() (err error) {
 		if first != nil {
 			return first
 		}
-		if tx.Bucket(bucketMeta) == nil {
-			empty = tx.ForEach(func([]byte, *bolt.Bucket) error { return errNotEmpty }) == nil
-			if !empty {
-				return errors.New("not a usage outbox: it holds other buckets")
-			}
-			return nil
-		}
-		b := buckets(tx)
-		if v := b.meta.Get(keyVersion); u64(v) != fileVersion {
-			return fmt.Errorf("layout version %d, this tollgate reads %d", u64(v), fileVersion)
-		}
-		for _, c := range []struct {
-			name    string
-			counter uint64
-			bucket  *bolt.Bucket
-		}{
-			{"events", b.get(keyBacklog), b.events},
-			{"waiting IDs", b.get(keyBacklog), b.ids},
-			{"acknowledged IDs", b.get(keyAckedN), b.ackorder},
-		} {
-			if n := c.bucket.Stats().KeyN; uint64(n) != c.counter {
-				return fmt.Errorf("%d %s stored, its counter says %d", n, c.name, c.counter)
-			}
-		}
-		return nil
+		return checkLayout(tx)
 	})
 	if err != nil {
-		return fmt.Errorf("usage outbox %s: %w: %w", f.path, ErrCorrupt, err)
+		return fmt.Errorf("usage outbox %s: %w: %w", path, ErrCorrupt, err)
 	}
-	if !empty {
+	return nil
+}
+
+// checkLayout checks the outbox's buckets and counters: a file without
+// buckets is a new one.
+func checkLayout(tx *bolt.Tx) error {
+	if tx.Bucket(bucketMeta) == nil {
+		if tx.ForEach(func([]byte, *bolt.Bucket) error { return errNotEmpty }) != nil {
+			return errors.New("not a usage outbox: it holds other buckets")
+		}
 		return nil
 	}
-	err = f.db.Update(func(tx *bolt.Tx) error {
+	b := buckets(tx)
+	if v := b.meta.Get(keyVersion); u64(v) != fileVersion {
+		return fmt.Errorf("layout version %d, this tollgate reads %d", u64(v), fileVersion)
+	}
+	for _, c := range []struct {
+		name    string
+		counter uint64
+		bucket  *bolt.Bucket
+	}{
+		{"events", b.get(keyBacklog), b.events},
+		{"waiting IDs", b.get(keyBacklog), b.ids},
+		{"acknowledged IDs", b.get(keyAckedN), b.ackorder},
+	} {
+		if c.bucket == nil {
+			return fmt.Errorf("no bucket of %s", c.name)
+		}
+		if n := c.bucket.Stats().KeyN; uint64(n) != c.counter {
+			return fmt.Errorf("%d %s stored, its counter says %d", n, c.name, c.counter)
+		}
+	}
+	if b.acked == nil {
+		return errors.New("no bucket of acknowledged IDs")
+	}
+	return nil
+}
+
+var errNotEmpty = errors.New("not empty")
+
+// init creates the buckets in a new file.
+func (f *File) init() error {
+	err := f.db.Update(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketMeta) != nil {
+			return nil
+		}
+		if err := checkLayout(tx); err != nil {
+			return err
+		}
 		for _, name := range [][]byte{bucketEvents, bucketIDs, bucketAcked, bucketAckOrder, bucketMeta} {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+			if _, err := tx.CreateBucket(name); err != nil {
 				return err
 			}
 		}
@@ -278,8 +284,6 @@ func (f *File) checkAndInit() (err error) {
 	})
 	return f.wrap(err)
 }
-
-var errNotEmpty = errors.New("not empty")
 
 // Append stores events and returns once they are committed to disk. An
 // error leaves each event stored or not (after ctx ends, the commit may

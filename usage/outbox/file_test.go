@@ -114,52 +114,80 @@ func TestFileDedupWindow(t *testing.T) {
 	}
 }
 
-// The record of acknowledged IDs is trimmed as Acks go by, so the file does
-// not grow with every event ever exported; the counters it checks at open
-// stay right.
+// The record of acknowledged IDs is trimmed as Acks go by, past the window
+// or past MaxAcked, so the file does not grow with every event ever
+// exported; the counter OpenFile checks stays right.
 func TestFileAckedRecordBounded(t *testing.T) {
+	tests := []struct {
+		name     string
+		maxAcked int
+		want     int
+	}{
+		{"past the window", 100, 10},
+		{"past MaxAcked", 5, 5},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			c := newClock()
+			path := filepath.Join(t.TempDir(), "outbox.db")
+			opts := FileOptions{DedupWindow: time.Minute, MaxAcked: tt.maxAcked, Now: c.Now}
+			f := openTestFile(t, path, opts)
+			for i := range 20 {
+				e := outboxtest.Event(i)
+				if err := f.Append(ctx, []usage.Event{e}); err != nil {
+					t.Fatal(err)
+				}
+				if err := f.Ack(ctx, []string{e.ID}); err != nil {
+					t.Fatal(err)
+				}
+				if i == 9 {
+					c.Add(time.Minute) // the first ten expire
+				}
+			}
+			var acked, order int
+			if err := f.db.View(func(tx *bolt.Tx) error {
+				acked, order = tx.Bucket(bucketAcked).Stats().KeyN, tx.Bucket(bucketAckOrder).Stats().KeyN
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if acked != tt.want || order != tt.want {
+				t.Fatalf("acked IDs remembered: %d (in order %d), want %d", acked, order, tt.want)
+			}
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+			openTestFile(t, path, opts) // the counter agrees
+		})
+	}
+}
+
+// An ID acknowledged, forgotten, appended and acknowledged again is
+// remembered from its second Ack: forgetting the first does not forget it.
+func TestFileReackedIDRemembered(t *testing.T) {
 	ctx := context.Background()
 	c := newClock()
-	path := filepath.Join(t.TempDir(), "outbox.db")
-	f := openTestFile(t, path, FileOptions{DedupWindow: time.Minute, MaxAcked: 5, Now: c.Now})
-	for i := range 20 {
-		e := outboxtest.Event(i)
-		if err := f.Append(ctx, []usage.Event{e}); err != nil {
+	f := openTestFile(t, filepath.Join(t.TempDir(), "outbox.db"), FileOptions{DedupWindow: time.Minute, Now: c.Now})
+	e := outboxtest.Events(0, 1)
+	for range 2 {
+		if err := f.Append(ctx, e); err != nil {
 			t.Fatal(err)
 		}
-		if err := f.Ack(ctx, []string{e.ID}); err != nil {
+		if got := pendingIDs(t, f); len(got) != 1 {
+			t.Fatalf("pending %v, want the event", got)
+		}
+		if err := f.Ack(ctx, outboxtest.IDs(e)); err != nil {
 			t.Fatal(err)
 		}
-		if i == 9 {
-			c.Add(time.Minute) // the first ten expire
-		}
+		c.Add(time.Minute) // the first Ack expires; the second's record replaces it
 	}
-	var acked, order int
-	if err := f.db.View(func(tx *bolt.Tx) error {
-		acked, order = tx.Bucket(bucketAcked).Stats().KeyN, tx.Bucket(bucketAckOrder).Stats().KeyN
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if acked != 5 || order != 5 {
-		t.Fatalf("acked IDs remembered: %d (order %d), want 5", acked, order)
-	}
-	// Re-acknowledging an ID that was appended again keeps its newest record.
-	if err := f.Append(ctx, outboxtest.Events(0, 1)); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Ack(ctx, outboxtest.IDs(outboxtest.Events(0, 1))); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-	f = openTestFile(t, path, FileOptions{DedupWindow: time.Minute, MaxAcked: 5, Now: c.Now})
-	if err := f.Append(ctx, outboxtest.Events(0, 1)); err != nil {
+	c.Add(-time.Second) // inside the second Ack's window
+	if err := f.Append(ctx, e); err != nil {
 		t.Fatal(err)
 	}
 	if got := pendingIDs(t, f); len(got) != 0 {
-		t.Fatalf("event acknowledged just now was stored again: %v", got)
+		t.Fatalf("stored again %v within the window of its second Ack", got)
 	}
 }
 
@@ -440,6 +468,37 @@ func TestFileCorrupt(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, ""},
+		{"a page of events overwritten", func(t *testing.T, path string) {
+			full(t, path)
+			// Find a leaf page in use, then fill it with garbage.
+			db, err := bolt.Open(path, 0o600, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			leaf := 0
+			_ = db.View(func(tx *bolt.Tx) error {
+				for id := 2; leaf == 0; id++ {
+					info, err := tx.Page(id)
+					if err != nil || info == nil {
+						t.Fatalf("no leaf page: %v", err)
+					}
+					if info.Type == "leaf" {
+						leaf = id
+					}
+				}
+				return nil
+			})
+			pageSize := db.Info().PageSize
+			db.Close()
+			fh, err := os.OpenFile(path, os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer fh.Close()
+			if _, err := fh.WriteAt([]byte(strings.Repeat("\xab", pageSize)), int64(leaf*pageSize)); err != nil {
+				t.Fatal(err)
+			}
+		}, "Page expected to be"},
 		{"another application's buckets", func(t *testing.T, path string) {
 			db, err := bolt.Open(path, 0o600, nil)
 			if err != nil {
