@@ -13,9 +13,11 @@ import (
 
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	"golang.org/x/mod/modfile"
+	"helm.sh/helm/v3/pkg/action"
 	"helm.sh/helm/v3/pkg/chart"
 	"helm.sh/helm/v3/pkg/chart/loader"
 	"helm.sh/helm/v3/pkg/chartutil"
+	"helm.sh/helm/v3/pkg/lint/support"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -324,6 +326,31 @@ func TestHelmChart(t *testing.T) {
 				}
 				if sm.Labels["release"] != "kube-prometheus-stack" {
 					t.Errorf("ServiceMonitor labels %v: serviceMonitor.labels not applied", sm.Labels)
+				}
+			}
+		})
+	}
+}
+
+// TestHelmLint runs Helm's own linter (`helm lint --strict`) with each
+// value set: chart metadata, values against the schema, templates that
+// render to YAML, deprecated API versions.
+func TestHelmLint(t *testing.T) {
+	kv, err := chartutil.ParseKubeVersion(kubeVersion(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, vs := range chartValueSets {
+		t.Run(vs.name, func(t *testing.T) {
+			l := action.NewLint()
+			l.Strict, l.Namespace, l.KubeVersion = true, "tollgate", kv
+			res := l.Run([]string{chartDir}, chartValues(t, vs.file, nil))
+			for _, err := range res.Errors {
+				t.Error(err)
+			}
+			for _, m := range res.Messages {
+				if m.Severity > support.InfoSev {
+					t.Errorf("%s", m)
 				}
 			}
 		})
