@@ -32,7 +32,10 @@ func NewALS(s *Settler) *ALS { return &ALS{s: s} }
 // wait for an answer (the stream has none until it ends), so settling never
 // delays a response.
 func (a *ALS) StreamAccessLogs(stream accesslogv3.AccessLogService_StreamAccessLogsServer) error {
-	ctx := stream.Context()
+	// An entry received is settled even if Envoy ends the stream meanwhile
+	// (a restart, a drain): Envoy never sends it again. Options.Timeout
+	// bounds each settlement.
+	ctx := context.WithoutCancel(stream.Context())
 	for {
 		msg, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
