@@ -90,6 +90,8 @@ func TestAdjust(t *testing.T) {
 			{spend: true, n: 5, reset: time.Minute, denied: -1, used: 5},
 			{advance: time.Minute, n: -3, reset: time.Minute, used: 0},
 			{n: 2, reset: time.Minute, used: 0},
+			// The same counter named with a later window: still gone.
+			{n: -3, reset: 2 * time.Minute, used: 0},
 			{spend: true, n: 4, reset: 2 * time.Minute, denied: -1, used: 4},
 		}},
 		{"a release of a counter never spent makes nothing", []step{
@@ -167,6 +169,15 @@ func TestMemoryAdjustMakesNothing(t *testing.T) {
 	}
 	if got, _ := m.Adjust(ctx, "g", "k", 5, t0.Add(time.Hour)); got != 5 || held() != 1 {
 		t.Errorf("an overage: used %d, %d counters; want 5, 1", got, held())
+	}
+	// A counter whose window ended between two sweeps (once a second) is
+	// gone, even named with a later window.
+	m.Spend(ctx, "g", []Item{{Key: "short", Cost: 5, Limit: 10, Reset: t0.Add(time.Minute)}}, make([]int64, 1))
+	clk.Add(time.Minute - 500*time.Millisecond)
+	m.Spend(ctx, "g", []Item{{Key: "sweep", Cost: 1, Limit: 10, Reset: t0.Add(time.Hour)}}, make([]int64, 1))
+	clk.Add(500 * time.Millisecond)
+	if got, _ := m.Adjust(ctx, "g", "short", -3, t0.Add(2*time.Minute)); got != 0 {
+		t.Errorf("release of a counter whose window ended, unswept: used %d, want 0", got)
 	}
 }
 
@@ -533,4 +544,41 @@ func TestLeasedAdjustInRedis(t *testing.T) {
 			t.Errorf("Adjust with a canceled context: %v, want context.Canceled, not ErrUnavailable", err)
 		}
 	})
+}
+
+func TestAdjustArithmetic(t *testing.T) {
+	const maxI, minI = math.MaxInt64, math.MinInt64
+	floor := []struct{ used, delta, want int64 }{
+		{5, 3, 8}, {5, -3, 2}, {5, -5, 0}, {5, -6, 0}, {5, minI, 0}, {0, minI, 0},
+		{5, maxI, maxI}, {maxI, 1, maxI}, {maxI, minI, 0}, {maxI, -maxI, 0}, {maxI, -1, maxI - 1},
+	}
+	for _, c := range floor {
+		if got := addFloor(c.used, c.delta); got != c.want {
+			t.Errorf("addFloor(%d, %d) = %d, want %d", c.used, c.delta, got, c.want)
+		}
+	}
+	signed := []struct{ a, b, want int64 }{
+		{5, -8, -3}, {maxI, 1, maxI}, {maxI, maxI, maxI}, {minI, -1, minI}, {minI, minI, minI}, {maxI, minI, -1}, {-5, 5, 0},
+	}
+	for _, c := range signed {
+		if got := addSigned(c.a, c.b); got != c.want {
+			t.Errorf("addSigned(%d, %d) = %d, want %d", c.a, c.b, got, c.want)
+		}
+	}
+	// What OnWriteBack reports (a Prometheus counter): never negative.
+	moved := []struct {
+		ns   []int64
+		want int64
+	}{
+		{[]int64{-5, 3}, 8}, {[]int64{minI}, maxI}, {[]int64{maxI, 1}, maxI}, {nil, 0},
+	}
+	for _, c := range moved {
+		var ds []Delta
+		for _, n := range c.ns {
+			ds = append(ds, Delta{N: n})
+		}
+		if got := units(ds); got != c.want {
+			t.Errorf("units(%v) = %d, want %d", c.ns, got, c.want)
+		}
+	}
 }
