@@ -229,15 +229,35 @@ func (r *Redis) pending(ctx context.Context, n int) ([]usage.Event, error) {
 		return nil, err
 	}
 	var msgs []redis.XMessage
-	// Own entries, from the start of this consumer's pending list.
-	own, err := r.read(ctx, "0", n)
-	if err != nil {
-		return nil, err
+	// An entry deleted while pending (an Ack cut short by hand) is listed
+	// with no fields: nothing to export, acknowledged below.
+	var gone []string
+	keep := func(batch []redis.XMessage) {
+		for _, m := range batch {
+			if _, ok := m.Values["e"]; ok {
+				msgs = append(msgs, m)
+			} else {
+				gone = append(gone, m.ID)
+			}
+		}
 	}
-	msgs = append(msgs, own...)
+	// Own entries, from the start of this consumer's pending list.
+	start := "0"
+	for range 4 {
+		want := n - len(msgs)
+		own, err := r.read(ctx, start, want)
+		if err != nil {
+			return nil, err
+		}
+		keep(own)
+		if len(own) < want || len(msgs) >= n {
+			break
+		}
+		start = own[len(own)-1].ID
+	}
 	// Entries idle in dead consumers' lists. XAUTOCLAIM scans up to ten
 	// times its count per call; follow the cursor a few times at most.
-	start := "0-0"
+	start = "0-0"
 	for range 4 {
 		if len(msgs) >= n {
 			break
@@ -249,7 +269,7 @@ func (r *Redis) pending(ctx context.Context, n int) ([]usage.Event, error) {
 		if err != nil {
 			return nil, err
 		}
-		msgs = append(msgs, claimed...)
+		keep(claimed)
 		if next == "0-0" || next == "" {
 			break
 		}
@@ -261,19 +281,12 @@ func (r *Redis) pending(ctx context.Context, n int) ([]usage.Event, error) {
 		if err != nil {
 			return nil, err
 		}
-		msgs = append(msgs, fresh...)
+		keep(fresh)
 	}
 	slices.SortFunc(msgs, func(a, b redis.XMessage) int { return compareStreamIDs(a.ID, b.ID) })
 	out := make([]usage.Event, 0, len(msgs))
-	var gone []string
 	for _, m := range msgs {
-		js, ok := m.Values["e"].(string)
-		if !ok {
-			// An entry deleted but still listed as pending (an Ack
-			// interrupted by hand): nothing to export.
-			gone = append(gone, m.ID)
-			continue
-		}
+		js, _ := m.Values["e"].(string)
 		var e usage.Event
 		if err := json.Unmarshal([]byte(js), &e); err != nil {
 			return nil, fmt.Errorf("stream entry %s: %w", m.ID, err)

@@ -198,3 +198,39 @@ func TestRedisRestart(t *testing.T) {
 		t.Fatalf("Pending after restart = %v, want event 2", ids(got))
 	}
 }
+
+// An entry deleted by hand while pending (nothing to export) is dropped
+// from the consumer's pending list, not handed out forever.
+func TestRedisDeletedPendingEntry(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client()
+	ob := NewRedis(c, RedisOptions{Consumer: "a"})
+	if err := ob.Append(ctx, outboxtest.Events(0, 2)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := ob.Pending(ctx, 10); err != nil || len(got) != 2 {
+		t.Fatalf("Pending = %d events, %v; want 2", len(got), err)
+	}
+	first, err := c.XRangeN(ctx, ob.stream, "-", "+", 1).Result()
+	if err != nil || len(first) != 1 {
+		t.Fatalf("XRANGE = %v, %v", first, err)
+	}
+	if err := c.XDel(ctx, ob.stream, first[0].ID).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// Pending(1): the deleted entry, first in the list, does not count.
+	got, err := ob.Pending(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(ids(got), ids(outboxtest.Events(1, 2))) {
+		t.Fatalf("Pending = %v, want event 1 alone", ids(got))
+	}
+	p, err := c.XPending(ctx, ob.stream, DefaultGroup).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Count != 1 {
+		t.Fatalf("%d entries pending in the group, want 1", p.Count)
+	}
+}
