@@ -97,9 +97,19 @@ type Options struct {
 
 // Settler settles entries. It is safe for concurrent use.
 type Settler struct {
-	o    Options
-	seen *lru.Cache[string, struct{}]
+	o Options
+	// seen holds the settled reservations (settled) and those whose
+	// counter was adjusted but whose event could not be stored yet
+	// (adjusted): a retry stores the event without adjusting again.
+	seen *lru.Cache[string, state]
 }
+
+type state uint8
+
+const (
+	adjusted state = iota + 1
+	settled
+)
 
 // New makes a Settler.
 func New(o Options) (*Settler, error) {
@@ -115,7 +125,7 @@ func New(o Options) (*Settler, error) {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
-	seen, err := lru.New[string, struct{}](o.DedupEntries)
+	seen, err := lru.New[string, state](o.DedupEntries)
 	if err != nil {
 		return nil, err
 	}
@@ -131,7 +141,8 @@ func (s *Settler) Settle(ctx context.Context, e Entry) (Outcome, *usage.Event, e
 		return Forged, nil, err
 	}
 	id := usage.NewID(r.ID, r.Route+"@"+strconv.FormatInt(r.Start, 10))
-	if s.seen.Contains(id) {
+	prior, _ := s.seen.Get(id)
+	if prior == settled {
 		s.observe(r.Route, Duplicate, 0, r.Estimate)
 		return Duplicate, nil, nil
 	}
@@ -160,7 +171,7 @@ func (s *Settler) Settle(ctx context.Context, e Entry) (Outcome, *usage.Event, e
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.o.Timeout)
 	defer cancel()
-	if delta := actual - r.Estimate; delta != 0 && r.Counter != "" && s.o.Quotas != nil {
+	if delta := actual - r.Estimate; delta != 0 && r.Counter != "" && s.o.Quotas != nil && prior != adjusted {
 		if _, err := s.o.Quotas.Adjust(ctx, r.Subject, r.Counter, delta, r.ResetTime()); err != nil {
 			// The event still bills what was used; the counter keeps the
 			// reservation until its window ends.
@@ -170,6 +181,7 @@ func (s *Settler) Settle(ctx context.Context, e Entry) (Outcome, *usage.Event, e
 			s.o.Log.Warn("settle: could not adjust the quota counter; it keeps the reservation", "route", r.Route, "delta", delta, "error", err.Error())
 		}
 	}
+	s.seen.Add(id, adjusted)
 	outcome := Settled
 	switch {
 	case !billable:
@@ -178,7 +190,7 @@ func (s *Settler) Settle(ctx context.Context, e Entry) (Outcome, *usage.Event, e
 		outcome = AtEstimate
 	}
 	if !billable {
-		s.seen.Add(id, struct{}{})
+		s.seen.Add(id, settled)
 		s.observe(r.Route, outcome, 0, r.Estimate)
 		return outcome, nil, nil
 	}
@@ -198,7 +210,7 @@ func (s *Settler) Settle(ctx context.Context, e Entry) (Outcome, *usage.Event, e
 		s.observe(r.Route, Failed, actual, r.Estimate)
 		return Failed, nil, fmt.Errorf("settle: storing the usage event: %w", err)
 	}
-	s.seen.Add(id, struct{}{})
+	s.seen.Add(id, settled)
 	if s.o.Appended != nil {
 		s.o.Appended()
 	}

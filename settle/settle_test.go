@@ -158,15 +158,19 @@ func TestSettleRefusesForgedAndDuplicates(t *testing.T) {
 }
 
 func TestSettleOutboxFailure(t *testing.T) {
-	box := &memBox{err: usage.ErrFull}
-	s, signer := newSettler(t, box, nil)
-	e := Entry{Token: token(signer, "r1", "header", 100), Status: 200}
+	box, adj := &memBox{err: usage.ErrFull}, &adjusts{}
+	s, signer := newSettler(t, box, adj)
+	e := Entry{Token: token(signer, "r1", "header", 100), Status: 200, Headers: map[string]string{"x-usage-units": "30"}}
 	if got, _, err := s.Settle(context.Background(), e); got != Failed || !errors.Is(err, usage.ErrFull) {
 		t.Errorf("Settle with a full outbox = %s, %v; want failed, ErrFull", got, err)
 	}
-	box.err = nil // not remembered as settled: a retry stores it
-	if got, _, err := s.Settle(context.Background(), e); got != AtEstimate || err != nil {
-		t.Errorf("retry = %s, %v; want at_estimate", got, err)
+	box.err = nil // not remembered as settled: a retry stores the event
+	if got, _, err := s.Settle(context.Background(), e); got != Settled || err != nil {
+		t.Errorf("retry = %s, %v; want settled", got, err)
+	}
+	// ... without adjusting the counter a second time.
+	if got := strings.Join(adj.calls, ","); got != "acme/acme/c -70" {
+		t.Errorf("adjustments = %q, want one release of 70", got)
 	}
 }
 
