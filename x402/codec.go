@@ -105,6 +105,34 @@ func decodePayload(header string) (PaymentPayload, error) {
 	if err != nil {
 		return PaymentPayload{}, invalid("header", "not canonical standard base64")
 	}
+	return decodeJSON(raw)
+}
+
+// decodePayloadJSON decodes a payload already out of its header (as a
+// facilitator receives it) and validates it for its version.
+func decodePayloadJSON(raw []byte) (PaymentPayload, error) {
+	if len(raw) > MaxHeaderBytes {
+		return PaymentPayload{}, invalid("payload", "larger than 8 KiB")
+	}
+	p, err := decodeJSON(raw)
+	if err != nil {
+		return PaymentPayload{}, err
+	}
+	switch p.X402Version {
+	case Version:
+		err = validateV2(&p)
+	case VersionV1:
+		err = validateV1(&p)
+	default:
+		err = &Error{Reason: ReasonInvalidVersion, Field: "x402Version"}
+	}
+	if err != nil {
+		return PaymentPayload{}, err
+	}
+	return p, nil
+}
+
+func decodeJSON(raw []byte) (PaymentPayload, error) {
 	if err := checkJSON(raw); err != nil {
 		return PaymentPayload{}, err
 	}
