@@ -21,12 +21,21 @@
 // matching usage.ErrFull (events already waiting count toward nothing: a
 // batch of duplicates is accepted when full).
 //
+// An Append that returns nil has stored its events; one that returns an
+// error may or may not have (a commit or script under way when the context
+// ended), and retrying it is safe.
+//
 // Costs: File's Append is one commit (two fsyncs, shared by the Appends
 // grouped in it), Pending and Stats one read transaction each, with no
 // scan (the backlog is a counter kept in the same transactions). OpenFile
 // checks the whole file (bbolt's consistency check and the outbox's own
-// counters), which reads every page once. Redis's Append, Ack and Stats are
-// one round trip each; Pending is up to three.
+// counters), which reads every page once: about 0.3 s for 200,000 waiting
+// events (86 MB) on a 2-core VM. An event takes about 450 bytes of disk;
+// the file does not shrink when the backlog drains, its free pages are
+// reused. bbolt checksums only its meta pages: a damaged page structure is
+// refused at open, a damaged byte inside an event's JSON is an ErrCorrupt
+// from Pending. Redis's Append, Ack and Stats are one round trip each;
+// Pending is three or more (own pending list, XAUTOCLAIM, new entries).
 //
 // Every method of both is safe for concurrent use.
 package outbox

@@ -22,7 +22,7 @@ import (
 const (
 	// DefaultMaxEvents bounds the backlog: a billing outage of 55 minutes
 	// at 300 settled requests a second. Set it from the rate and the
-	// outage to ride out; a File takes roughly 500 bytes of disk an event.
+	// outage to ride out; a File takes about 450 bytes of disk an event.
 	DefaultMaxEvents = 1_000_000
 	// DefaultDedupWindow is how long an acknowledged ID is remembered, so
 	// that a retried Append, or a second replica settling the same

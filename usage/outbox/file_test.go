@@ -391,18 +391,24 @@ func TestFileRejectsEventWithoutID(t *testing.T) {
 // A damaged file is refused at open, with an error naming it: starting
 // empty would lose the events it holds.
 func TestFileCorrupt(t *testing.T) {
-	// full writes an outbox with enough events to span many pages.
+	// full copies an outbox with enough events to span many pages.
+	template := filepath.Join(t.TempDir(), "full.db")
+	f, err := OpenFile(template, FileOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Append(context.Background(), outboxtest.Events(0, 2000)); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
 	full := func(t *testing.T, path string) {
-		f, err := OpenFile(path, FileOptions{})
+		b, err := os.ReadFile(template)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for i := 0; i < 2000; i += 100 {
-			if err := f.Append(context.Background(), outboxtest.Events(i, i+100)); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := f.Close(); err != nil {
+		if err := os.WriteFile(path, b, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -38,7 +38,9 @@ type RedisOptions struct {
 	// Group is the consumer group; default DefaultGroup.
 	Group string
 	// Consumer names this reader in the group; default hostname-pid. Two
-	// live readers must not share a name.
+	// live readers must not share a name. A reader restarted under the same
+	// name gets its unacknowledged events back at once; under a new one
+	// (a new pid), another reader claims them after ClaimIdle.
 	Consumer string
 	// ClaimIdle: an event another consumer has held this long without
 	// Ack is taken over by Pending; default DefaultClaimIdle. A consumer
