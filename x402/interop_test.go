@@ -1,0 +1,252 @@
+package x402
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/big"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// clientDir returns a directory holding client.mjs and node_modules installed
+// from testdata/client's lockfile. The install is cached in the user cache
+// directory, keyed by the lockfile's hash, so only the first run downloads.
+func clientDir(t *testing.T) string {
+	t.Helper()
+	node, err1 := exec.LookPath("node")
+	npm, err2 := exec.LookPath("npm")
+	if err1 != nil || err2 != nil {
+		t.Skip("node and npm are needed to run the real x402 client SDK; install Node.js to run this test")
+	}
+	_ = node
+	lock, err := os.ReadFile("testdata/client/package-lock.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkg, err := os.ReadFile("testdata/client/package.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	script, err := os.ReadFile("testdata/client/client.mjs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		cache = os.TempDir()
+	}
+	sum := sha256.Sum256(append(append([]byte(nil), pkg...), lock...))
+	dir := filepath.Join(cache, "tollgate-x402-client", hex.EncodeToString(sum[:8]))
+	if _, err := os.Stat(filepath.Join(dir, "node_modules", "@x402", "fetch", "package.json")); err != nil {
+		if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		tmp, err := os.MkdirTemp(filepath.Dir(dir), "install-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(tmp)
+		for name, b := range map[string][]byte{"package.json": pkg, "package-lock.json": lock} {
+			if err := os.WriteFile(filepath.Join(tmp, name), b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts")
+		cmd.Dir = tmp
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Skipf("npm ci of the x402 client SDK failed (is the npm registry reachable?): %v\n%s", err, lastBytes(out, 2000))
+		}
+		// Another test process may have finished first; either copy will do.
+		if err := os.Rename(tmp, dir); err != nil {
+			if _, statErr := os.Stat(filepath.Join(dir, "node_modules")); statErr != nil {
+				t.Fatalf("caching the install: %v", err)
+			}
+		}
+	}
+	// The script must sit beside node_modules for ESM resolution; one copy
+	// per test so parallel runs do not race.
+	if err := os.WriteFile(filepath.Join(dir, "client-"+hex.EncodeToString(sum[8:12])+".mjs"), script, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func lastBytes(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[len(b)-n:]
+	}
+	return b
+}
+
+type clientResult struct {
+	Status          int             `json:"status"`
+	Body            string          `json:"body"`
+	PaymentResponse *SettleResponse `json:"paymentResponse"`
+	Requests        []struct {
+		PaymentSignature *string `json:"paymentSignature"`
+		XPayment         *string `json:"xPayment"`
+	} `json:"requests"`
+	Payer string `json:"payer"`
+	Error string `json:"error"`
+}
+
+// paidServer is a resource server built from this package: a request
+// without payment gets 402 with PAYMENT-REQUIRED; one with payment is
+// decoded, matched to the offer, verified and settled by the facilitator,
+// then answered 200 with PAYMENT-RESPONSE.
+func paidServer(t *testing.T, offers []PaymentRequirements, f Facilitator) *httptest.Server {
+	t.Helper()
+	challenge := func(w http.ResponseWriter, r *http.Request, reason string) {
+		h, err := EncodePaymentRequired(PaymentRequired{
+			X402Version: Version, Error: reason,
+			Resource: Resource{URL: "http://" + r.Host + r.URL.Path, Description: "a paid call", MimeType: "application/json"},
+			Accepts:  offers,
+		})
+		if err != nil {
+			t.Error(err)
+		}
+		w.Header().Set(HeaderPaymentRequired, h)
+		w.Header().Set("Content-Type", "application/problem+json")
+		w.WriteHeader(http.StatusPaymentRequired)
+		fmt.Fprintf(w, `{"type":"about:blank","title":"Payment Required","status":402,"code":%q}`, reason)
+	}
+	return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p, found, err := FromHeaders(r.Header)
+		if !found {
+			challenge(w, r, "PAYMENT-SIGNATURE header is required")
+			return
+		}
+		if err != nil {
+			challenge(w, r, string(err.(*Error).Reason))
+			return
+		}
+		req, err := Match(offers, p, time.Now())
+		if err != nil {
+			challenge(w, r, string(err.(*Error).Reason))
+			return
+		}
+		v, err := f.Verify(r.Context(), p, req)
+		if err != nil || !v.IsValid {
+			challenge(w, r, v.InvalidReason)
+			return
+		}
+		s, err := f.Settle(r.Context(), p, req)
+		if err != nil || !s.Success {
+			challenge(w, r, s.ErrorReason)
+			return
+		}
+		h, _ := EncodePaymentResponse(s)
+		w.Header().Set(HeaderPaymentResponse, h)
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"answer":42}`)
+	}))
+}
+
+// TestRealClientSDKPays runs the x402 Foundation's own client (npm
+// @x402/fetch with @x402/evm and a viem local account) against a server
+// built from this package and a LocalFacilitator.
+func TestRealClientSDKPays(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs node; skipped with -short")
+	}
+	dir := clientDir(t)
+	const key = "0x4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"
+	payer := AddressOfKey(keyFromHex(t, key))
+	offer := testOffer()
+	local := NewLocalFacilitator(time.Now, offer.Network)
+	local.Mint(offer.Asset, payer, big.NewInt(15000))
+	srv := paidServer(t, []PaymentRequirements{offer}, local)
+	defer srv.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	script := filepath.Join(dir, "client-"+scriptSuffix(t)+".mjs")
+	cmd := exec.CommandContext(ctx, "node", script)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "X402_URL="+srv.URL+"/paid", "X402_PRIVATE_KEY="+key)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	var res clientResult
+	if jerr := json.Unmarshal(bytes.TrimSpace(out), &res); jerr != nil {
+		t.Fatalf("client output %q (run err %v, stderr %s)", out, err, lastBytes(stderr.Bytes(), 2000))
+	}
+	if res.Error != "" || err != nil {
+		t.Fatalf("client failed: %s (%v), stderr %s", res.Error, err, lastBytes(stderr.Bytes(), 2000))
+	}
+	if got, want := res.Status, http.StatusOK; got != want {
+		t.Fatalf("status = %d, want %d; body %s", got, want, res.Body)
+	}
+	if got, want := res.Body, `{"answer":42}`; got != want {
+		t.Errorf("body = %s, want %s", got, want)
+	}
+	if res.PaymentResponse == nil || !res.PaymentResponse.Success || res.PaymentResponse.Network != offer.Network ||
+		res.PaymentResponse.Transaction == "" || !sameAddress(res.PaymentResponse.Payer, payer) {
+		t.Errorf("PAYMENT-RESPONSE = %+v, want success for %s", res.PaymentResponse, payer)
+	}
+	// Two requests: the bare one, then the paid retry on PAYMENT-SIGNATURE (v2).
+	if got, want := len(res.Requests), 2; got != want {
+		t.Fatalf("requests = %d, want %d", got, want)
+	}
+	sig := res.Requests[1].PaymentSignature
+	if sig == nil || res.Requests[1].XPayment != nil || res.Requests[0].PaymentSignature != nil {
+		t.Fatalf("headers sent = %+v, want PAYMENT-SIGNATURE on the retry only", res.Requests)
+	}
+	if got, want := local.Balance(offer.Asset, payer), big.NewInt(5000); got.Cmp(want) != 0 {
+		t.Errorf("payer balance = %v, want %v", got, want)
+	}
+	if got, want := local.Balance(offer.Asset, offer.PayTo), big.NewInt(10000); got.Cmp(want) != 0 {
+		t.Errorf("payee balance = %v, want %v", got, want)
+	}
+
+	// Replaying the SDK's exact header is refused, and nothing moves.
+	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/paid", nil)
+	req.Header.Set(HeaderPaymentSignature, *sig)
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got, want := resp.StatusCode, http.StatusPaymentRequired; got != want {
+		t.Errorf("replay status = %d, want %d", got, want)
+	}
+	var pr struct {
+		Error string `json:"error"`
+	}
+	if h := resp.Header.Get(HeaderPaymentRequired); h != "" {
+		raw, _ := b64.DecodeString(h)
+		_ = json.Unmarshal(raw, &pr)
+	}
+	if got, want := pr.Error, string(ReasonNonceUsed); got != want {
+		t.Errorf("replay refused with %q, want %q", got, want)
+	}
+	if got, want := local.Settlements(), 1; got != want {
+		t.Errorf("settlements = %d, want %d", got, want)
+	}
+	if got, want := local.Balance(offer.Asset, payer), big.NewInt(5000); got.Cmp(want) != 0 {
+		t.Errorf("payer balance after replay = %v, want %v", got, want)
+	}
+	if errors.Is(nil, ErrNonceUsed) {
+		t.Fatal("unreachable")
+	}
+}
+
+func scriptSuffix(t *testing.T) string {
+	t.Helper()
+	lock, _ := os.ReadFile("testdata/client/package-lock.json")
+	pkg, _ := os.ReadFile("testdata/client/package.json")
+	sum := sha256.Sum256(append(append([]byte(nil), pkg...), lock...))
+	return hex.EncodeToString(sum[8:12])
+}
