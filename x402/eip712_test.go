@@ -137,7 +137,7 @@ func TestRecoverSignerRefusals(t *testing.T) {
 		}
 	}
 	// A flipped v recovers some other key: never the signer.
-	if got, err := RecoverSigner(digest, withV(55 - sig[64])); err == nil && strings.EqualFold(got, v.From) {
+	if got, err := RecoverSigner(digest, withV(55-sig[64])); err == nil && strings.EqualFold(got, v.From) {
 		t.Errorf("flipped v recovered the signer")
 	}
 }
