@@ -24,6 +24,8 @@ func TestImportsPointDown(t *testing.T) {
 			"policy is pure: it decides from values it is handed"},
 		{"authz", false, []string{mod + "cache", mod + "config"},
 			"authz sees the cache through its Entitlements interface and takes plain Options"},
+		{"authz", false, []string{"go.opentelemetry.io"},
+			"authz traces through its Tracer interface: internal/app links OpenTelemetry, and only a server with tracing on pays for it"},
 		{".", true, []string{mod + "metrics", mod + "cache", mod + "quota", mod + "admin", mod + "internal/tlsreload",
 			mod + "internal/authzconfig", mod + "internal/overload", mod + "entitlement/filesource", mod + "entitlement/httpsource",
 			mod + "entitlement/stripesource", "github.com/redis/go-redis", "github.com/prometheus", "google.golang.org/grpc"},

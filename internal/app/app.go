@@ -68,6 +68,8 @@ type App struct {
 	server  *authz.Server
 	// metering settles metered routes and exports usage; nil without them.
 	metering *metering
+	// tracing is OpenTelemetry; nil unless tracing.enabled.
+	tracing *tracing
 	// serverTLS is server.tls, reloaded while serving; nil without TLS.
 	serverTLS *tlsreload.Reloader
 
@@ -119,6 +121,9 @@ func New(cfg *config.Config, o Options) (_ *App, err error) {
 	if o.LogDropped != nil {
 		a.metrics.LogDropped(o.LogDropped)
 	}
+	if err := a.openTracing(); err != nil {
+		return nil, err
+	}
 	if a.quotas, err = a.openQuotaStore(); err != nil {
 		return nil, err
 	}
@@ -132,6 +137,7 @@ func New(cfg *config.Config, o Options) (_ *App, err error) {
 		// http and redis report finer outcomes themselves.
 		counted = observedSource{a.source, cfg.Entitlements.Source, a.metrics}
 	}
+	counted = a.traceSource(counted)
 	a.cache = cache.New(counted, cache.Options{
 		MaxEntries: cc.MaxEntries, NegativeMaxEntries: cc.NegativeMaxEntries, TTL: cc.TTL, NegativeTTL: cc.NegativeTTL,
 		StaleIfError: cc.StaleIfError, Timeout: cc.Timeout,
@@ -152,6 +158,7 @@ func New(cfg *config.Config, o Options) (_ *App, err error) {
 	if a.metering != nil {
 		deps.MeteringClosed = a.metering.closed
 	}
+	a.traceDecisions(&deps)
 	a.server = authz.NewServer(rules, deps)
 	if err := a.openServerTLS(); err != nil {
 		return nil, err

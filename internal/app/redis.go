@@ -46,6 +46,9 @@ func (a *App) dialRedis(rc config.RedisConn, path string, read time.Duration) (*
 		return nil, a.cfg.Errorf(path, "%v", err)
 	}
 	a.closers = append(a.closers, func() { _ = c.Close() })
+	if a.tracing != nil {
+		c.AddHook(a.tracing.redisHook(path))
+	}
 	a.pings = append(a.pings, ping{path, func(ctx context.Context) error { return c.Ping(ctx).Err() }})
 	if c.Watch != nil {
 		a.reloads = append(a.reloads, reload{path + ".tls", c.Watch})

@@ -10,6 +10,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
@@ -178,15 +179,22 @@ func (a *App) Serve(ctx context.Context) error {
 		}
 	}()
 
-	wctx, stopWatch := context.WithCancel(ctx)
+	// Watches, subscriptions and the usage export run until the drain is
+	// over (settlements still arrive while it lasts), then get a bounded
+	// time to finish (the export's last delivery).
+	wctx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWatch()
+	var bg sync.WaitGroup
 	for _, r := range a.reloads {
-		go r.run(wctx, cfg.Reload.PollInterval)
+		bg.Go(func() { r.run(wctx, cfg.Reload.PollInterval) })
 	}
 	for _, b := range a.background {
-		go b(wctx)
+		bg.Go(func() { b(wctx) })
 	}
 
+	if a.tracing != nil {
+		a.tracing.start()
+	}
 	adm.SetReady()
 	log.Info("serving", "grpc", lis.GRPC, "admin", lis.Admin,
 		"version", a.opts.Version, "entitlements", a.summary, "shadow", cfg.Shadow)
@@ -224,9 +232,21 @@ func (a *App) Serve(ctx context.Context) error {
 	defer cancel()
 	_ = hsrv.Shutdown(sctx)
 	l.close()
+	stopWatch()
+	waited := make(chan struct{})
+	go func() { bg.Wait(); close(waited) }()
+	select {
+	case <-waited:
+	case <-time.After(backgroundStopBound):
+		log.Warn("background work still running at exit", "after", backgroundStopBound.String())
+	}
 	log.Info("stopped")
 	return err
 }
+
+// backgroundStopBound is how long Serve waits, after the drain, for the
+// watches and the usage export to stop (the export's final drain is 5s).
+const backgroundStopBound = 10 * time.Second
 
 // openServerTLS loads server.tls, when set, and registers its reload.
 func (a *App) openServerTLS() error {
