@@ -117,6 +117,7 @@ type meterAPI struct {
 	units *unitPool
 	mu    sync.Mutex
 	seen  map[string]served
+	holds map[string]chan struct{} // requests held mid-answer (x-test-hold), by id
 }
 
 func startMeterAPI(t testing.TB, units *unitPool) *meterAPI {
@@ -125,7 +126,7 @@ func startMeterAPI(t testing.TB, units *unitPool) *meterAPI {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &meterAPI{addr: lis.Addr().String(), units: units, seen: map[string]served{}}
+	a := &meterAPI{addr: lis.Addr().String(), units: units, seen: map[string]served{}, holds: map[string]chan struct{}{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+pathLLM, a.chat)
 	mux.HandleFunc("GET "+pathHeader, a.header)
@@ -156,6 +157,39 @@ func (a *meterAPI) record(r *http.Request, s served) {
 		panic("meterAPI: request id missing or seen twice: " + id)
 	}
 	a.seen[id] = s
+}
+
+// hold stops a request sent with x-test-hold in the middle of its answer
+// until release (or its client leaves).
+func (a *meterAPI) hold(r *http.Request) {
+	if r.Header.Get("x-test-hold") == "" {
+		return
+	}
+	ch := make(chan struct{})
+	a.mu.Lock()
+	a.holds[r.Header.Get("x-request-id")] = ch
+	a.mu.Unlock()
+	select {
+	case <-ch:
+	case <-r.Context().Done():
+	}
+}
+
+// holding reports whether request id is held now.
+func (a *meterAPI) holding(id string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.holds[id] != nil
+}
+
+// release lets held request id finish its answer.
+func (a *meterAPI) release(id string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if ch := a.holds[id]; ch != nil {
+		close(ch)
+		delete(a.holds, id)
+	}
 }
 
 // served is what the upstream answered the request id, if it was reached.
@@ -212,6 +246,9 @@ func (a *meterAPI) chat(w http.ResponseWriter, r *http.Request) {
 		}
 		chunk(map[string]any{"id": "chatcmpl-e2e", "object": "chat.completion.chunk", "model": "e2e-model",
 			"choices": []any{map[string]any{"index": 0, "delta": delta, "finish_reason": nil}}})
+		if i == 0 {
+			a.hold(r) // mid-stream
+		}
 	}
 	chunk(map[string]any{"id": "chatcmpl-e2e", "object": "chat.completion.chunk", "model": "e2e-model",
 		"choices": []any{map[string]any{"index": 0, "delta": map[string]any{}, "finish_reason": "stop"}}})
@@ -224,6 +261,7 @@ func (a *meterAPI) chat(w http.ResponseWriter, r *http.Request) {
 func (a *meterAPI) header(w http.ResponseWriter, r *http.Request) {
 	status, n := testStatus(r), a.units.next()
 	a.record(r, served{path: pathHeader, status: status, units: n})
+	a.hold(r) // before the answer
 	w.Header().Set("x-usage-units", strconv.FormatInt(n, 10))
 	w.WriteHeader(status)
 	fmt.Fprintln(w, "ok")
@@ -650,6 +688,10 @@ func meterEnvoyConfig(dir string, o meterEnvoyOpts) ([]byte, error) {
 			},
 		},
 		map[string]any{
+			"match": map[string]any{"prefix": "/v1/units/header"},
+			"route": map[string]any{"cluster": "upstream", "timeout": "30s"},
+		},
+		map[string]any{
 			"match": map[string]any{"path": pathTrailer},
 			"route": map[string]any{"cluster": "upstream_h2", "timeout": "30s"},
 		},
@@ -749,6 +791,18 @@ func meterEnvoyConfig(dir string, o meterEnvoyOpts) ([]byte, error) {
 				"transport_api_version": "V3",
 				"grpc_service":          map[string]any{"envoy_grpc": map[string]any{"cluster_name": alsCluster}},
 				"buffer_flush_interval": "0.05s",
+				// When tollgate cannot be reached (a restart), Envoy retries
+				// opening the stream with the entries it holds, instead of
+				// dropping them: about num_retries × max_interval. Without
+				// it, an entry flushed while no tollgate answers is lost,
+				// and its request served unbilled. (Envoy's docs say only
+				// num_retries is used; in 1.40 retry_back_off is honoured,
+				// and without it the default backoff left the stream
+				// waiting long after tollgate was back.)
+				"grpc_stream_retry_policy": map[string]any{
+					"num_retries":    30,
+					"retry_back_off": map[string]any{"base_interval": "0.25s", "max_interval": "1s"},
+				},
 			},
 			"additional_response_headers_to_log":  []any{"x-usage-units"},
 			"additional_response_trailers_to_log": []any{"x-usage-units"},
@@ -878,8 +932,15 @@ func send(t testing.TB, e *envoy, kind meterKind, status int) sent {
 }
 
 // trySend is send for any goroutine.
-func trySend(e *envoy, kind meterKind, status int) (sent, error) {
+func trySend(e *envoy, kind meterKind, status int, headers ...string) (sent, error) {
 	s := sent{id: newRequestID(), kind: kind, bodyUnit: -1}
+	return s, tryRequest(e, &s, status, headers...)
+}
+
+// tryRequest sends s (its id and kind set) and fills in the rest; headers
+// are "name: value".
+func tryRequest(e *envoy, s *sent, status int, headers ...string) error {
+	kind := s.kind
 	var req *http.Request
 	var err error
 	switch kind {
@@ -898,27 +959,31 @@ func trySend(e *envoy, kind meterKind, status int) (sent, error) {
 		req, err = http.NewRequest("GET", e.url(pathTrailerH1), nil)
 	}
 	if err != nil {
-		return s, err
+		return err
 	}
 	req.Header.Set("x-api-key", "demo-pro-key")
 	req.Header.Set("x-request-id", s.id)
 	if status != 0 {
 		req.Header.Set("x-test-status", strconv.Itoa(status))
 	}
+	for _, h := range headers {
+		k, v, _ := strings.Cut(h, ":")
+		req.Header.Set(strings.TrimSpace(k), strings.TrimSpace(v))
+	}
 	resp, err := meterClient.Do(req)
 	if err != nil {
-		return s, fmt.Errorf("%s %s: %v", kind, s.id, err)
+		return fmt.Errorf("%s %s: %v", kind, s.id, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return s, fmt.Errorf("%s %s: reading the body: %v", kind, s.id, err)
+		return fmt.Errorf("%s %s: reading the body: %v", kind, s.id, err)
 	}
 	s.status, s.ratelim = resp.StatusCode, resp.Header.Get("ratelimit")
 	if resp.StatusCode/100 == 2 && (kind == kindJSON || kind == kindStream) {
 		s.bodyUnit = usageIn(b, kind == kindStream)
 	}
-	return s, nil
+	return nil
 }
 
 // usageIn is usage.total_tokens of a JSON body, or of the event of a

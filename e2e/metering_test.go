@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -267,5 +268,82 @@ func TestMeteringTwoReplicasShareRedis(t *testing.T) {
 			t.Errorf("replica %d: tokens remaining %d, want %d (limit − actual %d − estimate)", i, got, want, sum)
 		}
 		sum = waitBilled(t, &l, api, stripe, tgs[0], tgs[1]).sum
+	}
+}
+
+// TestMeteringInFlightAcrossSIGKILL: requests admitted before tollgate is
+// killed and answered around its restart. A streamed LLM answer whose
+// ext_proc stream died with the process goes on (failure_mode_allow) and
+// is billed once at its reservation (max_tokens); a request answered while
+// no tollgate runs is billed its exact units once tollgate is back (Envoy
+// holds the access log entry while it retries the stream:
+// grpc_stream_retry_policy); one answered after the restart, too.
+func TestMeteringInFlightAcrossSIGKILL(t *testing.T) {
+	t.Parallel()
+	envoyPath(t)
+	dir := meterDir(t, "inflight")
+	api := startMeterAPI(t, newUnitPool())
+	stripe := startFakeStripe(t)
+	tg := startMeteredTollgate(t, dir, meterTollgateOpts{stripe: stripe.url})
+	e := startMeterEnvoy(t, dir, "envoy", meterEnvoyOpts{authz: tg.grpcAddr, api: api.addr})
+
+	type answer struct {
+		s   *sent
+		err error
+	}
+	// start sends a request the upstream holds in the middle of its
+	// answer, and returns once it is held (admitted, reservation made).
+	start := func(kind meterKind) (*sent, chan answer) {
+		s := &sent{id: newRequestID(), kind: kind, bodyUnit: -1}
+		done := make(chan answer, 1)
+		go func() { done <- answer{s, tryRequest(e, s, 0, "x-test-hold: 1")} }()
+		if !eventually(30*time.Second, func() bool { return api.holding(s.id) }) {
+			t.Fatalf("%s request never reached the upstream", kind)
+		}
+		return s, done
+	}
+	finish := func(s *sent, done chan answer) {
+		t.Helper()
+		api.release(s.id)
+		if a := <-done; a.err != nil || a.s.status != 200 {
+			t.Fatalf("%s request: status %d, %v; want 200", s.kind, a.s.status, a.err)
+		}
+	}
+	stream, streamDone := start(kindStream) // held after its first chunk
+	after, afterDone := start(kindHeader)   // held before its headers
+	during, duringDone := start(kindHeader)
+
+	tg.kill(t)
+	finish(during, duringDone) // answered while no tollgate runs
+	tg.start(t)
+	finish(stream, streamDone)
+	finish(after, afterDone)
+	fresh := send(t, e, kindHeader, 0)
+	if fresh.status != 200 {
+		t.Fatalf("a request after the restart: status %d", fresh.status)
+	}
+
+	units := func(s *sent) int64 {
+		sv, _ := api.served(s.id)
+		return sv.units
+	}
+	want := []billed{
+		{meterLLM, meteredEstimate}, // its ext_proc stream died: billed at the reservation
+		{meterUnits, units(during)},
+		{meterUnits, units(after)},
+		{meterUnits, units(&fresh)},
+	}
+	sortBilled(want)
+	if !eventually(60*time.Second, func() bool { return stripe.count() >= len(want) }) {
+		t.Fatalf("the fake Stripe holds %d events, want %d: %v", stripe.count(), len(want), stripeBilled(t, stripe))
+	}
+	if got := stripeBilled(t, stripe); !slices.Equal(got, want) {
+		t.Errorf("billed at Stripe (meter, units):\n got %v\nwant %v (the stream's actual units were %d)", got, want, units(stream))
+	}
+	if !eventually(30*time.Second, func() bool { return tg.settledTotal(t) >= 4 }) {
+		t.Fatalf("the restarted tollgate settled %d requests, want 4", tg.settledTotal(t))
+	}
+	if got := tg.metric(t, "tollgate_settlements_total", `outcome="at_estimate"`); got != 1 {
+		t.Errorf("settlements at the estimate: %v, want 1 (the stream)", got)
 	}
 }
