@@ -266,7 +266,7 @@ func withEnvoyTracing(cfg []byte, otlpAddr string) ([]byte, error) {
 	root["layered_runtime"] = map[string]any{"layers": []any{map[string]any{
 		"name": "tracing_flush",
 		"static_layer": map[string]any{
-			"tracing.opentelemetry.min_flush_spans": 1,
+			"tracing.opentelemetry.min_flush_spans":   1,
 			"tracing.opentelemetry.flush_interval_ms": 200,
 		},
 	}}}
