@@ -111,6 +111,20 @@ func TestTracingThroughEnvoy(t *testing.T) {
 			if line["trace_id"] != trace || line["code"] != tt.code {
 				t.Errorf("decision log line %v, want trace_id %s and code %s", line, trace, tt.code)
 			}
+			// Envoy's access log line carries it too.
+			if !eventually(10*time.Second, func() bool {
+				b, _ := os.ReadFile(e.accessLog)
+				for _, l := range strings.Split(string(b), "\n") {
+					var m map[string]any
+					if json.Unmarshal([]byte(l), &m) == nil && m["authz_decision_id"] == id {
+						return m["authz_code"] == tt.code
+					}
+				}
+				return false
+			}) {
+				b, _ := os.ReadFile(e.accessLog)
+				t.Errorf("no access log line with authz_decision_id %s and code %s:\n%s", id, tt.code, b)
+			}
 		})
 	}
 	for _, s := range rcv.Spans() {
