@@ -1,6 +1,7 @@
 package config
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -78,5 +79,39 @@ func TestTracingHeaders(t *testing.T) {
 	}
 	if len(got) != 2 || got["authorization"] != "Bearer abc" || got["x-team"] != "a,b" {
 		t.Errorf("TracingHeaders = %q", got)
+	}
+}
+
+// TestTracingDocExample: the tracing block docs/tracing.md shows loads, with
+// its commented defaults uncommented too.
+func TestTracingDocExample(t *testing.T) {
+	doc, err := os.ReadFile("../docs/tracing.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(doc), "```yaml\ntracing:\n")
+	block, _, ok2 := strings.Cut(rest, "```")
+	if !ok || !ok2 {
+		t.Fatal("docs/tracing.md has no ```yaml block starting with tracing:")
+	}
+	t.Setenv("OTEL_COLLECTOR_HEADERS", "api-key=abc")
+	for _, uncomment := range []bool{false, true} {
+		b := block
+		if uncomment {
+			lines := strings.Split(b, "\n")
+			for i, l := range lines {
+				if rest, ok := strings.CutPrefix(l, "  # "); ok {
+					lines[i] = "  " + rest
+				}
+			}
+			b = strings.Join(lines, "\n")
+		}
+		c, err := Parse("t.yaml", []byte("entitlements: {file: {path: e.yaml}}\ntracing:\n"+b))
+		if err != nil {
+			t.Fatalf("uncommented %v: %v\n%s", uncomment, err, b)
+		}
+		if !c.Tracing.Enabled || c.Tracing.Endpoint != "http://otel-collector:4317" {
+			t.Errorf("uncommented %v: %+v", uncomment, c.Tracing)
+		}
 	}
 }
