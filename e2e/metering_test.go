@@ -201,7 +201,7 @@ func TestMeteringSurvivesStripeOutage(t *testing.T) {
 
 	x := waitBilled(t, &l, api, stripe, tg)
 	_, posts, dups, refused, _ := stripe.snapshot()
-	t.Logf("%d events billed; during the outage Stripe refused %d posts; %d posts since, %d duplicates",
+	t.Logf("%d events billed; Stripe refused %d posts during the outage and took %d in all (%d duplicates)",
 		len(x.events), refused, posts, dups)
 	if refused == 0 {
 		t.Error("the exporter never tried Stripe during the outage")
