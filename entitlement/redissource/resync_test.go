@@ -128,7 +128,7 @@ func TestTransientRepliesAreNotUnknown(t *testing.T) {
 // resync after the first is reported on the channel.
 func resyncingReplica(t *testing.T, srv *redistest.Server) (*cache.Cache, <-chan struct{}) {
 	t.Helper()
-	src := newSource(t, fastClient(t, srv), Options{HealthCheck: 50 * time.Millisecond})
+	src := newSource(t, fastClient(t, srv), Options{HealthCheck: 50 * time.Millisecond, Timeout: 500 * time.Millisecond})
 	c := cache.New(src, cache.Options{TTL: time.Hour, NegativeTTL: time.Minute, StaleIfError: time.Hour,
 		Timeout: time.Second})
 	ctx, cancel := context.WithCancel(context.Background())
