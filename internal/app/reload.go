@@ -45,6 +45,9 @@ func (a *App) reloadConfig() {
 		next.Admin != a.cfg.Admin || next.Reload != a.cfg.Reload {
 		log.Warn("config reloaded, but server, entitlements, quota_store, admin and reload settings take effect only after a restart")
 	}
+	if tracingChanged(a.cfg.Tracing, next.Tracing) {
+		log.Warn("config reloaded, but tracing settings take effect only after a restart")
+	}
 	if next.Metered() && a.metering == nil {
 		log.Warn("config reloaded with a metered route, but metering starts only after a restart: until then its requests are reserved and never settled")
 	}

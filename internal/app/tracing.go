@@ -36,10 +36,9 @@ import (
 // queue that exports them over OTLP. Nothing here is on the Check's path
 // when tracing is off: New does not build it.
 type tracing struct {
-	provider *sdktrace.TracerProvider
-	tracer   trace.Tracer
-	queue    *spanQueue
-	prop     propagation.TextMapPropagator
+	tracer trace.Tracer
+	queue  *spanQueue
+	prop   propagation.TextMapPropagator
 }
 
 // instrumentation names the spans' instrumentation scope.
@@ -74,9 +73,8 @@ func (a *App) openTracing() error {
 		sdktrace.WithSpanProcessor(q),
 	)
 	a.tracing = &tracing{
-		provider: tp,
-		tracer:   tp.Tracer(instrumentation, trace.WithInstrumentationVersion(a.opts.Version)),
-		queue:    q,
+		tracer: tp.Tracer(instrumentation, trace.WithInstrumentationVersion(a.opts.Version)),
+		queue:  q,
 		// B3 first: when a request carries both, W3C trace context wins.
 		prop: propagation.NewCompositeTextMapPropagator(b3.New(), propagation.TraceContext{}),
 	}
@@ -100,6 +98,16 @@ func (a *App) openTracing() error {
 		_ = tp.Shutdown(ctx) // exports what is queued, when serving started
 	})
 	return nil
+}
+
+// tracingChanged reports whether a reload changed the tracing block, which
+// applies only at start.
+func tracingChanged(was, now config.Tracing) bool {
+	if *was.SampleRatio != *now.SampleRatio {
+		return true
+	}
+	was.SampleRatio, now.SampleRatio = nil, nil
+	return was != now
 }
 
 // newExporter is the OTLP exporter tc names. Settings the config leaves

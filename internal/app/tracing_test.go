@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
@@ -309,4 +310,36 @@ func TestTracingNeverStallsAChecks(t *testing.T) {
 	if got := len(rcv.Find(func(sp otlptest.Span) bool { return sp.Name == "tollgate.check" })); got != 1+2+1 {
 		t.Errorf("exported check spans = %d, want 4 (the first, the two queued, the last)", got)
 	}
+}
+
+// TestTracingReloadNeedsRestart: a reload says that a changed tracing
+// block applies only after a restart, and says nothing when it did not
+// change.
+func TestTracingReloadNeedsRestart(t *testing.T) {
+	path := filepath.Join(demoDir(t, "127.0.0.1:0"), "tollgate.yaml")
+	s := startServe(t, path)
+	const warning = "tracing settings take effect only after a restart"
+	reloads := func() string {
+		return apptest.MetricValue(t, s.admin, `tollgate_reloads_total{file="config",result="ok"}`)
+	}
+	// Edits that leave tracing alone, until the watch (which starts with
+	// Serve) has seen one.
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, last := 0, time.Time{}
+	waitFor(t, func() bool {
+		if time.Since(last) > 500*time.Millisecond { // long enough to settle: the watch polls every 20ms
+			n++
+			writeFile(t, path, fmt.Sprintf("%s\n# edit %d\n", raw, n))
+			last = time.Now()
+		}
+		return reloads() != "" && reloads() != "0"
+	})
+	if strings.Contains(s.logs.String(), warning) {
+		t.Errorf("edits of comments warned about tracing:\n%s", s.logs.String())
+	}
+	writeFile(t, path, string(raw)+"\ntracing: {enabled: true, sample_ratio: 0.5}\n")
+	waitFor(t, func() bool { return strings.Contains(s.logs.String(), warning) })
 }
