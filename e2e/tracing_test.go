@@ -79,7 +79,7 @@ func TestTracingThroughEnvoy(t *testing.T) {
 			inTrace := func(s otlptest.Span) bool { return s.TraceID == trace }
 			checks := rcv.Wait(t, 60*time.Second, 1, func(s otlptest.Span) bool { return inTrace(s) && s.Name == "tollgate.check" })
 			check := checks[0]
-			envoySpans := rcv.Wait(t, 60*time.Second, 2, func(s otlptest.Span) bool { return inTrace(s) && s.Service == "envoy-e2e" })
+			envoySpans := rcv.Wait(t, 60*time.Second, 2, func(s otlptest.Span) bool { return inTrace(s) && s.Service == "envoy" })
 			byID := map[string]otlptest.Span{}
 			for _, s := range envoySpans {
 				byID[s.SpanID] = s
@@ -226,9 +226,9 @@ func startTracedEnvoy(t *testing.T, dir, tollgateAddr, upstream, otlpAddr string
 }
 
 // withEnvoyTracing adds to a derived Envoy config: the HTTP connection
-// manager's OpenTelemetry tracer (every request sampled, service
-// envoy-e2e), the otlp cluster it exports to, and runtime keys that make
-// it flush each span at once rather than every five seconds.
+// manager's OpenTelemetry tracer as docs/tracing.md shows it (but sampling
+// every request), the otel_collector cluster it exports to, and runtime
+// keys that make it flush each span at once rather than every five seconds.
 func withEnvoyTracing(cfg []byte, otlpAddr string) ([]byte, error) {
 	host, portStr, err := net.SplitHostPort(otlpAddr)
 	if err != nil {
@@ -254,26 +254,30 @@ func withEnvoyTracing(cfg []byte, otlpAddr string) ([]byte, error) {
 	if hcm == nil {
 		return nil, fmt.Errorf("no http_connection_manager in the derived config")
 	}
-	hcm["tracing"] = map[string]any{
-		"random_sampling": map[string]any{"value": 100},
-		"provider": map[string]any{
-			"name": "envoy.tracers.opentelemetry",
-			"typed_config": map[string]any{
-				"@type":        "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
-				"grpc_service": map[string]any{"envoy_grpc": map[string]any{"cluster_name": "otlp"}, "timeout": "5s"},
-				"service_name": "envoy-e2e",
-			},
-		},
+	// The tracing block docs/tracing.md shows, sampling every request.
+	doc, err := os.ReadFile(filepath.Join(repoRoot, "docs", "tracing.md"))
+	if err != nil {
+		return nil, err
 	}
+	_, block, _ := strings.Cut(string(doc), "# in the http_connection_manager's typed_config\n")
+	block, _, _ = strings.Cut(block, "```")
+	var shown struct {
+		Tracing map[string]any `yaml:"tracing"`
+	}
+	if err := yaml.Unmarshal([]byte(block), &shown); err != nil || shown.Tracing == nil {
+		return nil, fmt.Errorf("docs/tracing.md: no Envoy tracing block (%v)", err)
+	}
+	shown.Tracing["random_sampling"] = map[string]any{"value": 100}
+	hcm["tracing"] = shown.Tracing
 	sr["clusters"] = append(sr["clusters"].([]any), map[string]any{
-		"name": "otlp", "type": "STATIC", "connect_timeout": "1s",
+		"name": "otel_collector", "type": "STATIC", "connect_timeout": "1s",
 		"typed_extension_protocol_options": map[string]any{
 			"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": map[string]any{
 				"@type":                "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
 				"explicit_http_config": map[string]any{"http2_protocol_options": map[string]any{}},
 			},
 		},
-		"load_assignment": map[string]any{"cluster_name": "otlp", "endpoints": []any{map[string]any{"lb_endpoints": []any{
+		"load_assignment": map[string]any{"cluster_name": "otel_collector", "endpoints": []any{map[string]any{"lb_endpoints": []any{
 			map[string]any{"endpoint": map[string]any{"address": map[string]any{"socket_address": map[string]any{"address": host, "port_value": port}}}},
 		}}}},
 	})
