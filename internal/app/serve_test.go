@@ -95,6 +95,18 @@ func startServeWith(t *testing.T, cfgPath string, o Options, dialOpts ...grpc.Di
 		return code
 	}
 	t.Cleanup(func() { s.stop() })
+	// Ready once Serve has started everything, its watches included: a
+	// test that edits a file right after must not race the first poll.
+	waitFor(t, func() bool {
+		select {
+		case err := <-exit:
+			exit <- err // for stop
+			t.Fatalf("Serve returned %v; log:\n%s", err, logs.String())
+		default:
+		}
+		st, _ := apptest.Get(t, "http://"+s.admin+"/readyz")
+		return st == http.StatusOK
+	})
 	target := s.grpc
 	if strings.HasPrefix(target, "unix://") {
 		target = "unix:" + strings.TrimPrefix(target, "unix://")
