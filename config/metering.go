@@ -37,7 +37,8 @@ type Metering struct {
 // Export names where usage events go.
 type Export struct {
 	// To is "stripe", "openmeter", "http" or "none" (default: events stay
-	// in the outbox, readable with GET /v1/usage).
+	// in the outbox: its backlog shows in GET /v1/usage and the metrics;
+	// with when_full: refuse, a full outbox then closes metered routes).
 	To     string `yaml:"to"`
 	Stripe struct {
 		SecretKeyEnv string            `yaml:"secret_key_env"`
