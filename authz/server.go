@@ -425,7 +425,10 @@ const ReservationKey = "reservation"
 func reserve(r *request, d *policy.Decision, res *Result) *reservation.Reservation {
 	e := d.Entitlement
 	rv := &reservation.Reservation{
-		ID: r.requestID, Subject: e.Subject, Customer: e.Customer, Route: d.Route.Name, Meter: d.Route.Meter.Event,
+		// The decision id, never the client-settable x-request-id: two
+		// requests sent with one request id must be two reservations, or
+		// the second would settle as a duplicate, unbilled.
+		ID: res.DecisionID, Subject: e.Subject, Customer: e.Customer, Route: d.Route.Name, Meter: d.Route.Meter.Event,
 		Estimate: d.Route.Cost, Start: res.now.UnixMilli(),
 	}
 	if rv.ID == "" {

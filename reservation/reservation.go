@@ -31,8 +31,8 @@ import (
 
 // Reservation is what one Check reserved.
 type Reservation struct {
-	// ID is the request's x-request-id (or a random id when it has none):
-	// with the token's signature it names the reservation.
+	// ID is the Check's decision id (random, one per decision): with
+	// Route and Start it names the reservation and its usage event.
 	ID       string `json:"i"`
 	Subject  string `json:"s"`
 	Customer string `json:"c,omitempty"`
@@ -208,7 +208,7 @@ func (s *Signer) Verify(tok string) (*Reservation, error) {
 	return &r, nil
 }
 
-// NewID is a random reservation id, for a request without x-request-id.
+// NewID is a random reservation id, for a decision without an id.
 func NewID() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/tollgate-authz/tollgate/quota"
+	"github.com/tollgate-authz/tollgate/reservation"
 	"github.com/tollgate-authz/tollgate/usage"
 )
 
@@ -313,5 +314,28 @@ func TestUsageEndpoint(t *testing.T) {
 	if len(rep.Quotas) != 1 || rep.Quotas[0].Name != "tokens" || rep.Quotas[0].Used != 40 || rep.Quotas[0].Remaining != 960 ||
 		rep.Export == nil || rep.Export.Backlog != 1 || rep.Export.To != "none" {
 		t.Errorf("report = %s", body)
+	}
+}
+
+// TestRequestIDDoesNotNameTheReservation: a client that sends one
+// x-request-id on many requests gets one reservation each (the decision
+// id names it), so no settlement is taken for another's duplicate.
+func TestRequestIDDoesNotNameTheReservation(t *testing.T) {
+	s := startServe(t, meteredDemo(t, "}"))
+	signer, err := reservation.NewSigner([]byte(strings.Repeat("m", 32)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for range 5 {
+		resp := checkWithID(t, s, "same-request-id")
+		r, err := signer.Verify(resp.GetDynamicMetadata().GetFields()["reservation"].GetStringValue())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[r.ID] {
+			t.Fatalf("reservation id %q given twice", r.ID)
+		}
+		seen[r.ID] = true
 	}
 }
