@@ -45,15 +45,15 @@ type Event struct {
 	End   time.Time `json:"end"`
 }
 
-// NewID is the event ID of the request requestID settled against the
-// reservation: the same request and reservation give the same ID on every
-// replica and after every restart. It is 32 hex digits (128 bits of
-// SHA-256), inside Stripe's 100-character identifier.
-func NewID(requestID, reservation string) string {
+// NewID is the event ID of the reservation id (settle passes the Check's
+// decision id) within scope (its route and time): the same reservation
+// gives the same ID on every replica and after every restart. It is 32 hex
+// digits (128 bits of SHA-256), inside Stripe's 100-character identifier.
+func NewID(id, scope string) string {
 	h := sha256.New()
-	h.Write([]byte(requestID))
+	h.Write([]byte(id))
 	h.Write([]byte{0})
-	h.Write([]byte(reservation))
+	h.Write([]byte(scope))
 	var sum [sha256.Size]byte
 	return hex.EncodeToString(h.Sum(sum[:0])[:16])
 }
