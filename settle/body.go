@@ -17,7 +17,8 @@ type bodyUnits struct {
 	m        *policy.Meter
 	sse      bool
 	buf      []byte
-	tooLarge bool
+	tooLarge bool // a JSON body over the bound: billed at the reservation
+	skipping bool // in an event line over the bound
 	units    int64
 	found    bool
 }
@@ -29,10 +30,10 @@ func newBodyUnits(m *policy.Meter, contentType string) *bodyUnits {
 
 // write takes the next chunk of the body.
 func (b *bodyUnits) write(p []byte) {
-	if b.tooLarge {
-		return
-	}
 	if !b.sse {
+		if b.tooLarge {
+			return
+		}
 		if int64(len(b.buf)+len(p)) > b.m.MaxBodyBytes {
 			b.tooLarge, b.buf = true, nil
 			return
@@ -42,10 +43,16 @@ func (b *bodyUnits) write(p []byte) {
 	}
 	for len(p) > 0 {
 		i := bytes.IndexByte(p, '\n')
+		if b.skipping { // the rest of a line too large to keep
+			if i < 0 {
+				return
+			}
+			b.skipping, p = false, p[i+1:]
+			continue
+		}
 		if i < 0 {
 			if int64(len(b.buf)+len(p)) > b.m.MaxBodyBytes {
-				b.buf = b.buf[:0] // an event this large is skipped, not kept
-				b.tooLarge = true
+				b.buf, b.skipping = b.buf[:0], true // skipped, not kept
 				return
 			}
 			b.buf = append(b.buf, p...)
@@ -53,8 +60,12 @@ func (b *bodyUnits) write(p []byte) {
 		}
 		line := p[:i]
 		if len(b.buf) > 0 {
-			b.buf = append(b.buf, line...)
-			line = b.buf
+			if int64(len(b.buf)+i) > b.m.MaxBodyBytes {
+				line = nil // its end made it too large: skipped
+			} else {
+				b.buf = append(b.buf, line...)
+				line = b.buf
+			}
 		}
 		b.line(line)
 		b.buf = b.buf[:0]
@@ -81,7 +92,7 @@ func (b *bodyUnits) line(l []byte) {
 // result is the units found once the body has ended.
 func (b *bodyUnits) result() (int64, bool) {
 	if b.sse {
-		if len(b.buf) > 0 && !b.tooLarge { // a last line without a newline
+		if len(b.buf) > 0 && !b.skipping { // a last line without a newline
 			b.line(b.buf)
 			b.buf = nil
 		}

@@ -51,6 +51,8 @@ func TestBodyUnits(t *testing.T) {
 		{"event stream with no usage", total, "text/event-stream", []string{sse(`{"choices":[]}`, "[DONE]")}, 0, false},
 		{"event stream: a huge event is skipped, a later one read", small, "text/event-stream", []string{
 			"data: {\"pad\":\"" + strings.Repeat("y", 100) + "\"}\n\n", sse(`{"usage":{"total_tokens":3}}`)}, 3, true},
+		{"event stream: a huge event in pieces is skipped, a later one read", small, "text/event-stream", []string{
+			"data: {\"pad\":\"" + strings.Repeat("y", 50), strings.Repeat("y", 50), "\"}\n\n", sse(`{"usage":{"total_tokens":4}}`)}, 4, true},
 		{"overflowing weights", policy.UnitsFromSpec{Input: "a", Output: "b", InputWeight: 1 << 62, OutputWeight: 4}, "application/json",
 			[]string{`{"a":4,"b":1}`}, 0, false},
 	}
