@@ -22,6 +22,7 @@ import (
 	"github.com/tollgate-authz/tollgate/entitlement"
 	"github.com/tollgate-authz/tollgate/entitlement/filesource"
 	"github.com/tollgate-authz/tollgate/identity"
+	"github.com/tollgate-authz/tollgate/internal/asynclog"
 	"github.com/tollgate-authz/tollgate/internal/authzconfig"
 	"github.com/tollgate-authz/tollgate/policy"
 	"github.com/tollgate-authz/tollgate/quota"
@@ -52,7 +53,16 @@ plans:
     quotas:
       requests: {limit: 1000000000000, period: month}
       burst: {limit: 1000000000000, period: second, scope: all}
+  basic:
+    features: [search]
+  spent:
+    features: [search]
+    quotas:
+      requests: {limit: 1, period: month}
 routes:
+  - name: docs
+    match: {method: GET, path: {prefix: /v1/docs}}
+    feature: search
   - name: search
     match: {method: GET, path: {prefix: /v1/search}}
     feature: search
@@ -86,6 +96,11 @@ func writeBenchConfig(b *testing.B, n int) string {
 		}
 		fmt.Fprintf(&ents, "  - {id: sub-%d, plan: %s, status: active, api_key_sha256: [%s]}\n", i, plan, identity.HashKey(fmt.Sprintf("key-%d", i)))
 	}
+	// One subject on a plan with no quota, one whose monthly quota of 1
+	// the first request spends.
+	for _, plan := range []string{"basic", "spent"} {
+		fmt.Fprintf(&ents, "  - {id: sub-%s, plan: %s, status: active, api_key_sha256: [%s]}\n", plan, plan, identity.HashKey("key-"+plan))
+	}
 	if err := os.WriteFile(filepath.Join(dir, "entitlements.yaml"), []byte(ents.String()), 0o600); err != nil {
 		b.Fatal(err)
 	}
@@ -115,8 +130,55 @@ func benchQuotaServer(b *testing.B, cacheOpts cache.Options) *authz.Server {
 	return authz.NewServer(rt, authz.Deps{
 		Entitlements: cache.New(src, cacheOpts),
 		Quotas:       quota.NewMemory(nil),
-		Log:          slog.New(slog.NewJSONHandler(io.Discard, nil)),
+		Log:          benchLogger(b),
 	})
+}
+
+// benchLogger is the decision log as serve builds it: slog's JSON handler
+// writing into an asynclog.Writer, here in front of a discarding sink, so
+// that a logged denial pays what it pays in production.
+func benchLogger(b *testing.B) *slog.Logger {
+	w := asynclog.New(io.Discard, 0)
+	b.Cleanup(func() { w.Close(context.Background()) })
+	return slog.New(slog.NewJSONHandler(w, nil))
+}
+
+// BenchmarkCheckPath is one Check on each path a production request takes,
+// on a cache hit, with the decision log on (denials are always logged):
+//
+//   - allow: plan and feature only, a route that spends no counter
+//   - allow_quota: a monthly quota and a per-second limit spent
+//   - deny402_quota: quota_exhausted (a monthly quota of 1, spent)
+//   - deny402_feature: feature_not_in_plan (a free subject on chat)
+//   - unknown401: invalid_credentials, an API key no subject holds (a
+//     negative cache hit)
+//
+// BenchmarkCheckMiss is the cache-miss path.
+func BenchmarkCheckPath(b *testing.B) {
+	cases := []struct {
+		name string
+		cr   *authv3.CheckRequest
+		code policy.Code
+	}{
+		{"allow", envoyReq("GET", "/v1/docs/intro", "key-basic"), policy.OK},
+		{"allow_quota", envoyReq("GET", "/v1/search?q=x", "key-1"), policy.OK},
+		{"deny402_quota", envoyReq("GET", "/v1/search?q=x", "key-spent"), policy.QuotaExhausted},
+		{"deny402_feature", envoyReq("POST", "/v1/chat", "key-0"), policy.FeatureNotInPlan},
+		{"unknown401", envoyReq("GET", "/v1/search?q=x", "key-unknown"), policy.InvalidCredentials},
+	}
+	srv := benchQuotaServer(b, cache.Options{})
+	ctx := context.Background()
+	for _, c := range cases {
+		b.Run(c.name, func(b *testing.B) {
+			srv.Check(ctx, c.cr) // warm the cache (and spend key-spent's quota)
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, res := srv.Decide(ctx, c.cr); res.Code != c.code {
+					b.Fatal(res.Code)
+				}
+			}
+		})
+	}
 }
 
 func envoyReq(method, path, key string) *authv3.CheckRequest {
