@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // gateSink is a sink whose writes block until the test opens the gate.
@@ -260,5 +261,60 @@ func BenchmarkDecisionLog(b *testing.B) {
 			b.StopTimer()
 			done()
 		})
+	}
+}
+
+// countingSink records each Write as one batch.
+type countingSink struct {
+	mu      sync.Mutex
+	batches []string
+}
+
+func (s *countingSink) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.batches = append(s.batches, string(p))
+	return len(p), nil
+}
+
+// TestFloodIsOneWritePerLinger: after a write to the sink the writer waits
+// for the linger before taking the next batch, so lines queued meanwhile
+// reach the sink in one Write (one system call) rather than one each; a
+// line alone is written at once, and Close ends a linger.
+func TestFloodIsOneWritePerLinger(t *testing.T) {
+	sink := &countingSink{}
+	lingering := make(chan time.Duration)
+	release := make(chan time.Time)
+	w := newWriter(sink, 0, func(d time.Duration) <-chan time.Time {
+		lingering <- d
+		return release
+	})
+	w.Write([]byte("first\n"))
+	select {
+	case d := <-lingering:
+		if d != Linger {
+			t.Errorf("lingered %v, want %v", d, Linger)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the writer did not linger after writing a batch")
+	}
+	for i := range 100 {
+		w.Write(fmt.Appendf(nil, "line %d\n", i))
+	}
+	release <- time.Time{} // the linger ends
+	<-lingering            // the writer lingers after the second batch
+	if err := w.Close(context.Background()); err != nil { // and Close ends that linger
+		t.Fatal(err)
+	}
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	if got, want := len(sink.batches), 2; got != want {
+		t.Fatalf("%d writes to the sink, want %d: %q", got, want, sink.batches)
+	}
+	if got, want := sink.batches[0], "first\n"; got != want {
+		t.Errorf("first batch %q, want %q", got, want)
+	}
+	if got, want := strings.Count(sink.batches[1], "\n"), 100; got != want {
+		t.Errorf("second batch has %d lines, want %d", got, want)
 	}
 }
