@@ -129,9 +129,9 @@ func TestParseBrokenFiles(t *testing.T) {
 	}
 }
 
-// The examples in the README's "Config reference" are what Parse says.
-func TestREADMEConfigErrorExamples(t *testing.T) {
-	readme, err := os.ReadFile("../README.md")
+// The examples in docs/config.md (the config reference) are what Parse says.
+func TestConfigDocErrorExamples(t *testing.T) {
+	readme, err := os.ReadFile("../docs/config.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +144,7 @@ func TestREADMEConfigErrorExamples(t *testing.T) {
 	}
 	tests := []struct {
 		doc  string
-		line string // as in the README
+		line string // as in docs/config.md
 	}{
 		{file("unknown-field.yaml"), "tollgate.yaml:27: entitlements.file.poll_intreval: unknown field; did you mean `poll_interval`?"},
 		{"entitlements:\n  file: {path: e.yaml}\nnegative_ttl: 1s\n", "tollgate.yaml:3: negative_ttl: unknown field; did you mean `entitlements.cache.negative_ttl`?"},
@@ -157,11 +157,11 @@ func TestREADMEConfigErrorExamples(t *testing.T) {
 	}
 	for _, tt := range tests {
 		if !strings.Contains(string(readme), tt.line) {
-			t.Errorf("README does not show %q", tt.line)
+			t.Errorf("docs/config.md does not show %q", tt.line)
 		}
 		_, err := Parse("tollgate.yaml", []byte(tt.doc))
 		if err == nil || !slices.Contains(strings.Split(err.Error(), "\n"), tt.line) {
-			t.Errorf("Parse says\n%v\nnot the README's\n%s", err, tt.line)
+			t.Errorf("Parse says\n%v\nnot docs/config.md's\n%s", err, tt.line)
 		}
 	}
 }

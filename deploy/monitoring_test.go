@@ -28,7 +28,7 @@ const (
 	dashboardFile = "monitoring/grafana-dashboard.json"
 )
 
-// The alerts the README's operations section asks for, and the metrics the
+// The alerts docs/operations.md (Alerts) asks for, and the metrics the
 // dashboard must show (issue 16: decisions by code, latency, cache hit
 // ratio, source health and breaker, quota store mode, shed Checks).
 var (
@@ -101,7 +101,7 @@ type ruleTests struct {
 }
 
 // TestPrometheusRule checks the rules without promtool: each expression
-// parses, each alert has a severity and says what is wrong, the README's
+// parses, each alert has a severity and says what is wrong, docs/operations.md's
 // alerts are all there, and each has a promtool test that sees it fire and
 // one that sees it stay quiet.
 func TestPrometheusRule(t *testing.T) {

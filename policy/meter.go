@@ -7,7 +7,7 @@ import (
 
 // MeterSpec makes a route metered: what its requests really used is
 // settled when the response ends, and reported to billing as a usage
-// event. See README "Metering and billing export".
+// event. See docs/metering.md.
 type MeterSpec struct {
 	// Event names the meter (a Stripe meter's event_name); default: the
 	// route's quota name, or the route's name.

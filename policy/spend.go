@@ -90,7 +90,7 @@ type Spend struct {
 	Credits bool
 	// Counter names the counter within the subject: the quota name, or for
 	// credits the name and the balance, so that a new balance written by the
-	// billing system starts a new count (see README: credits).
+	// billing system starts a new count (see docs/quotas.md: credits).
 	Counter string
 	Limit   int64
 	Cost    int64

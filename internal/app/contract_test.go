@@ -12,7 +12,7 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 )
 
-// These tests hold promises of the README through the served app, each one
+// These tests hold promises of the docs through the served app, each one
 // written so that a plausible code change breaks it.
 
 // editDemo starts from the demo config in a temp dir and applies each
@@ -191,7 +191,7 @@ func TestPrincipalIdentityThroughServer(t *testing.T) {
 
 // TestCreditsNewBalanceStartsFreshCount: credits are reserved against the
 // balance billing wrote; when billing writes a new balance, the count
-// starts again from it (README: Credits).
+// starts again from it (docs/quotas.md: Credits).
 func TestCreditsNewBalanceStartsFreshCount(t *testing.T) {
 	dir, cfg := editDemo(t,
 		"default: deny", `  - name: render

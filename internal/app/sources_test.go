@@ -304,7 +304,7 @@ func TestRedisSourceReplicasSeeWritesAtOnce(t *testing.T) {
 }
 
 // TestSourceTimeoutsFollowEnvoys: with server.envoy_timeout raised to
-// 500ms, as the README tells users to do, an http or redis source with a
+// 500ms, as docs/sources.md tells users to do, an http or redis source with a
 // 300ms timeout builds and serves (both used to refuse anything ≥ 200ms).
 func TestSourceTimeoutsFollowEnvoys(t *testing.T) {
 	b := newBillingService(t)
