@@ -25,33 +25,46 @@ func retryAfter(reset, now time.Time) int64 {
 // until the window resets. Credits are not a rate limit and are left out:
 // with nothing else, both are "". Both values share one allocation.
 func rateLimitFields(d *policy.Decision, now time.Time) (policyField, rateLimit string) {
-	var pbuf, cbuf [128]byte
-	pol, cur := pbuf[:0], cbuf[:0]
+	var buf [256]byte
+	both, n := appendRateLimitFields(buf[:0], d, now)
+	if n == 0 {
+		return "", ""
+	}
+	s := string(both)
+	return s[:n], s[n:]
+}
+
+// appendRateLimitFields appends the RateLimit-Policy value, then the
+// RateLimit value, to b, and says where the second starts (0: neither).
+func appendRateLimitFields(b []byte, d *policy.Decision, now time.Time) ([]byte, int) {
+	var cbuf [128]byte
+	cur := cbuf[:0]
+	start := len(b)
 	for i := range d.Spends {
 		sp := &d.Spends[i]
 		if sp.Credits {
 			continue
 		}
-		if len(pol) > 0 {
-			pol = append(pol, ", "...)
+		if len(cur) > 0 {
+			b = append(b, ", "...)
 			cur = append(cur, ", "...)
 		}
-		pol = appendQuoted(pol, sp.Quota)
-		pol = append(pol, ";q="...)
-		pol = strconv.AppendInt(pol, sp.Limit, 10)
-		pol = append(pol, ";w="...)
-		pol = strconv.AppendInt(pol, int64(sp.Reset.Sub(sp.Start)/time.Second), 10)
+		b = appendQuoted(b, sp.Quota)
+		b = append(b, ";q="...)
+		b = strconv.AppendInt(b, sp.Limit, 10)
+		b = append(b, ";w="...)
+		b = strconv.AppendInt(b, int64(sp.Reset.Sub(sp.Start)/time.Second), 10)
 		cur = appendQuoted(cur, sp.Quota)
 		cur = append(cur, ";r="...)
 		cur = strconv.AppendInt(cur, max(sp.Limit-d.Used[i], 0), 10)
 		cur = append(cur, ";t="...)
 		cur = strconv.AppendInt(cur, retryAfter(sp.Reset, now), 10)
 	}
-	if len(pol) == 0 {
-		return "", ""
+	if len(cur) == 0 {
+		return b[:start], 0
 	}
-	both := string(append(pol, cur...))
-	return both[:len(pol)], both[len(pol):]
+	n := len(b) - start
+	return append(b, cur...), n
 }
 
 // appendQuoted is strconv.AppendQuote, quick for the names a quota may
@@ -67,24 +80,44 @@ func appendQuoted(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
-// rateLimitHeaders is rateLimitFields as headers, nil when there are none.
-func rateLimitHeaders(d *policy.Decision, now time.Time) []*corev3.HeaderValueOption {
-	pol, cur := rateLimitFields(d, now)
-	if pol == "" {
-		return nil
-	}
-	return []*corev3.HeaderValueOption{
-		overwrite("ratelimit-policy", pol),
-		overwrite("ratelimit", cur),
-	}
+// quotaHeaders is a quota refusal's headers and the messages they point
+// to, in one allocation.
+type quotaHeaders struct {
+	opts [3]corev3.HeaderValueOption
+	vals [3]corev3.HeaderValue
+	ptrs [3]*corev3.HeaderValueOption
+	n    int
+}
+
+func (q *quotaHeaders) add(k, v string) {
+	o, hv := &q.opts[q.n], &q.vals[q.n]
+	hv.Key, hv.Value = k, v
+	o.Header, o.AppendAction = hv, corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+	q.ptrs[q.n] = o
+	q.n++
 }
 
 // quotaDenialHeaders adds Retry-After (when waiting helps) and the RateLimit
-// fields to a quota refusal.
+// fields to a quota refusal: the headers in one allocation, their values in
+// one string.
 func quotaDenialHeaders(d *policy.Decision, sp *policy.Spend, now time.Time) []*corev3.HeaderValueOption {
-	hs := rateLimitHeaders(d, now)
+	var buf [320]byte
+	b, n := appendRateLimitFields(buf[:0], d, now)
+	rl := len(b)
 	if !sp.Credits {
-		hs = append(hs, overwrite("retry-after", strconv.FormatInt(retryAfter(sp.Reset, now), 10)))
+		b = strconv.AppendInt(b, retryAfter(sp.Reset, now), 10)
 	}
-	return hs
+	if len(b) == 0 {
+		return nil
+	}
+	s := string(b)
+	q := new(quotaHeaders)
+	if n > 0 {
+		q.add("ratelimit-policy", s[:n])
+		q.add("ratelimit", s[n:rl])
+	}
+	if !sp.Credits {
+		q.add("retry-after", s[rl:])
+	}
+	return q.ptrs[:q.n]
 }
