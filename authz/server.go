@@ -488,8 +488,16 @@ func (rt *Rules) deny(r *request, d *policy.Decision, res *Result) *authv3.Check
 }
 
 // problem renders RFC 9457 problem details; members appear in a fixed order.
+// Its scratch buffer is pooled: the body is the one string copied out.
 func (rt *Rules) problem(r *request, d *policy.Decision, t *template, detail string, res *Result) string {
-	o := jsonObject{b: make([]byte, 0, 512)}
+	buf := problemBufs.Get().(*[]byte)
+	defer problemBufs.Put(buf)
+	o := jsonObject{b: (*buf)[:0]}
+	defer func() {
+		if cap(o.b) <= 4<<10 { // a rare huge body does not stay pooled
+			*buf = o.b[:0]
+		}
+	}()
 	o.str("type", t.typeURI)
 	o.str("title", t.title)
 	o.int("status", int64(t.status))
@@ -514,7 +522,8 @@ func (rt *Rules) problem(r *request, d *policy.Decision, t *template, detail str
 			o.int("limit", sp.Limit)
 			o.int("used", used)
 			o.int("cost", sp.Cost)
-			o.str("resets_at", sp.Reset.UTC().Format(time.RFC3339))
+			o.key("resets_at")
+			o.b = append(sp.Reset.UTC().AppendFormat(append(o.b, '"'), time.RFC3339), '"')
 		}
 	}
 	if sp := d.TooLargeSpend(); sp != nil {
@@ -533,6 +542,9 @@ func (rt *Rules) problem(r *request, d *policy.Decision, t *template, detail str
 	o.str("decision_id", res.DecisionID)
 	return string(o.bytes())
 }
+
+// problemBufs holds problem's scratch buffers.
+var problemBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
 
 // detail is one human sentence saying what happened and what to do.
 func (rt *Rules) detail(r *request, d *policy.Decision, now time.Time) string {
