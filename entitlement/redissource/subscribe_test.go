@@ -354,7 +354,7 @@ func TestSubscribeNeedsCallback(t *testing.T) {
 }
 
 // TestSuggestedACLs: replicas run with the Redis user that
-// docs/sources-redis.md suggests (read and subscribe, no writes), and the
+// docs/sources.md suggests (read and subscribe, no writes), and the
 // writer with the one suggested for it.
 func TestSuggestedACLs(t *testing.T) {
 	srv := redistest.Start(t)
