@@ -181,8 +181,8 @@ func (c *Challenger) Realm() string { return c.realm }
 //
 // Each method is its own challenge: a 402 offering several adds one
 // WWW-Authenticate header per value (the draft, "Multiple Payment
-// Options"). With an EncodedRequest it allocates once (the header; the id
-// is a slice of it).
+// Options"). With an EncodedRequest it does no JSON work and allocates
+// the header only (the id is a slice of it), beside boxing the request.
 func (c *Challenger) Challenge(method, intent string, request any) (headerValue, id string, err error) {
 	ch, h, err := c.issue(method, intent, request, Params{})
 	return h, ch.ID, err
