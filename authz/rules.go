@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/tollgate-authz/tollgate/identity"
+	"github.com/tollgate-authz/tollgate/payment"
 	"github.com/tollgate-authz/tollgate/policy"
 	"github.com/tollgate-authz/tollgate/reservation"
 )
@@ -37,6 +38,9 @@ type Options struct {
 	// in dynamic metadata ("reservation"), for its settlement; nil: metered
 	// routes carry none.
 	Reservations *reservation.Signer
+	// Payments makes refusals payable by x402 and admits paid requests;
+	// nil: no route takes payment.
+	Payments *payment.Gate
 }
 
 // Rules is everything a Check reads that a config reload may change. It is
@@ -77,6 +81,10 @@ var titles = map[policy.Code]string{
 	policy.RouteNotAllowed:         "Route not allowed",
 	policy.EntitlementsUnavailable: "Entitlements unavailable",
 	policy.CostTooLarge:            "Cost too large",
+	policy.PaymentRequired:         "Payment required",
+	policy.PaymentInvalid:          "Payment refused",
+	policy.PaymentUnavailable:      "Payment unavailable",
+	policy.PaymentConflict:         "Payment id conflict",
 }
 
 // grpcCodes is what a gRPC client sees for each refusal.
@@ -92,6 +100,10 @@ var grpcCodes = map[policy.Code]codes.Code{
 	policy.RouteNotAllowed:         codes.PermissionDenied,
 	policy.EntitlementsUnavailable: codes.Unavailable,
 	policy.CostTooLarge:            codes.InvalidArgument,
+	policy.PaymentRequired:         codes.PermissionDenied,
+	policy.PaymentInvalid:          codes.PermissionDenied,
+	policy.PaymentUnavailable:      codes.Unavailable,
+	policy.PaymentConflict:         codes.AlreadyExists,
 }
 
 // NewRules precomputes response templates for p and chain. Zero options
@@ -137,11 +149,11 @@ func NewRules(p *policy.Policy, chain identity.Chain, opts Options) (*Rules, err
 			overwrite("cache-control", "no-store"),
 		}
 		switch c {
-		case policy.MissingCredentials:
+		case policy.MissingCredentials, policy.PaymentRequired:
 			t.headers = append(t.headers, overwrite("www-authenticate", `Bearer realm="`+opts.Realm+`"`))
 		case policy.InvalidCredentials:
 			t.headers = append(t.headers, overwrite("www-authenticate", `Bearer realm="`+opts.Realm+`", error="invalid_token"`))
-		case policy.EntitlementsUnavailable:
+		case policy.EntitlementsUnavailable, policy.PaymentUnavailable:
 			secs := int64((opts.RetryAfter + time.Second - 1) / time.Second)
 			t.headers = append(t.headers, overwrite("retry-after", strconv.FormatInt(secs, 10)))
 		}

@@ -89,6 +89,10 @@ type Result struct {
 	DecisionID string
 	// TraceID is the trace the Check belongs to, when tracing is on.
 	TraceID string
+	// Payer is the address that paid (x402), and Payment what it bought:
+	// per_call, top_up, or retry (a payment-identifier's repeat).
+	Payer, Payment string
+	pay            paid // what the answer carries for the payment
 }
 
 // Server answers Envoy's Authorization/Check.
@@ -256,11 +260,19 @@ func (s *Server) decide(ctx context.Context, rt *Rules, q *Request, now time.Tim
 		res.Err = ErrMeteringClosed
 		return policy.Decision{Code: policy.EntitlementsUnavailable, Route: route}
 	}
+	if g := rt.opts.Payments; g != nil && g.Payable(route) {
+		if h, v1, ok := paymentHeader(r); ok {
+			return s.decidePaid(ctx, rt, q, route, h, v1)
+		}
+	}
 	cred := rt.identity.Extract(r)
 	res.CredFrom, res.KeyID = cred.From, cred.KeyID()
 	var key entitlement.Key
 	switch cred.Kind {
 	case identity.None:
+		if route.Price != "" && rt.opts.Payments != nil {
+			return policy.Decision{Code: policy.PaymentRequired, Route: route}
+		}
 		return policy.Decision{Code: policy.MissingCredentials, Route: route}
 	case identity.APIKey:
 		key = entitlement.Key{Kind: entitlement.ByAPIKey, ID: cred.Value}
@@ -413,6 +425,9 @@ func (rt *Rules) allow(r *request, d *policy.Decision, res *Result) *authv3.Chec
 	if d.Allowed() && d.Route != nil && d.Route.Meter != nil && rt.opts.Reservations != nil {
 		a.resp.DynamicMetadata.Fields[ReservationKey] = structpb.NewStringValue(rt.opts.Reservations.Sign(reserve(r, d, res)))
 	}
+	if res.Payment != "" {
+		rt.paidAllow(ok, a.resp.DynamicMetadata, &res.pay)
+	}
 	return &a.resp
 }
 
@@ -462,15 +477,25 @@ func (rt *Rules) deny(r *request, d *policy.Decision, res *Result) *authv3.Check
 	x := new(denyResponse)
 	res.DecisionID = x.id.fill()
 	detail := rt.detail(r, d, res.now)
+	if pd := rt.paymentDetail(d, res); pd != "" {
+		detail = pd
+	}
 	msg := d.Code.String() + ": " + detail
 	var body string
 	headers := x.hs[:0]
+	pc, payable := rt.paymentChallenge(r, d, res, detail)
 	if r.isGRPC() {
 		// Envoy ignores Status.Code for a gRPC client and would map 402 to
 		// UNKNOWN and send the JSON as grpc-message: see grpcdeny.go.
 		headers, body = append(headers, t.grpc...), msg
 	} else {
-		headers, body = append(headers, t.headers...), rt.problem(r, d, t, detail, res)
+		headers, body = append(headers, t.headers...), rt.problem(r, d, t, detail, res, &pc)
+	}
+	if payable {
+		headers = append(headers, overwrite("payment-required", pc.header))
+	}
+	if h := receiptHeader(&res.pay); h != nil {
+		headers = append(headers, h)
 	}
 	x.idVal.Key, x.idVal.Value = DecisionIDHeader, res.DecisionID
 	x.idOpt.Header, x.idOpt.AppendAction = &x.idVal, corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
@@ -489,7 +514,7 @@ func (rt *Rules) deny(r *request, d *policy.Decision, res *Result) *authv3.Check
 
 // problem renders RFC 9457 problem details; members appear in a fixed order.
 // Its scratch buffer is pooled: the body is the one string copied out.
-func (rt *Rules) problem(r *request, d *policy.Decision, t *template, detail string, res *Result) string {
+func (rt *Rules) problem(r *request, d *policy.Decision, t *template, detail string, res *Result, pc *challenge) string {
 	buf := problemBufs.Get().(*[]byte)
 	defer problemBufs.Put(buf)
 	o := jsonObject{b: (*buf)[:0]}
@@ -538,6 +563,10 @@ func (rt *Rules) problem(r *request, d *policy.Decision, t *template, detail str
 	}
 	if d.Entitlement != nil {
 		o.strIf("upgrade_url", d.UpgradeURL)
+	}
+	if len(pc.x402) > 0 {
+		o.raw("offers", pc.offers)
+		o.raw("x402", pc.x402)
 	}
 	o.str("decision_id", res.DecisionID)
 	return string(o.bytes())
@@ -722,6 +751,9 @@ func (s *Server) logDecision(ctx context.Context, rt *Rules, r *request, res *Re
 	}
 	if res.Shadow {
 		attrs = append(attrs, slog.Bool("shadow", true))
+	}
+	if res.Payment != "" {
+		attrs = append(attrs, slog.String("payment", res.Payment), slog.String("payer", res.Payer))
 	}
 	s.log.LogAttrs(ctx, slog.LevelInfo, "decision", attrs...)
 }

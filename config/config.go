@@ -33,6 +33,7 @@ type Config struct {
 	Reload       Reload          `yaml:"reload"`
 	Metering     Metering        `yaml:"metering"`
 	Tracing      Tracing         `yaml:"tracing"`
+	Payments     Payments        `yaml:"payments"`
 	policy.Spec  `yaml:",inline"`
 
 	// Filled by Load.
@@ -326,6 +327,7 @@ func (c *Config) defaults() {
 	defDur(&c.Reload.PollInterval, time.Second)
 	c.meteringDefaults()
 	c.tracingDefaults()
+	c.paymentsDefaults()
 	defDur(&c.Entitlements.Stripe.PollInterval, time.Second)
 	if c.Entitlements.Cache.MaxEntries == 0 {
 		c.Entitlements.Cache.MaxEntries = cache.DefaultMaxEntries
@@ -586,6 +588,7 @@ func Parse(name string, data []byte) (*Config, error) {
 	c.Policy = p
 	c.checkMetering(name, c.Metered(), fail)
 	c.checkTracing(fail)
+	c.checkPayments(fail)
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}

@@ -42,6 +42,9 @@ type Metrics struct {
 
 	usageOnce sync.Once
 	usage     *Usage
+
+	paymentsOnce sync.Once
+	payments     *Payments
 }
 
 const (

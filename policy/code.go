@@ -25,6 +25,19 @@ const (
 	// CostTooLarge: the request costs more than its route's max_cost, or
 	// more than the whole limit of the quota it spends; it can never fit.
 	CostTooLarge
+	// PaymentRequired: the route is paid per call and the request carries
+	// neither credentials nor a payment (x402).
+	PaymentRequired
+	// PaymentInvalid: the request's payment was refused: malformed, not
+	// for an offer we made, badly signed, expired, already used, or
+	// refused by the facilitator.
+	PaymentInvalid
+	// PaymentUnavailable: the payment could not be verified or settled
+	// right now (the facilitator or the payment store is down or slow).
+	PaymentUnavailable
+	// PaymentConflict: the payment's payment-identifier was used before
+	// for a different purchase.
+	PaymentConflict
 	numCodes
 )
 
@@ -77,6 +90,10 @@ var codeNames = [numCodes]string{
 	RouteNotAllowed:         "route_not_allowed",
 	EntitlementsUnavailable: "entitlements_unavailable",
 	CostTooLarge:            "cost_too_large",
+	PaymentRequired:         "payment_required",
+	PaymentInvalid:          "payment_invalid",
+	PaymentUnavailable:      "payment_unavailable",
+	PaymentConflict:         "payment_conflict",
 }
 
 // String is the code as users see it, for example "feature_not_in_plan".
@@ -112,6 +129,10 @@ var DefaultStatus = [numCodes]int{
 	RouteNotAllowed:         403,
 	EntitlementsUnavailable: 503,
 	CostTooLarge:            400,
+	PaymentRequired:         402,
+	PaymentInvalid:          402,
+	PaymentUnavailable:      503,
+	PaymentConflict:         409,
 }
 
 // StatusTable is DefaultStatus with overrides applied.

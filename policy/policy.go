@@ -48,6 +48,9 @@ type Route struct {
 	MaxCost int64
 	// Meter, when set, settles and reports the request's actual use.
 	Meter *Meter
+	// Price is what one call costs by machine payment, a decimal amount
+	// of the payments asset (config checks it); "" when not payable.
+	Price string
 	// costHeader, costExt and costBody read a per-request cost; Cost is
 	// the fallback.
 	costHeader, costExt string
@@ -218,6 +221,10 @@ func compileRoute(at string, rs RouteSpec) (*Route, []error) {
 	}
 	compileMaxCost(r, rs, fail)
 	compileMeter(r, rs.Meter, fail)
+	r.Price = strings.TrimSpace(rs.Price)
+	if r.Price != "" && rs.Public {
+		fail("price", "a public route is free: remove public or price")
+	}
 	if h := strings.ToLower(rs.Match.Host); h != "" {
 		if rest, ok := strings.CutPrefix(h, "*."); ok {
 			r.host, r.hostWild = "."+rest, true

@@ -114,6 +114,12 @@ type RouteSpec struct {
 	// Meter settles the request's actual use when the response ends and
 	// reports it to billing.
 	Meter *MeterSpec `yaml:"meter"`
+	// Price makes the route payable per call by machine payment (x402): a
+	// decimal amount of the payments asset, such as "0.001" (USDC). A
+	// request that pays it is allowed with or without credentials; one
+	// refused for want of credentials, quota, credits or plan is offered
+	// to pay it. Needs the payments block.
+	Price string `yaml:"price"`
 }
 
 // CostFromSpec names where a request's cost comes from. Set one field.

@@ -178,18 +178,9 @@ func (p *Policy) Spends(r *Route, e *entitlement.Entitlement, now time.Time, req
 	}
 	cost := r.cost(req, ext)
 	if r.Quota == CreditsQuota {
-		var bal int64
-		if e.Credits != nil {
-			bal = *e.Credits
-		}
-		reset := e.PeriodEnd
-		if reset.IsZero() || !now.Before(reset) {
-			reset = now.Add(creditsHorizon)
-		}
-		return append(out, Spend{
-			Quota: CreditsQuota, Credits: true, Counter: CreditsQuota + "/" + strconv.FormatInt(bal, 10),
-			Limit: bal, Cost: cost, MaxCost: r.MaxCost, Start: e.PeriodStart, Reset: reset,
-		})
+		sp := CreditsCounter(e, now)
+		sp.Cost, sp.MaxCost = cost, r.MaxCost
+		return append(out, sp)
 	}
 	if pl == nil {
 		// An unknown plan declares no quotas: nothing to spend from.
@@ -340,13 +331,23 @@ func (p *Policy) Counters(e *entitlement.Entitlement, now time.Time) []Spend {
 		}
 	}
 	if e.Credits != nil {
-		bal := *e.Credits
-		reset := e.PeriodEnd
-		if reset.IsZero() || !now.Before(reset) {
-			reset = now.Add(creditsHorizon)
-		}
-		out = append(out, Spend{Quota: CreditsQuota, Credits: true, Counter: CreditsQuota + "/" + strconv.FormatInt(bal, 10),
-			Limit: bal, Start: e.PeriodStart, Reset: reset})
+		out = append(out, CreditsCounter(e, now))
 	}
 	return out
+}
+
+// CreditsCounter is the counter of e's credits at now: its use is what was
+// spent since the source reported the balance (Limit), and a top-up bought
+// here lowers it below zero.
+func CreditsCounter(e *entitlement.Entitlement, now time.Time) Spend {
+	var bal int64
+	if e.Credits != nil {
+		bal = *e.Credits
+	}
+	reset := e.PeriodEnd
+	if reset.IsZero() || !now.Before(reset) {
+		reset = now.Add(creditsHorizon)
+	}
+	return Spend{Quota: CreditsQuota, Credits: true, Counter: CreditsQuota + "/" + strconv.FormatInt(bal, 10),
+		Limit: bal, Start: e.PeriodStart, Reset: reset}
 }

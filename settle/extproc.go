@@ -1,12 +1,15 @@
 package settle
 
 import (
+	"context"
 	"errors"
 	"io"
+	"strconv"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/tollgate-authz/tollgate/policy"
@@ -20,11 +23,34 @@ import (
 // the access log entry carries them to the Settler.
 type ExtProc struct {
 	extprocv3.UnimplementedExternalProcessorServer
-	s *Settler
+	s   *Settler // nil: no metered routes
+	pay Payments // nil: no paid routes
 }
 
-// NewExtProc serves the body reading of s's metered routes.
+// Payments settles an admitted x402 payment once its response's status is
+// known (see payment.Gate).
+type Payments interface {
+	// Settle settles the payment under key after the upstream answered
+	// status. It returns the PAYMENT-RESPONSE value, or a problem+json
+	// body to answer 402 with instead of the response when settlement was
+	// refused; with neither, the response goes as it is.
+	Settle(ctx context.Context, key string, status int) (receipt string, refusal []byte)
+	// Abandon releases the payment of a request that got no response.
+	Abandon(key string)
+}
+
+// PaymentKey is an admitted payment's key in AuthzNamespace.
+const PaymentKey = "x402"
+
+// NewExtProc serves the body reading of s's metered routes (s may be nil)
+// and, with WithPayments, the settlement of paid ones.
 func NewExtProc(s *Settler) *ExtProc { return &ExtProc{s: s} }
+
+// WithPayments makes x settle x402 payments on the response's headers.
+func (x *ExtProc) WithPayments(p Payments) *ExtProc {
+	x.pay = p
+	return x
+}
 
 // noBody is the mode for a response whose usage is not in its body.
 var noBody = &extprocfilterv3.ProcessingMode{
@@ -36,6 +62,14 @@ var noBody = &extprocfilterv3.ProcessingMode{
 func (x *ExtProc) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
 	var body *bodyUnits
 	var md *corev3.Metadata
+	// payKey is an admitted payment not yet settled: if the stream ends
+	// before the response's headers, nothing was served and it is released.
+	var payKey string
+	defer func() {
+		if payKey != "" {
+			x.pay.Abandon(payKey)
+		}
+	}()
 	for {
 		req, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -43,6 +77,9 @@ func (x *ExtProc) Process(stream extprocv3.ExternalProcessor_ProcessServer) erro
 		}
 		if err != nil {
 			return err
+		}
+		if x.pay != nil && payKey == "" && req.GetMetadataContext() != nil {
+			payKey = req.GetMetadataContext().GetFilterMetadata()[AuthzNamespace].GetFields()[PaymentKey].GetStringValue()
 		}
 		if req.GetMetadataContext() != nil {
 			md = req.GetMetadataContext()
@@ -61,7 +98,24 @@ func (x *ExtProc) Process(stream extprocv3.ExternalProcessor_ProcessServer) erro
 			} else {
 				resp.ModeOverride = noBody
 			}
-			resp.Response = &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}
+			hr := &extprocv3.HeadersResponse{}
+			resp.Response = &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: hr}
+			if payKey != "" {
+				key := payKey
+				payKey = ""
+				receipt, refusal := x.pay.Settle(stream.Context(), key, statusOf(v.ResponseHeaders.GetHeaders()))
+				switch {
+				case refusal != nil:
+					resp.Response = &extprocv3.ProcessingResponse_ImmediateResponse{ImmediateResponse: refused(refusal)}
+				case receipt != "":
+					hr.Response = &extprocv3.CommonResponse{HeaderMutation: &extprocv3.HeaderMutation{
+						SetHeaders: []*corev3.HeaderValueOption{{
+							Header:       &corev3.HeaderValue{Key: "payment-response", RawValue: []byte(receipt)},
+							AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+						}},
+					}}
+				}
+			}
 			if v.ResponseHeaders.GetEndOfStream() {
 				body = nil // no body at all
 			}
@@ -92,7 +146,7 @@ func (x *ExtProc) Process(stream extprocv3.ExternalProcessor_ProcessServer) erro
 // meterOf is the meter of the route the reservation in md names, or nil.
 func (x *ExtProc) meterOf(md *corev3.Metadata) *policy.Meter {
 	tok := md.GetFilterMetadata()[AuthzNamespace].GetFields()[ReservationKey].GetStringValue()
-	if tok == "" {
+	if tok == "" || x.s == nil {
 		return nil
 	}
 	r, err := x.s.o.Signer.Verify(tok)
@@ -127,4 +181,27 @@ func headerValue(h *corev3.HeaderMap, name string) string {
 		}
 	}
 	return ""
+}
+
+// statusOf is a response's :status, or 0.
+func statusOf(h *corev3.HeaderMap) int {
+	n, err := strconv.Atoi(headerValue(h, ":status"))
+	if err != nil {
+		return 0
+	}
+	return n
+}
+
+// refused answers 402 with body in place of a response whose payment could
+// not be settled: x402 serves nothing unpaid.
+func refused(body []byte) *extprocv3.ImmediateResponse {
+	return &extprocv3.ImmediateResponse{
+		Status: &typev3.HttpStatus{Code: typev3.StatusCode_PaymentRequired},
+		Headers: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{{
+			Header:       &corev3.HeaderValue{Key: "content-type", RawValue: []byte("application/problem+json")},
+			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+		}}},
+		Body:    body,
+		Details: "x402_settlement_refused",
+	}
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/tollgate-authz/tollgate/internal/authzconfig"
 	"github.com/tollgate-authz/tollgate/internal/tlsreload"
 	"github.com/tollgate-authz/tollgate/metrics"
+	"github.com/tollgate-authz/tollgate/payment"
 	"github.com/tollgate-authz/tollgate/policy"
 )
 
@@ -68,6 +69,8 @@ type App struct {
 	server  *authz.Server
 	// metering settles metered routes and exports usage; nil without them.
 	metering *metering
+	// payments makes refusals payable (x402); nil without prices or top-ups.
+	payments *payments
 	// tracing is OpenTelemetry; nil unless tracing.enabled.
 	tracing *tracing
 	// serverTLS is server.tls, reloaded while serving; nil without TLS.
@@ -142,13 +145,16 @@ func New(cfg *config.Config, o Options) (_ *App, err error) {
 		MaxEntries: cc.MaxEntries, NegativeMaxEntries: cc.NegativeMaxEntries, TTL: cc.TTL, NegativeTTL: cc.NegativeTTL,
 		StaleIfError: cc.StaleIfError, Timeout: cc.Timeout,
 	})
-	rules, err := authzconfig.Rules(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", cfg.Path, err)
-	}
 	a.metrics.QuotaPolicies(cfg.Policy.QuotaPolicies())
 	if err := a.openMetering(); err != nil {
 		return nil, err
+	}
+	if err := a.openPayments(); err != nil {
+		return nil, err
+	}
+	rules, err := authzconfig.RulesWith(cfg, a.gate())
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", cfg.Path, err)
 	}
 	var quotas authz.Quotas = a.quotas
 	if o.WrapQuotas != nil {
@@ -213,4 +219,12 @@ func (a *App) policy() *policy.Policy {
 		return a.cfg.Policy
 	}
 	return a.server.Rules().Policy()
+}
+
+// gate is the payment gate, or nil.
+func (a *App) gate() *payment.Gate {
+	if a.payments == nil {
+		return nil
+	}
+	return a.payments.gate
 }

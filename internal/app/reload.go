@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"reflect"
 	"time"
 
 	"github.com/tollgate-authz/tollgate/authz"
@@ -32,7 +33,7 @@ func (a *App) reloadConfig() {
 	}
 	if err == nil {
 		var rules *authz.Rules
-		if rules, err = authzconfig.Rules(next); err == nil {
+		if rules, err = authzconfig.RulesWith(next, a.gate()); err == nil {
 			a.server.Swap(rules)
 		}
 	}
@@ -47,6 +48,9 @@ func (a *App) reloadConfig() {
 	}
 	if tracingChanged(a.cfg.Tracing, next.Tracing) {
 		log.Warn("config reloaded, but tracing settings take effect only after a restart")
+	}
+	if next.Paid() != (a.payments != nil) || !reflect.DeepEqual(next.Payments, a.cfg.Payments) {
+		log.Warn("config reloaded, but payments settings take effect only after a restart (route prices follow the reload)")
 	}
 	if next.Metered() && a.metering == nil {
 		log.Warn("config reloaded with a metered route, but metering starts only after a restart: until then its requests are reserved and never settled")

@@ -143,10 +143,19 @@ func (a *App) Serve(ctx context.Context) error {
 	}
 	gs := grpc.NewServer(gopts...)
 	authz.Register(gs, a.server)
-	if m := a.metering; m != nil {
-		// Envoy's access log service and ext_proc filter, for settlement.
-		accesslogv3.RegisterAccessLogServiceServer(gs, settle.NewALS(m.settler))
-		extprocv3.RegisterExternalProcessorServer(gs, settle.NewExtProc(m.settler))
+	if a.metering != nil || a.payments != nil {
+		// Envoy's access log service and ext_proc filter, for settlement
+		// of metered routes and of x402 payments.
+		var settler *settle.Settler
+		if m := a.metering; m != nil {
+			settler = m.settler
+			accesslogv3.RegisterAccessLogServiceServer(gs, settle.NewALS(m.settler))
+		}
+		xp := settle.NewExtProc(settler)
+		if a.payments != nil {
+			xp.WithPayments(paymentSettler{a})
+		}
+		extprocv3.RegisterExternalProcessorServer(gs, xp)
 	}
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)

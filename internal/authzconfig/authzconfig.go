@@ -8,12 +8,16 @@ import (
 	"github.com/tollgate-authz/tollgate/authz"
 	"github.com/tollgate-authz/tollgate/config"
 	"github.com/tollgate-authz/tollgate/internal/envvar"
+	"github.com/tollgate-authz/tollgate/payment"
 	"github.com/tollgate-authz/tollgate/reservation"
 )
 
 // Rules builds what a Check reads from cfg: the policy, the identity chain
 // and the response settings.
-func Rules(cfg *config.Config) (*authz.Rules, error) {
+func Rules(cfg *config.Config) (*authz.Rules, error) { return RulesWith(cfg, nil) }
+
+// RulesWith is Rules whose refusals are payable through pay (nil: none).
+func RulesWith(cfg *config.Config, pay *payment.Gate) (*authz.Rules, error) {
 	var signer *reservation.Signer
 	if cfg.Metered() {
 		// config.Parse checked the variable and the key's length.
@@ -27,6 +31,7 @@ func Rules(cfg *config.Config) (*authz.Rules, error) {
 	}
 	return authz.NewRules(cfg.Policy, cfg.Chain, authz.Options{
 		Reservations:    signer,
+		Payments:        pay,
 		ProblemTypeBase: cfg.Responses.ProblemTypeBase,
 		Realm:           cfg.Responses.Realm,
 		RetryAfter:      cfg.Responses.RetryAfter,
