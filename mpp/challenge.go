@@ -286,7 +286,7 @@ func optLen(name, v string) int {
 }
 
 // compute is the draft's HMAC input, seven fixed slots joined by '|'
-// (§5.1.3.1, "Recommended: HMAC-SHA256 Binding"):
+// (§5.1.2.1.1, "Recommended: HMAC-SHA256 Binding"):
 //
 //	input = "|".join([realm, method, intent, request_b64url,
 //	                  expires or "", digest or "", opaque_b64url or ""])

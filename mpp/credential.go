@@ -18,7 +18,7 @@ const MaxCredentialBytes = 8 << 10
 // maxJSONDepth bounds nesting in a credential (payloads are method-defined).
 const maxJSONDepth = 16
 
-// Credential is a parsed `Authorization: Payment` value (§5.3,
+// Credential is a parsed `Authorization: Payment` value (§5.2,
 // "Credentials (Authorization)"): the echoed challenge, the optional payer
 // identifier and the method-specific proof.
 type Credential struct {

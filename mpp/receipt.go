@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-// Receipt is the `Payment-Receipt` response header (§5.4, "Payment-Receipt
+// Receipt is the `Payment-Receipt` response header (§5.3, "Payment-Receipt
 // Header"): base64url-nopad of a JSON object. The core draft defines
 // status, method, timestamp and reference; the method drafts add
 // challengeId (lightning, evm), chainId (evm) and externalId.
@@ -20,7 +20,7 @@ type Receipt struct {
 	ChainID     uint64 `json:"chainId,omitempty"`
 }
 
-// StatusSuccess is the only receipt status (§5.4.1, "Receipt Status
+// StatusSuccess is the only receipt status (§5.3.1, "Receipt Status
 // Semantics"): failures are 402s with a problem body, never receipts.
 const StatusSuccess = "success"
 
