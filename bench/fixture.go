@@ -19,8 +19,13 @@ import (
 
 // The generated deployment: subjects sub-N hold the API key key-N. Every
 // pastDueEvery-th subject is past_due (its requests get 402 payment_failed);
-// the others alternate between the free and pro plans.
-const pastDueEvery = 50
+// one in pastDueEvery is on the basic plan (a feature, no quota: the
+// plan-and-feature-only path); the others alternate between the free and
+// pro plans.
+const (
+	pastDueEvery = 50
+	basicAt      = 24 // i%pastDueEvery == basicAt: the basic plan
+)
 
 // tollgateConfig is a production-shaped config: the default decision-log
 // sampling (all denials, 1% of allows), a monthly quota and a per-second
@@ -37,8 +42,8 @@ identity:
   - bearer
 entitlements:
   source: file
-  file: {path: entitlements.yaml}
-  cache: {max_entries: 100000, ttl: 30s, negative_ttl: 5s, stale_if_error: 5m, timeout: 50ms}
+  file: {path: entitlements.yaml, poll_interval: %s}
+  cache: {max_entries: %d, ttl: 30s, negative_ttl: 5s, stale_if_error: 5m, timeout: 50ms}
 billing:
   upgrade_url: https://billing.example.com/upgrade
 admin:
@@ -54,6 +59,8 @@ plans:
     quotas:
       requests: {limit: 1000000000000, period: month}
       burst: {limit: 1000000000, period: second, scope: all}
+  basic:
+    features: [search]
 routes:
   - name: healthz
     match: {path: {exact: /healthz}}
@@ -66,12 +73,21 @@ routes:
     match: {method: POST, path: {prefix: /v1/chat}}
     feature: chat
     quota: requests
+  - name: docs
+    match: {method: GET, path: {prefix: /v1/docs}}
+    feature: search
 default: deny
 `
 
 // writeFixture writes tollgate.yaml and entitlements.yaml for n subjects
 // into dir and returns the config's path.
 func writeFixture(dir string, n int, pprof bool) (string, error) {
+	return writeFixtureOpts(dir, n, pprof, 100_000, time.Second)
+}
+
+// writeFixtureOpts is writeFixture with the cache's size and the file's
+// poll interval.
+func writeFixtureOpts(dir string, n int, pprof bool, maxEntries int, poll time.Duration) (string, error) {
 	var b strings.Builder
 	b.Grow(n * 140)
 	b.WriteString("subjects:\n")
@@ -86,12 +102,15 @@ func writeFixture(dir string, n int, pprof bool) (string, error) {
 		return "", err
 	}
 	path := filepath.Join(dir, "tollgate.yaml")
-	return path, os.WriteFile(path, fmt.Appendf(nil, tollgateConfig, pprof), 0o600)
+	return path, os.WriteFile(path, fmt.Appendf(nil, tollgateConfig, poll, maxEntries, pprof), 0o600)
 }
 
 func apiKey(i int) string { return "key-" + strconv.Itoa(i) }
 
 func planOf(i int) string {
+	if i%pastDueEvery == basicAt {
+		return "basic"
+	}
 	if i%2 == 1 {
 		return "pro"
 	}
@@ -165,12 +184,59 @@ func genRequests(count, n int, mix Mix, seed uint64) []HTTPRequest {
 				s = rng.IntN(n)
 			}
 			r.Method, r.Path, r.Key = "GET", "/v1/search?q=tolls&page="+strconv.Itoa(rng.IntN(10)), apiKey(s)
-			if planOf(s) == "pro" && rng.IntN(2) == 0 {
-				r.Method, r.Path = "POST", "/v1/chat"
+			switch planOf(s) {
+			case "pro":
+				if rng.IntN(2) == 0 {
+					r.Method, r.Path = "POST", "/v1/chat"
+				}
+			case "basic":
+				r.Path = "/v1/docs/guide?page=" + strconv.Itoa(rng.IntN(10))
 			}
 		}
 	}
 	return out
+}
+
+// The paths -paths measures one at a time: every request of a run takes
+// the same path through tollgate.
+var pathNames = []string{"allow", "allow_quota", "deny402", "unknown401"}
+
+// genPath draws count requests that all take path over n subjects:
+// allow, a basic subject on the docs route (plan and feature, no counter);
+// allow_quota, a free or pro subject on its routes (a monthly quota and a
+// per-second limit); deny402, refused with 402 (logged); unknown401, an
+// unknown API key (logged).
+func genPath(path string, count, n int, seed uint64) ([]HTTPRequest, error) {
+	switch path {
+	case "allow":
+		if n < pastDueEvery {
+			return nil, fmt.Errorf("path allow needs at least %d subjects", pastDueEvery)
+		}
+		rng := rand.New(rand.NewPCG(seed, 0xa110))
+		out := genRequests(count, n, Mix{}, seed)
+		for i := range out {
+			s := rng.IntN(n/pastDueEvery)*pastDueEvery + basicAt
+			out[i].Method, out[i].Path, out[i].Key = "GET", "/v1/docs/guide?page="+strconv.Itoa(rng.IntN(10)), apiKey(s)
+		}
+		return out, nil
+	case "allow_quota":
+		out := genRequests(count, n, Mix{}, seed)
+		for i := range out {
+			if out[i].Key == apiKey(0) {
+				continue
+			}
+			// Basic subjects spend no counter: take their neighbour.
+			if k, _ := strconv.Atoi(strings.TrimPrefix(out[i].Key, "key-")); planOf(k) == "basic" {
+				out[i].Method, out[i].Path, out[i].Key = "GET", "/v1/search?q=tolls", apiKey(k+2)
+			}
+		}
+		return out, nil
+	case "deny402":
+		return genRequests(count, n, Mix{Deny: 1}, seed), nil
+	case "unknown401":
+		return genRequests(count, n, Mix{Unknown: 1}, seed), nil
+	}
+	return nil, fmt.Errorf("unknown path %q (want one of %s)", path, strings.Join(pathNames, ", "))
 }
 
 // checkRequest is r as Envoy's ext_authz filter sends it with the repo's

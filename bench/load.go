@@ -99,6 +99,7 @@ func (m *rawMsg) parse(b []byte) error {
 // LoadSpec is one load shape.
 type LoadSpec struct {
 	Name     string        `json:"name"`
+	Path     string        `json:"path,omitempty"` // every request takes this path (see genPath); "": the mix
 	Conns    int           `json:"connections"`
 	Streams  int           `json:"streams"`    // requests in flight at most, over all connections
 	Rate     float64       `json:"rate"`       // checks/s for an open loop; 0 for a closed loop
@@ -142,7 +143,7 @@ type Measurement struct {
 
 // runGRPC drives addr with spec and returns what it measured. pid, when
 // not 0, is the server's process, whose CPU time is read from /proc.
-func runGRPC(ctx context.Context, addr string, pid int, spec LoadSpec, reqs []encoded, checkKinds bool) (*Measurement, error) {
+func runGRPC(ctx context.Context, addr string, pid int, spec LoadSpec, reqs []encoded, check answerCheck) (*Measurement, error) {
 	conns := make([]*grpc.ClientConn, spec.Conns)
 	for i := range conns {
 		cc, err := grpc.NewClient("passthrough:///"+addr,
@@ -174,7 +175,7 @@ func runGRPC(ctx context.Context, addr string, pid int, spec LoadSpec, reqs []en
 			cctx, cancel := context.WithTimeout(ctx, spec.Timeout)
 			err := cc.Invoke(cctx, checkMethod, &msg, &msg)
 			cancel()
-			return e.kind, !checkKinds || decisionFits(e.kind, &msg), err
+			return e.kind, check.fits(e.kind, &msg), err
 		}
 	}
 	// CPU time of the server, the harness and the machine.
@@ -299,6 +300,25 @@ type worker struct {
 	byKind     []int64
 	errors     int64
 	mismatched int64
+}
+
+// answerCheck is how much of an answer the harness checks.
+type answerCheck uint8
+
+const (
+	checkNone    answerCheck = iota // the floor allows everything
+	checkAllowed                    // allowed or refused, as the kind wants
+	checkCodes                      // and the refusal's gRPC code (tollgate)
+)
+
+func (c answerCheck) fits(k Kind, m *rawMsg) bool {
+	switch c {
+	case checkNone:
+		return true
+	case checkAllowed:
+		return m.allowed == (k == KindAllow)
+	}
+	return decisionFits(k, m)
 }
 
 // decisionFits reports whether the answer is the one the request was

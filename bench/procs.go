@@ -78,6 +78,20 @@ type server struct {
 	addr        string // gRPC host:port
 	admin       string // tollgate's admin host:port
 	floor       bool   // a do-nothing server: every Check is allowed
+	// peer is another ext_authz server (-peer): its answers are checked for
+	// allowed or refused only, since its status codes are its own.
+	peer bool
+}
+
+// check says how the harness checks the server's answers.
+func (s *server) check() answerCheck {
+	switch {
+	case s.floor:
+		return checkNone
+	case s.peer:
+		return checkAllowed
+	}
+	return checkCodes
 }
 
 // pid is the server's process, or 0 when unknown.
