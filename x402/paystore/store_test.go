@@ -275,6 +275,15 @@ func TestStoreContract(t *testing.T) {
 				t.Errorf("Release of a missing record = %v, want nil", err)
 			}
 		}},
+		{"a released payment id does not lead to a later record under the key", func(t *testing.T, h harness) {
+			rec := record(h, 1, "pay-1")
+			mustClaim(t, h.store, rec)
+			if err := h.store.Release(ctx, rec.Key); err != nil {
+				t.Fatal(err)
+			}
+			mustClaim(t, h.store, record(h, 1, "pay-2")) // the same authorization, presented again with another id
+			mustClaim(t, h.store, record(h, 2, "pay-1")) // the released id is free
+		}},
 		{"release keeps settled, unknown and failed records", func(t *testing.T, h harness) {
 			for i, st := range []State{Settled, Unknown, Failed} {
 				rec := record(h, i, fmt.Sprintf("pay-%d", i))
@@ -324,58 +333,72 @@ func TestStoreContract(t *testing.T) {
 // authorization, or the same payment id under different keys, at once:
 // exactly one claims it, and every other sees the winner's record.
 func TestClaimConcurrent(t *testing.T) {
-	const callers = 24
+	const callers, rounds = 16, 20
 	cases := []struct {
 		name string
-		rec  func(h harness, i int) Record
+		rec  func(h harness, round, i int) Record
 	}{
-		{"same key", func(h harness, i int) Record {
-			r := record(h, 1, "")
+		{"same key", func(h harness, round, i int) Record {
+			r := record(h, round, "")
 			r.Payload, r.Digest = fmt.Sprint("caller-", i), DigestOf(fmt.Sprint("caller-", i))
 			return r
 		}},
-		{"same payment id", func(h harness, i int) Record { return record(h, i, "pay-same") }},
+		{"same payment id", func(h harness, round, i int) Record {
+			return record(h, round*callers+i, fmt.Sprint("pay-", round))
+		}},
 	}
 	stores(t, func(t *testing.T, fresh func() harness) {
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
 				h := fresh()
-				var (
-					wg       sync.WaitGroup
-					start    = make(chan struct{})
-					mu       sync.Mutex
-					winners  []string
-					existing = map[string]int{}
-				)
-				for i := range callers {
-					s := h.replica()
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						<-start
-						rec := tc.rec(h, i)
-						got, claimed, err := s.Claim(context.Background(), rec)
-						mu.Lock()
-						defer mu.Unlock()
-						switch {
-						case err != nil:
-							t.Errorf("caller %d: %v", i, err)
-						case claimed:
-							winners = append(winners, rec.Digest)
-						default:
-							existing[got.Digest]++
-						}
-					}()
+				replicas := make([]Store, callers)
+				for i := range replicas {
+					replicas[i] = h.replica()
 				}
-				close(start)
-				wg.Wait()
-				if len(winners) != 1 {
-					t.Fatalf("%d callers claimed it, want exactly 1", len(winners))
-				}
-				if got, want := existing[winners[0]], callers-1; got != want {
-					t.Errorf("%d callers saw the winner's record, want %d (saw %v)", got, want, existing)
+				for round := range rounds {
+					claimRace(t, callers, func(i int) (Store, Record) { return replicas[i], tc.rec(h, round, i) })
 				}
 			})
 		}
 	})
+}
+
+// claimRace has callers claim at once; exactly one must win, and the others
+// see its record.
+func claimRace(t *testing.T, callers int, claim func(i int) (Store, Record)) {
+	t.Helper()
+	var (
+		wg       sync.WaitGroup
+		start    = make(chan struct{})
+		mu       sync.Mutex
+		winners  []string
+		existing = map[string]int{}
+	)
+	for i := range callers {
+		s, rec := claim(i)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			got, claimed, err := s.Claim(context.Background(), rec)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err != nil:
+				t.Errorf("caller %d: %v", i, err)
+			case claimed:
+				winners = append(winners, rec.Digest)
+			default:
+				existing[got.Digest]++
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	if len(winners) != 1 {
+		t.Fatalf("%d callers claimed it, want exactly 1", len(winners))
+	}
+	if got, want := existing[winners[0]], callers-1; got != want {
+		t.Errorf("%d callers saw the winner's record, want %d (saw %v)", got, want, existing)
+	}
 }
