@@ -30,16 +30,20 @@ const (
 
 // The alerts docs/operations.md (Alerts) asks for, and the metrics the
 // dashboard must show (issue 16: decisions by code, latency, cache hit
-// ratio, source health and breaker, quota store mode, shed Checks).
+// ratio, source health and breaker, quota store mode, shed Checks, export
+// backlog).
 var (
 	wantAlerts = []string{
 		"TollgateEntitlementSourceDown", "TollgateEntitlementSourceUnauthorized", "TollgateServingStale",
 		"TollgateQuotaStoreDegraded", "TollgateShedding", "TollgateErrorRatioHigh", "TollgateReloadFailing", "TollgateLogDropping",
+		"TollgateUsageExportBacklog", "TollgateUsageEventsDropped",
 	}
 	wantDashboardMetrics = []string{
 		"tollgate_checks_total", "tollgate_check_duration_seconds_bucket", "tollgate_entitlement_cache_total",
 		"tollgate_entitlement_source_calls_total", "tollgate_entitlement_source_errors_total",
 		"tollgate_entitlement_source_breaker_state", "tollgate_quota_store_mode", "tollgate_checks_shed_total",
+		"tollgate_usage_outbox_backlog", "tollgate_usage_outbox_oldest_age_seconds", "tollgate_usage_events_exported_total",
+		"tollgate_usage_export_failures_total", "tollgate_usage_events_dropped_total",
 	}
 )
 
@@ -330,8 +334,9 @@ func TestGrafanaDashboard(t *testing.T) {
 // TestMonitoringMetricsExist checks that every metric the dashboard and the
 // alerts name is one a running tollgate serves. It starts the built binary
 // with the http source (a stand-in billing service answering one key and
-// failing every other) and a quota, sends an allowed Check and one whose
-// lookup fails, then reads /metrics. client_golang leaves a metric vector
+// failing every other), a quota, and a metered route with an outbox (for
+// the usage export metrics), sends an allowed Check and one whose lookup
+// fails, then reads /metrics. client_golang leaves a metric vector
 // out of /metrics until it has a series (no HELP or TYPE line either), so
 // the Checks are what make the source and quota vectors appear; a name
 // still missing after them is reported, never assumed.
@@ -376,6 +381,7 @@ func TestMonitoringMetricsExist(t *testing.T) {
 	defer billing.Close()
 
 	grpcAddr, adminAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	dir := t.TempDir()
 	// Generous timeouts: a busy machine must not turn the allowed Check's
 	// lookup into a timeout.
 	config := fmt.Sprintf(`server:
@@ -404,13 +410,17 @@ routes:
     match: {method: GET, path: {prefix: /v1/search}}
     feature: search
     quota: requests
-`, grpcAddr, adminAddr, billing.URL)
-	dir := t.TempDir()
+    meter: {event: searches}
+metering:
+  key_env: TOLLGATE_MONITORING_METER_KEY
+  outbox: {path: %s}
+`, grpcAddr, adminAddr, billing.URL, filepath.Join(dir, "usage.db"))
 	path := filepath.Join(dir, "tollgate.yaml")
 	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	srv := startTollgate(t, []string{"serve", "--config", path}, adminAddr)
+	srv := startTollgate(t, []string{"serve", "--config", path}, adminAddr,
+		"TOLLGATE_MONITORING_METER_KEY=monitoring-test-signing-key-0123456789")
 	conn := dial(t, grpcAddr)
 	for _, c := range []struct {
 		key  string

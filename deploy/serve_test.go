@@ -37,9 +37,10 @@ type server struct {
 	done   chan error
 }
 
-// startTollgate runs the built binary with args and waits, for at most a
-// generous minute, until adminAddr's /readyz answers 200.
-func startTollgate(t *testing.T, args []string, adminAddr string) *server {
+// startTollgate runs the built binary with args (and env, NAME=value, added
+// to this process's environment) and waits, for at most a generous minute,
+// until adminAddr's /readyz answers 200.
+func startTollgate(t *testing.T, args []string, adminAddr string, env ...string) *server {
 	t.Helper()
 	if buildErr != nil {
 		t.Fatal(buildErr)
@@ -52,6 +53,9 @@ func startTollgate(t *testing.T, args []string, adminAddr string) *server {
 	defer f.Close()
 	s.cmd = exec.Command(tollgateBin, args...)
 	s.cmd.Stderr, s.cmd.Stdout = f, f
+	if len(env) > 0 {
+		s.cmd.Env = append(os.Environ(), env...)
+	}
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
