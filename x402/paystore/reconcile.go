@@ -83,6 +83,10 @@ type Reconciler struct {
 	MaxAttempts int
 	// Batch is how many records Once takes; default DefaultBatch.
 	Batch int
+	// SettleTimeout, when positive, bounds each settle call (an
+	// HTTPFacilitator has its own SettleTimeout too). A settle cut short is
+	// an unknown outcome, like any other.
+	SettleTimeout time.Duration
 	// OnError, when not nil, is told the errors of Run's rounds.
 	OnError func(error)
 }
@@ -149,7 +153,7 @@ func (r *Reconciler) reconcile(ctx context.Context, rec Record) (string, error) 
 	if !ok {
 		return r.inconclusive(ctx, rec, p, "no offer for route "+strconv.Quote(rec.Route))
 	}
-	resp, err := r.Facilitator.Settle(ctx, p, req)
+	resp, err := r.settleOnce(ctx, p, req)
 	if err != nil {
 		return r.inconclusive(ctx, rec, p, reasonOfError(err))
 	}
@@ -170,6 +174,15 @@ func (r *Reconciler) reconcile(ctx context.Context, rec Record) (string, error) 
 		return r.abandon(ctx, rec, resp.ErrorReason)
 	}
 	return r.inconclusive(ctx, rec, p, cmp.Or(resp.ErrorReason, "refused without a reason"))
+}
+
+func (r *Reconciler) settleOnce(ctx context.Context, p x402.PaymentPayload, req x402.PaymentRequirements) (x402.SettleResponse, error) {
+	if r.SettleTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, r.SettleTimeout)
+		defer cancel()
+	}
+	return r.Facilitator.Settle(ctx, p, req)
 }
 
 func (r *Reconciler) settle(ctx context.Context, rec Record, resp x402.SettleResponse, outcome, reason string) (string, error) {

@@ -381,3 +381,31 @@ func TestReconcilerRun(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// TestReconcilerSettleTimeout: a facilitator that hangs is cut off by
+// SettleTimeout, and the record stays Unknown for the next round.
+func TestReconcilerSettleTimeout(t *testing.T) {
+	clock := func() time.Time { return testNow }
+	store := NewMemory(clock, 10)
+	header, p := signedHeader(t, 1, time.Minute)
+	a := p.Payload.Authorization
+	rec := Record{Key: KeyOf(testAsset, a.From, a.Nonce), Payload: header, Expires: testNow.Add(time.Hour)}
+	mustClaim(t, store, rec)
+	mustFinish(t, store, rec.Key, Unknown, "", "settlement_outcome_unknown")
+	hangs := &fakeFacilitator{settle: func(ctx context.Context, _ x402.PaymentPayload, _ x402.PaymentRequirements) (x402.SettleResponse, error) {
+		select {
+		case <-ctx.Done():
+			return x402.SettleResponse{}, &x402.FacilitatorError{Op: "settle", Unknown: true, Err: ctx.Err()}
+		case <-time.After(time.Minute): // only if nothing cut it off
+			return x402.SettleResponse{Success: true, Transaction: "0xlate", Network: "eip155:84532"}, nil
+		}
+	}}
+	r := &Reconciler{Store: store, Facilitator: hangs, Now: clock, SettleTimeout: time.Millisecond,
+		Requirements: func(Record) (x402.PaymentRequirements, bool) { return testOffer(), true }}
+	if _, err := r.Once(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustGet(t, store, rec.Key); got.State != Unknown || got.Reason != string(x402.ReasonSettlementUnknown) {
+		t.Errorf("got %v %q, want unknown %s", got.State, got.Reason, x402.ReasonSettlementUnknown)
+	}
+}

@@ -16,7 +16,8 @@ import (
 // a sorted set by a counter bumped at each Finish(Unknown). Claim, Finish,
 // Release and Unknowns are one Lua script each, so they are atomic across
 // replicas. All keys of a store carry the same hash tag, so they live in
-// one slot of a Redis Cluster and the scripts may touch several of them.
+// one slot of a Redis Cluster; that is what lets a script read a key it
+// learns inside (the record a payment id names, the records of the index).
 type Redis struct {
 	client redis.UniversalClient
 	base   string // prefix + hash tag; every key starts with it
