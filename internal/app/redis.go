@@ -29,6 +29,7 @@ func RedisOptions(rc config.RedisConn) redisconn.Options {
 func (a *App) dialRedis(rc config.RedisConn, path string, read time.Duration) (*redisconn.Conn, error) {
 	o := RedisOptions(rc)
 	o.ReadTimeout = read
+	o.Lazy = a.opts.Lazy
 	o.OnReload = func(err error) {
 		a.metrics.Reloaded("tls", err, float64(time.Now().Unix()))
 		if err != nil {

@@ -58,6 +58,10 @@ type Options struct {
 	// OnReload, when not nil, is told the outcome of each reload of the
 	// TLS client certificate.
 	OnReload func(error)
+	// Lazy keeps no connections ready: nothing is dialled before the first
+	// command (with TLS, idle connections are otherwise kept warm from the
+	// start). For `tollgate validate`, which must touch no network.
+	Lazy bool
 }
 
 // TLS turns on TLS. Without CAFile the server's certificate is checked
@@ -139,6 +143,9 @@ func Dial(o Options) (*Conn, error) {
 		if err := withTLS(opts, o.TLS, o.OnReload, c); err != nil {
 			return nil, err
 		}
+	}
+	if o.Lazy {
+		opts.MinIdleConns = 0
 	}
 	if !o.Cluster {
 		c.UniversalClient = redis.NewClient(opts)

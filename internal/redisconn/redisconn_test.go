@@ -364,3 +364,35 @@ func TestSetLogger(t *testing.T) {
 		})
 	}
 }
+
+// TestLazyKeepsNoConnectionsReady: with TLS the client keeps idle
+// connections warm, which dials at once; Lazy (validate) must not.
+func TestLazyKeepsNoConnectionsReady(t *testing.T) {
+	f := redistest.StartTLS(t, false).TLS()
+	tlsOn := TLS{Enabled: true, CAFile: f.CAFile}
+	cases := []struct {
+		name    string
+		o       Options
+		wantMin int
+	}{
+		{"tls", Options{Address: "127.0.0.1:1", TLS: tlsOn}, 2},
+		{"tls, lazy", Options{Address: "127.0.0.1:1", TLS: tlsOn, Lazy: true}, 0},
+		{"cluster, tls, lazy", Options{Address: "127.0.0.1:1", TLS: tlsOn, Cluster: true, Lazy: true}, 0},
+		{"cluster, tls", Options{Address: "127.0.0.1:1", TLS: tlsOn, Cluster: true}, 2},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			conn := dial(t, c.o)
+			var got int
+			switch cl := conn.UniversalClient.(type) {
+			case *redis.Client:
+				got = cl.Options().MinIdleConns
+			case *redis.ClusterClient:
+				got = cl.Options().MinIdleConns
+			}
+			if got != c.wantMin {
+				t.Errorf("MinIdleConns = %d, want %d", got, c.wantMin)
+			}
+		})
+	}
+}
