@@ -91,8 +91,11 @@ type Reconciler struct {
 	OnError func(error)
 }
 
-// Run calls Once every period until ctx is done.
+// Run calls Once every period (a minute when not positive) until ctx is done.
 func (r *Reconciler) Run(ctx context.Context, every time.Duration) {
+	if every <= 0 {
+		every = time.Minute
+	}
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
