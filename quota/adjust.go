@@ -16,7 +16,8 @@ import (
 type Adjuster interface {
 	// Adjust adds delta (negative: a release) to the counter key of group,
 	// whose window ends at reset, and returns its use after. A counter never
-	// goes below 0. A positive delta is added even past the limit (the
+	// goes below 0, or below minus what was topped up (TopUpper). A
+	// positive delta is added even past the limit (the
 	// request has been served; the overage is recorded and later requests
 	// are refused); the caller caps delta when the route says so. A counter
 	// that no longer exists (its window ended, Redis lost it) is not created
@@ -87,7 +88,7 @@ func (m *Memory) adjust(group, key string, delta int64, reset time.Time, create 
 		c = &counter{reset: reset}
 		sh.counters[key] = c
 	}
-	c.used = addFloor(c.used, delta)
+	c.used = adjustTopped(c.used, delta, c.topped)
 	return c.used, true
 }
 
@@ -261,7 +262,7 @@ local d = tonumber(ARGV[1])
 local reset = tonumber(ARGV[2])
 local now = tonumber(ARGV[3])
 local top = 9223372036854774784
-local v = redis.call('HMGET', KEYS[1], 'u', 'r')
+local v = redis.call('HMGET', KEYS[1], 'u', 'r', 't', 'tr')
 local r = tonumber(v[2])
 local u = 0
 local live = r and r > now
@@ -276,8 +277,12 @@ if ARGV[5] then
   local w = tonumber(redis.call('HGET', KEYS[1], ARGV[5]))
   if w and w >= tonumber(ARGV[6]) then return {0, u} end
 end
+-- A release stops at minus what was topped up in this window (topUpScript).
+local low = 0
+if live and v[4] == v[2] then low = -(tonumber(v[3]) or 0) end
+low = math.min(low, u)
 u = u + d
-if u < 0 then u = 0 elseif u > top then u = top end
+if u < low then u = low elseif u > top then u = top end
 redis.call('HSET', KEYS[1], 'u', string.format('%.0f', u), 'r', string.format('%.0f', reset))
 if ARGV[5] then redis.call('HSET', KEYS[1], ARGV[5], ARGV[6]) end
 if not live then

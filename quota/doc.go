@@ -17,8 +17,9 @@
 // A spend may be a reservation, settled when the request ends (Adjuster):
 // the unused part is released, or an overage is recorded, past the limit
 // if need be (later spends are then refused). Adjustments are checked too:
-// a counter saturates instead of wrapping and never goes below 0, and a
-// release never brings back a counter whose window ended. Memory adjusts
+// a counter saturates instead of wrapping and never goes below 0 (below
+// minus its top-ups, see TopUpper), and a release never brings back a
+// counter whose window ended. Memory adjusts
 // under the subject's lock; Leased changes the counter in Redis, where
 // every replica sees it (a release is not kept in the settling replica's
 // lease, so no replica holds more than a lease); Resilient copies

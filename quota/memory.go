@@ -24,8 +24,9 @@ type memShard struct {
 }
 
 type counter struct {
-	used  int64 // never negative
-	reset time.Time
+	used   int64 // below 0 only after a top-up
+	reset  time.Time
+	topped int64 // units added by TopUp: releases stop at −topped (topup.go)
 }
 
 var _ Store = (*Memory)(nil)

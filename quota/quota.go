@@ -96,9 +96,13 @@ var ErrUnavailable = errors.New("quota store unavailable")
 // used + cost ≤ limit, computed without overflow. A negative cost counts as
 // 0, and a cost of 0 fits only while used ≤ limit: a counter already over
 // its limit (the limit was lowered, or spends counted while Redis was down
-// were written back) refuses every cost, as used + 0 ≤ limit says.
+// were written back) refuses every cost, as used + 0 ≤ limit says. A
+// negative use (a top-up, see TopUpper) leaves that much more room.
 func Fits(used, cost, limit int64) bool {
-	cost, used = max(cost, 0), max(used, 0)
+	cost = max(cost, 0)
+	if used < 0 {
+		return used+cost <= limit // cost ≥ 0 > used: cannot overflow
+	}
 	// used ≤ limit first, so limit − used cannot overflow.
 	return used <= limit && cost <= limit-used
 }

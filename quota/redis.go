@@ -405,9 +405,10 @@ func (s *Leased) spend(ctx context.Context, group string, items []Item, used []i
 		}
 		// Spends only raise u, so Redis cannot give more than Limit − seen
 		// unless units were released since: refuse without asking while
-		// seen is fresh, and always a cost that fits no counter. Checked
-		// arithmetic, so that no cost fits by overflowing.
-		if !Fits(seen, cost-avail, it.Limit) && (fresh || !Fits(0, cost-avail, it.Limit)) {
+		// seen is fresh. (A cost above the limit may fit a counter topped
+		// up below 0, so it is asked about too.) Checked arithmetic, so
+		// that no cost fits by overflowing.
+		if !Fits(seen, cost-avail, it.Limit) && fresh {
 			if denied < 0 {
 				denied = i
 			}
@@ -803,10 +804,13 @@ return out
 // releaseScript hands n units back to a counter, if it is still the window
 // they were leased from. KEYS[1]: the counter. ARGV: n, reset_ms.
 var releaseScript = redis.NewScript(`
-local v = redis.call('HMGET', KEYS[1], 'u', 'r')
+local v = redis.call('HMGET', KEYS[1], 'u', 'r', 't', 'tr')
 if tonumber(v[2]) == tonumber(ARGV[2]) then
+  local low = 0
+  if v[4] == v[2] then low = -(tonumber(v[3]) or 0) end
+  low = math.min(low, tonumber(v[1]) or 0)
   local u = (tonumber(v[1]) or 0) - tonumber(ARGV[1])
-  if u < 0 then u = 0 end
+  if u < low then u = low end
   redis.call('HSET', KEYS[1], 'u', string.format('%.0f', u))
 end
 return 0

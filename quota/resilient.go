@@ -74,6 +74,7 @@ type Resilient struct {
 	onWriteBack func(units int64, err error)
 	syncing     atomic.Bool // a write-back is running
 	dirty       atomic.Bool // the journal holds changes nobody is sending
+	topUps      topUpQueue  // top-ups the primary has not acknowledged (topup.go)
 }
 
 // deltaApplier is a primary that can take changes made without it (Leased).
@@ -257,6 +258,11 @@ func (r *Resilient) writeBack() {
 	go func() {
 		for {
 			r.dirty.Store(false)
+			if !r.sendTopUps() {
+				r.dirty.Store(true)
+				r.syncing.Store(false)
+				return
+			}
 			if ds := r.j.take(writeBackBatch); len(ds) > 0 {
 				ctx, cancel := context.WithTimeout(context.Background(), writeBackTimeout)
 				_, err := r.applier.applyDeltas(ctx, ds, writeBackTimeout)
