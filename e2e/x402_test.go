@@ -116,7 +116,7 @@ func TestX402(t *testing.T) {
 		if sdkSignature == "" {
 			t.Skip("needs the SDK's payment")
 		}
-		settled := e.fac.local.Settlements()
+		settled, verified := e.fac.local.Settlements(), e.fac.verify.Load()
 		from, _ := e.balances(e.sdkAddr)
 		r := do(t, "GET", paid("answer"), "payment-signature: "+sdkSignature)
 		if got, want := r.status, http.StatusPaymentRequired; got != want {
@@ -131,6 +131,10 @@ func TestX402(t *testing.T) {
 		}
 		if from2, _ := e.balances(e.sdkAddr); from2 != from {
 			t.Errorf("payer balance = %d, want %d", from2, from)
+		}
+		// tollgate knows the payment was used: the facilitator is not asked.
+		if got := e.fac.verify.Load(); got != verified {
+			t.Errorf("facilitator /verify calls = %d, want %d", got, verified)
 		}
 		if got, want := e.api.count("/v1/paid/answer"), 1; got != want {
 			t.Errorf("upstream reached %d times, want %d (only the paid call)", got, want)
