@@ -436,7 +436,8 @@ func run(ctx context.Context, o options) error {
 		stopAll()
 		sr, err := runScale(ctx, o, dir, bin)
 		if err != nil {
-			return err
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			rep.Notes = append(rep.Notes, err.Error())
 		}
 		rep.Scale = sr
 	}

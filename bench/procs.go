@@ -107,12 +107,17 @@ var servingRE = regexp.MustCompile(`"msg":"serving"`)
 // startTollgate serves cfg with the tollgate binary bin, with env added to
 // the environment.
 func startTollgate(dir, name, bin, cfg string, env []string) (*server, error) {
+	return startTollgateWait(dir, name, bin, cfg, env, 30*time.Second)
+}
+
+// startTollgateWait is startTollgate waiting up to wait for it to serve.
+func startTollgateWait(dir, name, bin, cfg string, env []string, wait time.Duration) (*server, error) {
 	p, err := start(name, filepath.Join(dir, name+".log"), bin, env, "serve", "--config", cfg)
 	if err != nil {
 		return nil, err
 	}
 	var l struct{ GRPC, Admin string }
-	if err := p.WaitJSON(servingRE, 30*time.Second, &l); err != nil {
+	if err := p.WaitJSON(servingRE, wait, &l); err != nil {
 		p.Stop()
 		return nil, err
 	}

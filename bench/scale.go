@@ -54,7 +54,8 @@ func runScale(ctx context.Context, o options, dir, bin string) ([]*ScaleRes, err
 		}
 		r, err := scaleOne(ctx, o, dir, bin, n)
 		if err != nil {
-			return nil, fmt.Errorf("scale %d: %w", n, err)
+			// What was measured so far is still reported.
+			return out, fmt.Errorf("scale %d: %w", n, err)
 		}
 		out = append(out, r)
 	}
@@ -93,7 +94,7 @@ func scaleOne(ctx context.Context, o options, dir, bin string, n int) (*ScaleRes
 
 	t0 = time.Now()
 	name := fmt.Sprintf("tollgate-%d", n)
-	tg, err := startTollgate(sdir, name, bin, cfg, nil)
+	tg, err := startTollgateWait(sdir, name, bin, cfg, nil, 10*time.Minute)
 	if err != nil {
 		return nil, err
 	}
