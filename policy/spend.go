@@ -346,7 +346,8 @@ func CreditsCounter(e *entitlement.Entitlement, now time.Time) Spend {
 	}
 	reset := e.PeriodEnd
 	if reset.IsZero() || !now.Before(reset) {
-		reset = now.Add(creditsHorizon)
+		// Whole seconds, as a reservation keeps them.
+		reset = now.Add(creditsHorizon).Truncate(time.Second)
 	}
 	return Spend{Quota: CreditsQuota, Credits: true, Counter: CreditsQuota + "/" + strconv.FormatInt(bal, 10),
 		Limit: bal, Start: e.PeriodStart, Reset: reset}

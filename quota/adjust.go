@@ -268,7 +268,12 @@ local u = 0
 local live = r and r > now
 if live then
   u = tonumber(v[1]) or 0
-  if r ~= reset then return {0, u} end
+  -- A live counter takes the adjustments of requests of its own life: a
+  -- reservation's reset at or after the counter's own (in seconds: a
+  -- reservation keeps whole seconds). A credits counter's reset moves
+  -- with each request (now + a horizon), so a later one is the same
+  -- counter; an earlier one is of a counter that expired since.
+  if math.floor(reset / 1000) < math.floor(r / 1000) then return {0, u} end
 else
   if d <= 0 or reset <= now then return {0, 0} end
   if v[2] then redis.call('DEL', KEYS[1]) end

@@ -452,6 +452,34 @@ func TestLeasedAdjustInRedis(t *testing.T) {
 		}
 	})
 
+	t.Run("a credits counter settles with its requests' later resets", func(t *testing.T) {
+		// Credits without a period end reset at now + a horizon, so every
+		// request names a later reset than the one the counter was made with.
+		s := newStore()
+		first := reset.Add(123 * time.Millisecond)
+		if d, err := s.Spend(ctx, "g", []Item{{Key: "credits", Cost: 10, Limit: 100, Reset: first}}, make([]int64, 1)); d != -1 || err != nil {
+			t.Fatal(d, err)
+		}
+		tests := []struct {
+			name  string
+			reset time.Time
+			delta int64
+			want  int64
+		}{
+			{"its own reservation (whole seconds)", first.Truncate(time.Second), -3, 7},
+			{"a later request's", first.Add(5 * time.Second), -2, 5},
+			{"a counter's that expired before this one", first.Add(-time.Hour), -5, 5},
+		}
+		for _, tt := range tests {
+			if _, err := s.Adjust(ctx, "g", "credits", tt.delta, tt.reset); err != nil {
+				t.Fatal(err)
+			}
+			if got := redisUsed(t, c, s, "g", "credits"); got != tt.want {
+				t.Errorf("%s: u = %d, want %d", tt.name, got, tt.want)
+			}
+		}
+	})
+
 	t.Run("an overage makes the counter, expiring with its window", func(t *testing.T) {
 		s := newStore()
 		if got, err := s.Adjust(ctx, "g", "k", 7, reset); got != 7 || err != nil {
