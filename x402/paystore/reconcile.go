@@ -89,6 +89,10 @@ type Reconciler struct {
 	SettleTimeout time.Duration
 	// OnError, when not nil, is told the errors of Run's rounds.
 	OnError func(error)
+	// OnSettled, when not nil, is told each record found settled (by this
+	// settle or an earlier one), after it is recorded: what the payment
+	// bought is then owed to the payer (a top-up's credits).
+	OnSettled func(ctx context.Context, rec Record, receipt string)
 }
 
 // Run calls Once every period (a minute when not positive) until ctx is done.
@@ -193,7 +197,13 @@ func (r *Reconciler) settle(ctx context.Context, rec Record, resp x402.SettleRes
 	if err != nil {
 		return "", err
 	}
-	return outcome, r.Store.Finish(ctx, rec.Key, Settled, receipt, reason)
+	if err := r.Store.Finish(ctx, rec.Key, Settled, receipt, reason); err != nil {
+		return outcome, err
+	}
+	if r.OnSettled != nil {
+		r.OnSettled(ctx, rec, receipt)
+	}
+	return outcome, nil
 }
 
 // inconclusive keeps rec Unknown, unless it has had its attempts or its

@@ -249,7 +249,7 @@ func TestReconciler(t *testing.T) {
 					mustFinish(t, h.store, rec.Key, Unknown, "", "settlement_outcome_unknown")
 				}
 
-				var observed []string
+				var observed, settledKeys []string
 				r := &Reconciler{
 					Store: h.store, Facilitator: f, Now: clock,
 					Requirements: func(got Record) (x402.PaymentRequirements, bool) {
@@ -258,7 +258,8 @@ func TestReconciler(t *testing.T) {
 						}
 						return testOffer(), !tc.noOffer
 					},
-					Observe: func(o string) { observed = append(observed, o) },
+					Observe:   func(o string) { observed = append(observed, o) },
+					OnSettled: func(_ context.Context, got Record, _ string) { settledKeys = append(settledKeys, got.Key) },
 				}
 				resolved, err := r.Once(ctx)
 				if err != nil {
@@ -276,6 +277,9 @@ func TestReconciler(t *testing.T) {
 				}
 				if want := tc.attempts + 2; got.Attempts != want {
 					t.Errorf("attempts %d, want %d", got.Attempts, want)
+				}
+				if want := map[bool]int{true: 1}[tc.wantState == Settled]; len(settledKeys) != want {
+					t.Errorf("OnSettled told %v, want %d call(s): what a settled payment bought is owed", settledKeys, want)
 				}
 				if tc.wantState == Settled {
 					sr := decodeReceipt(t, got.Receipt)
