@@ -20,14 +20,21 @@ import (
 // the ext_proc server settles once the upstream has answered.
 const PaymentKey = "x402"
 
+// MPPPaymentKey is PaymentKey for a payment made with the Payment scheme
+// (MPP): the same paystore key, settled the same way, but the ext_proc
+// server answers with a Payment-Receipt instead of PAYMENT-RESPONSE.
+const MPPPaymentKey = "mpp"
+
 // paid is what a Check's payment left for its answer.
 type paid struct {
 	key     string // to settle on the response ("" : nothing to settle)
 	receipt string // PAYMENT-RESPONSE now (a top-up, or a retry)
 	payer   string
+	mpp     bool // paid with the Payment scheme
 }
 
-// paymentHeader is the request's x402 payment header, if it sent one.
+// paymentHeader is the request's payment: its x402 header, or an
+// `Authorization: Payment` credential (MPP), if it sent one.
 func paymentHeader(r *request) (value string, v1, ok bool) {
 	if v, ok := r.Header("payment-signature"); ok {
 		return v, false, true
@@ -35,7 +42,18 @@ func paymentHeader(r *request) (value string, v1, ok bool) {
 	if v, ok := r.Header("x-payment"); ok {
 		return v, true, true
 	}
+	if v, ok := r.Header("authorization"); ok && isPaymentScheme(v) {
+		return v, false, true
+	}
 	return "", false, false
+}
+
+// isPaymentScheme reports an Authorization value of the Payment scheme
+// (auth-schemes are case-insensitive). An x402 header never matches: it is
+// base64, without a space.
+func isPaymentScheme(v string) bool {
+	const scheme = "payment "
+	return len(v) > len(scheme) && strings.EqualFold(v[:len(scheme)], scheme)
 }
 
 // decidePaid decides a request that carries a payment. Credentials, when
@@ -68,7 +86,8 @@ func (s *Server) decidePaid(ctx context.Context, rt *Rules, q *Request, route *p
 		}
 		ent = e
 	}
-	adm, err := g.Admit(ctx, payment.Request{Route: route, Header: header, V1: v1, Entitlement: ent, Method: r.method(), Path: r.pathOnly()})
+	isMPP := isPaymentScheme(header)
+	adm, err := g.Admit(ctx, payment.Request{Route: route, Header: header, V1: v1, Entitlement: ent, Method: r.method(), Path: r.pathOnly(), MPP: isMPP})
 	if err != nil {
 		res.Err = err
 		var ref *payment.Refusal
@@ -80,7 +99,7 @@ func (s *Server) decidePaid(ctx context.Context, rt *Rules, q *Request, route *p
 		}
 		return policy.Decision{Code: policy.PaymentUnavailable, Route: route, Entitlement: ent}
 	}
-	res.pay = paid{receipt: adm.Receipt, payer: strings.ToLower(adm.Payer)}
+	res.pay = paid{receipt: adm.Receipt, payer: strings.ToLower(adm.Payer), mpp: isMPP}
 	res.Payer, res.Payment = res.pay.payer, adm.Kind
 	if adm.Retry {
 		res.Payment = "retry"
@@ -96,7 +115,9 @@ func (s *Server) decidePaid(ctx context.Context, rt *Rules, q *Request, route *p
 	if !adm.Retry {
 		res.pay.key = adm.Key
 	}
-	if ent == nil {
+	if ent == nil && isMPP {
+		ent = &entitlement.Entitlement{Subject: "mpp:" + res.pay.payer, Plan: "mpp", Status: entitlement.StatusActive}
+	} else if ent == nil {
 		ent = &entitlement.Entitlement{Subject: "x402:" + res.pay.payer, Plan: "x402", Status: entitlement.StatusActive}
 	}
 	return policy.Decision{Code: policy.OK, Route: route, Entitlement: ent}
@@ -114,10 +135,24 @@ func payable(c policy.Code) bool {
 }
 
 // challenge is a refusal's x402 offer: the PAYMENT-REQUIRED value and the
-// same offer for the body.
+// same offer for the body; and its Payment scheme challenge, when on.
 type challenge struct {
 	header       string
 	x402, offers []byte
+	mpp          string // a WWW-Authenticate value, or ""
+}
+
+// mppHeader is the `WWW-Authenticate: Payment` of c, or nil. It is added
+// beside any Bearer challenge the refusal's template sets: Envoy applies a
+// denial's headers in order, so the append comes after the overwrite.
+func (c *challenge) mppHeader() *corev3.HeaderValueOption {
+	if c.mpp == "" {
+		return nil
+	}
+	return &corev3.HeaderValueOption{
+		Header:       &corev3.HeaderValue{Key: "www-authenticate", Value: c.mpp},
+		AppendAction: corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD,
+	}
 }
 
 // paymentChallenge builds the offer for a refusal, when something can be
@@ -132,6 +167,9 @@ func (rt *Rules) paymentChallenge(r *request, d *policy.Decision, res *Result, d
 		w.Credits, w.Lack = true, sp.Cost-max(sp.Limit-used, 0)
 	}
 	c.header, c.x402, c.offers, ok = g.Challenge(w)
+	if ok {
+		c.mpp = g.MPPChallenge(w)
+	}
 	return c, ok
 }
 
@@ -160,7 +198,11 @@ func (rt *Rules) paidAllow(ok *authv3.OkHttpResponse, md *structpb.Struct, p *pa
 		ok.ResponseHeadersToAdd = append(ok.ResponseHeadersToAdd[:len(ok.ResponseHeadersToAdd):len(ok.ResponseHeadersToAdd)], overwrite("payment-response", p.receipt))
 	}
 	if p.key != "" {
-		md.Fields[PaymentKey] = structpb.NewStringValue(p.key)
+		k := PaymentKey
+		if p.mpp {
+			k = MPPPaymentKey
+		}
+		md.Fields[k] = structpb.NewStringValue(p.key)
 	}
 }
 
@@ -180,6 +222,9 @@ func (rt *Rules) paymentDetail(d *policy.Decision, res *Result) string {
 		s := "This route is paid per call"
 		if g := rt.opts.Payments; g != nil && d.Route != nil && d.Route.Price != "" {
 			s = "This route costs " + d.Route.Price + " " + g.Currency() + " per call"
+		}
+		if g := rt.opts.Payments; g != nil && g.MPP() {
+			return s + ": pay with x402 (the PAYMENT-REQUIRED header holds the offer) or the Payment scheme (WWW-Authenticate: Payment), or send credentials."
 		}
 		return s + ": pay with x402 (the PAYMENT-REQUIRED header holds the offer), or send credentials."
 	case policy.PaymentInvalid, policy.PaymentConflict:

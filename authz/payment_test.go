@@ -62,7 +62,7 @@ subjects:
 
 // paidServer is a decision server whose forecast route costs 0.001 USDC a
 // call and whose credits can be topped up, over a LocalFacilitator.
-func paidServer(t *testing.T) (*authz.Server, *x402.LocalFacilitator) {
+func paidServer(t *testing.T, edit ...func(*payment.Options)) (*authz.Server, *x402.LocalFacilitator) {
 	t.Helper()
 	dir := t.TempDir()
 	for name, body := range map[string]string{"tollgate.yaml": paidConfig, "ents.yaml": paidEntitlements} {
@@ -78,11 +78,15 @@ func paidServer(t *testing.T) (*authz.Server, *x402.LocalFacilitator) {
 	fac := x402.NewLocalFacilitator(now, "eip155:84532")
 	fac.Mint(payAsset, x402test.Address(1), big.NewInt(10_000_000))
 	var credited int64
-	g, err := payment.New(payment.Options{
+	o := payment.Options{
 		Network: "eip155:84532", Asset: payAsset, PayTo: payTo, AssetName: "USDC", AssetVersion: "2", Decimals: 6, Currency: "USDC",
 		TopUps: []payment.TopUp{{Credits: 100, Price: "0.5"}}, Facilitator: fac, Store: paystore.NewMemory(now, 100), Now: now,
 		Credit: func(context.Context, *entitlement.Entitlement, int64, time.Time) error { credited++; return nil },
-	})
+	}
+	for _, e := range edit {
+		e(&o)
+	}
+	g, err := payment.New(o)
 	if err != nil {
 		t.Fatal(err)
 	}

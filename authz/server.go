@@ -493,6 +493,9 @@ func (rt *Rules) deny(r *request, d *policy.Decision, res *Result) *authv3.Check
 	}
 	if payable {
 		headers = append(headers, overwrite("payment-required", pc.header))
+		if h := pc.mppHeader(); h != nil {
+			headers = append(headers, h)
+		}
 	}
 	if h := receiptHeader(&res.pay); h != nil {
 		headers = append(headers, h)

@@ -1,11 +1,15 @@
 package config
 
 import (
+	"cmp"
+	"errors"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/tollgate-authz/tollgate/internal/envvar"
+	"github.com/tollgate-authz/tollgate/mpp"
+	"github.com/tollgate-authz/tollgate/policy"
 	"github.com/tollgate-authz/tollgate/x402"
 )
 
@@ -38,6 +42,20 @@ type Payments struct {
 			SettleTimeout time.Duration `yaml:"settle_timeout"`
 		} `yaml:"facilitator"`
 	} `yaml:"x402"`
+	// MPP also takes the Payment HTTP authentication scheme (MPP,
+	// draft-ryan-httpauth-payment) on the same 402s: method evm, intent
+	// charge, with x402's network, asset, pay_to and route prices.
+	MPP struct {
+		Enabled bool `yaml:"enabled"`
+		// KeyEnv names the environment variable holding the key that
+		// binds challenges (HMAC-SHA256): at least 32 bytes.
+		KeyEnv string `yaml:"key_env"`
+		// Realm is the challenges' protection space (default:
+		// responses.realm).
+		Realm string `yaml:"realm"`
+		// TTL is how long a challenge may be paid (default 5m).
+		TTL time.Duration `yaml:"ttl"`
+	} `yaml:"mpp"`
 	// TopUps are offered on insufficient_credits: credits for a price.
 	TopUps []struct {
 		Credits int64  `yaml:"credits"`
@@ -97,14 +115,26 @@ func (c *Config) paymentsDefaults() {
 	if x.Currency == "" {
 		x.Currency = x.AssetName
 	}
+	m := &p.MPP
+	if m.Realm == "" {
+		// responses.realm's own default is set after this one.
+		m.Realm = cmp.Or(c.Responses.Realm, policy.DefaultRealm)
+	}
+	if m.TTL == 0 {
+		m.TTL = 5 * time.Minute
+	}
 }
 
 // checkPayments checks the payments block and every route's price.
 func (c *Config) checkPayments(fail func(path, msg string, args ...any)) {
 	if !c.Paid() {
+		if c.Payments.MPP.Enabled {
+			fail("payments.mpp.enabled", "needs payments.x402 (network, asset, pay_to, facilitator) and a route with a price")
+		}
 		return
 	}
 	p := &c.Payments
+	c.checkMPP(fail)
 	x := &p.X402
 	req := func(path, v string) bool {
 		if v == "" {
@@ -200,4 +230,35 @@ func (c *Config) checkPayments(fail func(path, msg string, args ...any)) {
 	if p.ReconcileEvery < time.Second {
 		fail("payments.reconcile_every", "must be at least 1s")
 	}
+}
+
+// checkMPP checks payments.mpp when it is on: the key's variable, and the
+// realm and ttl, as mpp.ValidateConfig takes them.
+func (c *Config) checkMPP(fail func(path, msg string, args ...any)) {
+	m := &c.Payments.MPP
+	if !m.Enabled {
+		return
+	}
+	var key []byte
+	if m.KeyEnv == "" {
+		fail("payments.mpp.key_env", "is required: the environment variable holding the challenge-binding key (at least %d bytes)", mpp.MinKeyBytes)
+	} else if v, err := envvar.Lookup(m.KeyEnv); err != nil {
+		fail("payments.mpp.key_env", "%v", err)
+	} else {
+		key = []byte(v)
+	}
+	if err := mpp.ValidateConfig(key, m.Realm, m.TTL); err != nil {
+		var ce *mpp.ConfigError
+		switch {
+		case !errors.As(err, &ce):
+			fail("payments.mpp", "%v", err)
+		case ce.Field == "key" && key == nil: // reported above
+		case ce.Field == "key":
+			fail("payments.mpp.key_env", "%s holds %d bytes: %s", m.KeyEnv, len(key), ce.Reason)
+		default:
+			fail("payments.mpp."+ce.Field, "%s", ce.Reason)
+		}
+	}
+	// x402's network is eip155:<chain id> already (checked above), which
+	// the evm method needs.
 }

@@ -124,17 +124,29 @@ func newMacPool(key []byte) *macPool {
 	return p
 }
 
+// ConfigError is a setting ValidateConfig refuses: Field is "key",
+// "realm" or "ttl", so a config loader can name its own field.
+type ConfigError struct {
+	Field, Reason string
+}
+
+func (e *ConfigError) Error() string { return "mpp: " + e.Field + ": " + e.Reason }
+
+// MaxTTL bounds a challenge's lifetime: an evm authorization may stay open
+// as long, and facilitators take at most a day.
+const MaxTTL = 24 * time.Hour
+
 // ValidateConfig checks what NewChallenger is given, so a bad key or realm
-// fails at load with a message naming the field.
+// fails at load with a message naming the field. Errors are *ConfigError.
 func ValidateConfig(key []byte, realm string, ttl time.Duration) error {
 	if len(key) < MinKeyBytes {
-		return errors.New("mpp: key: want at least 32 bytes")
+		return &ConfigError{"key", "want at least 32 bytes"}
 	}
 	if realm == "" || !isHeaderText(realm) {
-		return errors.New("mpp: realm: want printable ASCII (the draft: realm SHOULD be ASCII)")
+		return &ConfigError{"realm", "want printable ASCII (the draft: realm SHOULD be ASCII)"}
 	}
-	if ttl < time.Second {
-		return errors.New("mpp: ttl: want at least one second")
+	if ttl < time.Second || ttl > MaxTTL {
+		return &ConfigError{"ttl", "want one second to 24 hours"}
 	}
 	return nil
 }

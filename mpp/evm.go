@@ -158,7 +158,26 @@ func refuse(field, detail string) *Error {
 }
 
 // Authorize runs draft-evm-charge's "Authorization Verification" on a
-// challenge Check accepted, without moving money:
+// challenge Check accepted, without moving money: Inspect, then the
+// facilitator's /verify (balance, nonce unused on chain).
+func (m *EVMCharge) Authorize(ctx context.Context, ch Challenge, payload json.RawMessage) (Authorized, error) {
+	a, err := m.Inspect(ch, payload)
+	if err != nil {
+		return Authorized{}, err
+	}
+	vr, err := m.cfg.Facilitator.Verify(ctx, a.payload, a.req)
+	if err != nil {
+		return Authorized{}, fmt.Errorf("mpp: evm: facilitator verify: %w", err)
+	}
+	if !vr.IsValid {
+		return Authorized{}, FacilitatorRefusal(vr.InvalidReason)
+	}
+	return a, nil
+}
+
+// Inspect is every step of Authorize that needs no facilitator, so a
+// caller can record the payment (and refuse a replay) before paying for a
+// facilitator round trip:
 //
 //  1. the challenge is `evm`/`charge` and its request is this method's
 //     (chain, currency, recipient; no splits);
@@ -168,9 +187,8 @@ func refuse(field, detail string) *Error {
 //     Binding": the challengeHash, so the signature pays this challenge and
 //     no other, and the token contract spends the nonce once);
 //  5. validAfter <= now < validBefore <= expires;
-//  6. the EIP-712 signature under the token's domain recovers to `from`;
-//  7. the facilitator's /verify (balance, nonce unused on chain).
-func (m *EVMCharge) Authorize(ctx context.Context, ch Challenge, payload json.RawMessage) (Authorized, error) {
+//  6. the EIP-712 signature under the token's domain recovers to `from`.
+func (m *EVMCharge) Inspect(ch Challenge, payload json.RawMessage) (Authorized, error) {
 	if ch.Method != MethodEVM || ch.Intent != IntentCharge {
 		return Authorized{}, &Error{Code: CodeMethodUnsupported, Field: "challenge.method", Detail: "this method verifies evm charge only"}
 	}
@@ -251,8 +269,7 @@ func (m *EVMCharge) Authorize(ctx context.Context, ch Challenge, payload json.Ra
 		return Authorized{}, refuse("payload.validBefore", "later than the challenge expires")
 	}
 
-	req := m.req
-	req.Amount = r.Amount
+	req := m.Requirements(r.Amount)
 	pp := x402.PaymentPayload{
 		X402Version: x402.Version, Accepted: &req,
 		Payload: x402.ExactEVMPayload{Signature: p.Signature, Authorization: x402.Authorization{
@@ -263,14 +280,25 @@ func (m *EVMCharge) Authorize(ctx context.Context, ch Challenge, payload json.Ra
 	if err != nil {
 		return Authorized{}, refuse("payload.signature", "not signed by payload.from under the token's EIP-712 domain")
 	}
-	vr, err := m.cfg.Facilitator.Verify(ctx, pp, req)
-	if err != nil {
-		return Authorized{}, fmt.Errorf("mpp: evm: facilitator verify: %w", err)
-	}
-	if !vr.IsValid {
-		return Authorized{}, facilitatorRefusal(vr.InvalidReason)
-	}
 	return Authorized{Challenge: ch, Payer: payer, ExternalID: r.ExternalID, payload: pp, req: req}, nil
+}
+
+// X402 is the authorization in x402's terms: the `exact` scheme's
+// PaymentPayload (version 2, accepted = req) and the requirements a
+// facilitator verifies and settles it against. The EIP-3009 call is the
+// same, so an x402 facilitator, store or reconciler can take it as it is.
+func (a Authorized) X402() (x402.PaymentPayload, x402.PaymentRequirements) {
+	return a.payload, a.req
+}
+
+// Requirements is the x402 form of this method's charge of amount (atomic
+// units): what Inspect puts in a payload's accepted member, and what its
+// settlement is sent with. maxTimeoutSeconds is the method's, which covers
+// the challenge's lifetime.
+func (m *EVMCharge) Requirements(amount string) x402.PaymentRequirements {
+	req := m.req
+	req.Amount = amount
+	return req
 }
 
 // Settle has the facilitator submit the transfer and returns the receipt
@@ -283,17 +311,25 @@ func (m *EVMCharge) Settle(ctx context.Context, a Authorized) (Receipt, error) {
 		return Receipt{}, fmt.Errorf("mpp: evm: facilitator settle: %w", err)
 	}
 	if !sr.Success {
-		return Receipt{}, facilitatorRefusal(sr.ErrorReason)
+		return Receipt{}, FacilitatorRefusal(sr.ErrorReason)
 	}
-	rc := NewReceipt(MethodEVM, sr.Transaction, a.Challenge.ID, m.cfg.Now())
-	rc.ChainID = m.cfg.ChainID
+	rc := m.Receipt(sr.Transaction, a.Challenge.ID)
 	rc.ExternalID = a.ExternalID
 	return rc, nil
 }
 
-// facilitatorRefusal passes on the facilitator's reason when it is a plain
-// code (x402 reasons are), and nothing else it said.
-func facilitatorRefusal(reason string) *Error {
+// Receipt is the receipt of draft-evm-charge ("Receipt Generation") for a
+// settlement in transaction of the challenge challengeID, timed now.
+func (m *EVMCharge) Receipt(transaction, challengeID string) Receipt {
+	rc := NewReceipt(MethodEVM, transaction, challengeID, m.cfg.Now())
+	rc.ChainID = m.cfg.ChainID
+	return rc
+}
+
+// FacilitatorRefusal is the *Error for a facilitator's refusal: it passes
+// on the reason when it is a plain code (x402 reasons are), and nothing
+// else the facilitator said.
+func FacilitatorRefusal(reason string) *Error {
 	code := CodeVerificationFailed
 	if reason == "insufficient_funds" {
 		code = CodePaymentInsufficient

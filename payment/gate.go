@@ -5,7 +5,8 @@
 // and turns a paid top-up into credits.
 //
 // The decision server (authz) calls Challenge on a refusal and Admit on a
-// request with PAYMENT-SIGNATURE or X-PAYMENT; the ext_proc server (settle)
+// request with PAYMENT-SIGNATURE or X-PAYMENT (or, with MPP on, with
+// `Authorization: Payment`: see mpp.go); the ext_proc server (settle)
 // calls Settle on the response's headers and Abandon when a stream ends
 // without them. State shared by replicas (which payments were claimed,
 // settled, or are in doubt) lives in a paystore.Store.
@@ -61,6 +62,8 @@ type Options struct {
 	Observe func(stage, outcome string)
 	Now     func() time.Time
 	Log     *slog.Logger
+	// MPP, when set, takes the Payment HTTP auth scheme too (mpp.go).
+	MPP *MPP
 }
 
 // Gate is the payment side of the decision server. It is safe for
@@ -70,6 +73,7 @@ type Gate struct {
 	base   x402.PaymentRequirements
 	topUps []topUpOffer
 	prices sync.Map // decimal price -> atomic amount (string)
+	mpp    *mppGate // nil: x402 only
 }
 
 type topUpOffer struct {
@@ -119,6 +123,13 @@ func New(o Options) (*Gate, error) {
 			return nil, fmt.Errorf("payment: a top-up must buy at least one credit")
 		}
 		g.topUps = append(g.topUps, topUpOffer{t, amt})
+	}
+	if o.MPP != nil {
+		m, err := newMPP(o)
+		if err != nil {
+			return nil, fmt.Errorf("payment: mpp: %w", err)
+		}
+		g.mpp = m
 	}
 	return g, nil
 }
@@ -255,6 +266,8 @@ type Request struct {
 	Entitlement *entitlement.Entitlement
 	// Method and Path bind a payment-identifier to the operation.
 	Method, Path string
+	// MPP: Header is an `Authorization: Payment` value (see admitMPP).
+	MPP bool
 }
 
 // Admission is a payment admitted at the door.
@@ -307,7 +320,13 @@ func fromX402(err error) error {
 // pay-per-call payment is then settled by Settle once the upstream has
 // answered; a top-up is settled here and credited at once.
 func (g *Gate) Admit(ctx context.Context, q Request) (Admission, error) {
-	adm, err := g.admit(ctx, q)
+	var adm Admission
+	var err error
+	if q.MPP {
+		adm, err = g.admitMPP(ctx, q)
+	} else {
+		adm, err = g.admit(ctx, q)
+	}
 	switch {
 	case err == nil && adm.Retry:
 		g.o.Observe("admit", "retry")
@@ -461,7 +480,9 @@ func (g *Gate) topUp(ctx context.Context, q Request, p x402.PaymentPayload, req 
 
 // Settle settles the pay-per-call payment under key after the upstream
 // answered status: a failed upstream (not 2xx or 3xx) is not settled and
-// the claim is released. It returns the PAYMENT-RESPONSE value on success.
+// the claim is released. It returns the receipt on success: the
+// PAYMENT-RESPONSE value, or the Payment-Receipt value for a payment made
+// with the Payment scheme (MPP; the caller knows which from how it admitted it).
 // A refusal is a *Refusal; an outcome unknown is left to the reconciler
 // and wraps ErrUnavailable.
 func (g *Gate) Settle(ctx context.Context, key string, status int, routes func(string) *policy.Route) (string, error) {
@@ -504,7 +525,7 @@ func (g *Gate) Settle(ctx context.Context, key string, status int, routes func(s
 		g.o.Observe("settle", "failed")
 		return "", refuse(orDefault(sr.ErrorReason, "settle_failed"), "The payment could not be settled ("+orDefault(sr.ErrorReason, "refused")+").")
 	}
-	receipt, err := x402.EncodePaymentResponse(sr)
+	receipt, err := g.receiptOf(rec, sr)
 	if err != nil {
 		return "", unavailable("the receipt", err)
 	}
@@ -531,6 +552,9 @@ func (g *Gate) Requirements(rec paystore.Record, routes func(string) *policy.Rou
 	}
 	if err != nil {
 		return p, x402.PaymentRequirements{}, fromX402(err)
+	}
+	if _, ok := mppChallengeID(rec); ok {
+		return g.mppRequirements(p, rec, routes)
 	}
 	value := p.Payload.Authorization.Value
 	if r := routes(rec.Route); r != nil && g.amountOf(r.Price) == value {

@@ -36,7 +36,7 @@ type fixture struct {
 	seen    map[string]int // Observe counts, "stage/outcome"
 }
 
-func newFixture(t *testing.T, fac x402.Facilitator) *fixture {
+func newFixture(t *testing.T, fac x402.Facilitator, edit ...func(*Options)) *fixture {
 	t.Helper()
 	f := &fixture{fac: x402.NewLocalFacilitator(func() time.Time { return now }, "eip155:84532"), seen: map[string]int{}}
 	f.fac.Mint(asset, x402test.Address(1), big.NewInt(10_000_000))
@@ -44,7 +44,7 @@ func newFixture(t *testing.T, fac x402.Facilitator) *fixture {
 		fac = f.fac
 	}
 	f.store = paystore.NewMemory(func() time.Time { return now }, 100)
-	g, err := New(Options{
+	o := Options{
 		Network: "eip155:84532", Asset: asset, PayTo: payTo, AssetName: "USDC", AssetVersion: "2", Decimals: 6, Currency: "USDC",
 		TopUps:      []TopUp{{Credits: 100, Price: "0.5"}, {Credits: 1000, Price: "4"}},
 		Facilitator: fac, Store: f.store, Now: func() time.Time { return now },
@@ -54,7 +54,11 @@ func newFixture(t *testing.T, fac x402.Facilitator) *fixture {
 		},
 		Record:  func(_ context.Context, ev usage.Event) error { f.events = append(f.events, ev); return nil },
 		Observe: func(stage, outcome string) { f.seen[stage+"/"+outcome]++ },
-	})
+	}
+	for _, e := range edit {
+		e(&o)
+	}
+	g, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,7 +31,8 @@ type ExtProc struct {
 // known (see payment.Gate).
 type Payments interface {
 	// Settle settles the payment under key after the upstream answered
-	// status. It returns the PAYMENT-RESPONSE value, or a problem+json
+	// status. It returns the receipt (PAYMENT-RESPONSE's value, or
+	// Payment-Receipt's under MPPPaymentKey), or a problem+json
 	// body to answer 402 with instead of the response when settlement was
 	// refused; with neither, the response goes as it is.
 	Settle(ctx context.Context, key string, status int) (receipt string, refusal []byte)
@@ -39,8 +40,13 @@ type Payments interface {
 	Abandon(key string)
 }
 
-// PaymentKey is an admitted payment's key in AuthzNamespace.
-const PaymentKey = "x402"
+// PaymentKey is an admitted payment's key in AuthzNamespace; MPPPaymentKey
+// holds it instead for a payment made with the Payment scheme, whose
+// receipt goes in Payment-Receipt instead of PAYMENT-RESPONSE.
+const (
+	PaymentKey    = "x402"
+	MPPPaymentKey = "mpp"
+)
 
 // NewExtProc serves the body reading of s's metered routes (s may be nil)
 // and, with WithPayments, the settlement of paid ones.
@@ -65,6 +71,7 @@ func (x *ExtProc) Process(stream extprocv3.ExternalProcessor_ProcessServer) erro
 	// payKey is an admitted payment not yet settled: if the stream ends
 	// before the response's headers, nothing was served and it is released.
 	var payKey string
+	receiptHeader := "payment-response"
 	defer func() {
 		if payKey != "" {
 			x.pay.Abandon(payKey)
@@ -79,7 +86,12 @@ func (x *ExtProc) Process(stream extprocv3.ExternalProcessor_ProcessServer) erro
 			return err
 		}
 		if x.pay != nil && payKey == "" && req.GetMetadataContext() != nil {
-			payKey = req.GetMetadataContext().GetFilterMetadata()[AuthzNamespace].GetFields()[PaymentKey].GetStringValue()
+			f := req.GetMetadataContext().GetFilterMetadata()[AuthzNamespace].GetFields()
+			if payKey = f[PaymentKey].GetStringValue(); payKey == "" {
+				if payKey = f[MPPPaymentKey].GetStringValue(); payKey != "" {
+					receiptHeader = "payment-receipt"
+				}
+			}
 		}
 		if req.GetMetadataContext() != nil {
 			md = req.GetMetadataContext()
@@ -110,7 +122,7 @@ func (x *ExtProc) Process(stream extprocv3.ExternalProcessor_ProcessServer) erro
 				case receipt != "":
 					hr.Response = &extprocv3.CommonResponse{HeaderMutation: &extprocv3.HeaderMutation{
 						SetHeaders: []*corev3.HeaderValueOption{{
-							Header:       &corev3.HeaderValue{Key: "payment-response", RawValue: []byte(receipt)},
+							Header:       &corev3.HeaderValue{Key: receiptHeader, RawValue: []byte(receipt)},
 							AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
 						}},
 					}}

@@ -73,6 +73,13 @@ func (a *App) openPayments() error {
 	for _, t := range pc.TopUps {
 		o.TopUps = append(o.TopUps, payment.TopUp{Credits: t.Credits, Price: t.Price})
 	}
+	if m := pc.MPP; m.Enabled {
+		key, err := envvar.Lookup(m.KeyEnv)
+		if err != nil {
+			return cfg.Errorf("payments.mpp.key_env", "%v", err)
+		}
+		o.MPP = &payment.MPP{Key: []byte(key), Realm: m.Realm, TTL: m.TTL}
+	}
 	if m := a.metering; m != nil {
 		o.Record = func(ctx context.Context, ev usage.Event) error {
 			err := gatedBox{m.box, m}.Append(ctx, []usage.Event{ev})
