@@ -64,6 +64,13 @@ subjects:
 // call and whose credits can be topped up, over a LocalFacilitator.
 func paidServer(t *testing.T, edit ...func(*payment.Options)) (*authz.Server, *x402.LocalFacilitator) {
 	t.Helper()
+	s, _, fac := paidServerGate(t, edit...)
+	return s, fac
+}
+
+// paidServerGate is paidServer with its gate, for settling.
+func paidServerGate(t *testing.T, edit ...func(*payment.Options)) (*authz.Server, *payment.Gate, *x402.LocalFacilitator) {
+	t.Helper()
 	dir := t.TempDir()
 	for name, body := range map[string]string{"tollgate.yaml": paidConfig, "ents.yaml": paidEntitlements} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
@@ -98,7 +105,7 @@ func paidServer(t *testing.T, edit ...func(*payment.Options)) (*authz.Server, *x
 	if err != nil {
 		t.Fatal(err)
 	}
-	return authz.NewServer(rt, authz.Deps{Now: now, Entitlements: cache.New(src, cache.Options{Now: now})}), fac
+	return authz.NewServer(rt, authz.Deps{Now: now, Entitlements: cache.New(src, cache.Options{Now: now})}), g, fac
 }
 
 func perCallOffer() x402.PaymentRequirements {

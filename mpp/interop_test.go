@@ -2,7 +2,6 @@ package mpp
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -17,78 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tollgate-authz/tollgate/internal/mppx"
 	"github.com/tollgate-authz/tollgate/x402"
 )
-
-// mppxDir returns a directory holding client.mjs beside node_modules
-// installed from testdata/client's lockfile (mppx, the Payment scheme's
-// TypeScript SDK, and viem). The install is cached in the user cache
-// directory, keyed by the lockfile's hash, so only the first run downloads.
-func mppxDir(t *testing.T) (dir, script string) {
-	t.Helper()
-	_, err1 := exec.LookPath("node")
-	npm, err2 := exec.LookPath("npm")
-	if err1 != nil || err2 != nil {
-		t.Skip("node and npm are needed to run the mppx client SDK; install Node.js to run this test")
-	}
-	read := func(name string) []byte {
-		b, err := os.ReadFile(filepath.Join("testdata", "client", name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
-	pkg, lock, js := read("package.json"), read("package-lock.json"), read("client.mjs")
-	cache, err := os.UserCacheDir()
-	if err != nil {
-		cache = os.TempDir()
-	}
-	sum := sha256.Sum256(append(append([]byte(nil), pkg...), lock...))
-	dir = filepath.Join(cache, "tollgate-mpp-client", hex.EncodeToString(sum[:8]))
-	if _, err := os.Stat(filepath.Join(dir, "node_modules", "mppx", "package.json")); err != nil {
-		if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		tmp, err := os.MkdirTemp(filepath.Dir(dir), "install-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer os.RemoveAll(tmp)
-		for name, b := range map[string][]byte{"package.json": pkg, "package-lock.json": lock} {
-			if err := os.WriteFile(filepath.Join(tmp, name), b, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts")
-		cmd.Dir = tmp
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Skipf("npm ci of mppx failed (is the npm registry reachable?): %v\n%s", err, tail(out, 2000))
-		}
-		// Another test process may have finished first; either copy will do.
-		if err := os.Rename(tmp, dir); err != nil {
-			if _, statErr := os.Stat(filepath.Join(dir, "node_modules")); statErr != nil {
-				t.Fatalf("caching the install: %v", err)
-			}
-		}
-	}
-	// The script must sit beside node_modules for ESM resolution; one copy
-	// per content so parallel runs do not race.
-	h := sha256.Sum256(js)
-	script = filepath.Join(dir, "client-"+hex.EncodeToString(h[:4])+".mjs")
-	if err := os.WriteFile(script, js, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return dir, script
-}
-
-func tail(b []byte, n int) []byte {
-	if len(b) > n {
-		return b[len(b)-n:]
-	}
-	return b
-}
 
 type mppxResult struct {
 	Status       int     `json:"status"`
@@ -114,7 +44,7 @@ type mppxResult struct {
 // checks, balances in memory), and answers 200 with a Payment-Receipt that
 // mppx's Receipt.fromResponse accepts.
 func TestInteropMppx(t *testing.T) {
-	dir, script := mppxDir(t)
+	dir, script := mppx.Client(t, filepath.Join("testdata", "client"))
 
 	const tokenName, tokenVersion = "USDC", "2"
 	payer := testPrivKey(7)
@@ -199,7 +129,7 @@ func TestInteropMppx(t *testing.T) {
 		"TOKEN_NAME="+tokenName, "TOKEN_VERSION="+tokenVersion)
 	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("client: %v\n%s", err, tail(out, 4000))
+		t.Fatalf("client: %v\n%s", err, mppx.Tail(out, 4000))
 	}
 	var got mppxResult
 	if err := json.Unmarshal(out, &got); err != nil {
