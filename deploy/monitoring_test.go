@@ -37,6 +37,7 @@ var (
 		"TollgateEntitlementSourceDown", "TollgateEntitlementSourceUnauthorized", "TollgateServingStale",
 		"TollgateQuotaStoreDegraded", "TollgateShedding", "TollgateErrorRatioHigh", "TollgateReloadFailing", "TollgateLogDropping",
 		"TollgateUsageExportBacklog", "TollgateUsageEventsDropped",
+		"TollgateTopUpNotCredited", "TollgatePaymentsUnreconciled", "TollgatePaymentFacilitatorFailing",
 	}
 	wantDashboardMetrics = []string{
 		"tollgate_checks_total", "tollgate_check_duration_seconds_bucket", "tollgate_entitlement_cache_total",
@@ -44,6 +45,7 @@ var (
 		"tollgate_entitlement_source_breaker_state", "tollgate_quota_store_mode", "tollgate_checks_shed_total",
 		"tollgate_usage_outbox_backlog", "tollgate_usage_outbox_oldest_age_seconds", "tollgate_usage_events_exported_total",
 		"tollgate_usage_export_failures_total", "tollgate_usage_events_dropped_total",
+		"tollgate_payments_total", "tollgate_payment_reconciliations_total",
 	}
 )
 
@@ -411,6 +413,18 @@ routes:
     feature: search
     quota: requests
     meter: {event: searches}
+  - name: paid
+    match: {method: GET, path: {prefix: /v1/paid}}
+    price: "0.001"
+payments:
+  x402:
+    network: eip155:84532
+    asset: "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
+    asset_name: USDC
+    asset_version: "2"
+    decimals: 6
+    pay_to: "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+    facilitator: {url: "http://127.0.0.1:1"}
 metering:
   key_env: TOLLGATE_MONITORING_METER_KEY
   outbox: {path: %s}

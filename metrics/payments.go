@@ -22,6 +22,16 @@ func (m *Metrics) Payments() *Payments {
 			}, []string{"outcome"}),
 		}
 		m.Registry.MustRegister(p.events, p.reconcile)
+		// Every known series from the start, at 0, so that an alert's
+		// increase() sees the first event.
+		for stage, outcomes := range paymentOutcomes {
+			for _, o := range outcomes {
+				p.events.WithLabelValues(stage, o)
+			}
+		}
+		for _, o := range []string{"settled", "already_settled", "failed", "unknown", "abandoned"} {
+			p.reconcile.WithLabelValues(o)
+		}
 		m.payments = p
 	})
 	return m.payments
@@ -32,3 +42,11 @@ func (p *Payments) Observe(stage, outcome string) { p.events.WithLabelValues(sta
 
 // Reconciled counts one reconciliation's outcome.
 func (p *Payments) Reconciled(outcome string) { p.reconcile.WithLabelValues(outcome).Inc() }
+
+// paymentOutcomes are the stages and outcomes payment.Gate reports.
+var paymentOutcomes = map[string][]string{
+	"challenge": {"offered"},
+	"admit":     {"admitted", "retry", "refused", "unavailable"},
+	"settle":    {"settled", "failed", "unknown", "upstream_failed", "abandoned", "missing"},
+	"topup":     {"credited", "credit_failed"},
+}
