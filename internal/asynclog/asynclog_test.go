@@ -301,8 +301,8 @@ func TestFloodIsOneWritePerLinger(t *testing.T) {
 	for i := range 100 {
 		w.Write(fmt.Appendf(nil, "line %d\n", i))
 	}
-	release <- time.Time{} // the linger ends
-	<-lingering            // the writer lingers after the second batch
+	release <- time.Time{}                                // the linger ends
+	<-lingering                                           // the writer lingers after the second batch
 	if err := w.Close(context.Background()); err != nil { // and Close ends that linger
 		t.Fatal(err)
 	}
