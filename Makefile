@@ -9,7 +9,7 @@ export ENVOY
 # standard library's security fixes are part of the product.
 export GOTOOLCHAIN := $(shell sed -n 's/^toolchain //p' go.mod)
 
-.PHONY: all build run demo-upstream demo-envoy test fuzz vulncheck unit vet e2e envoy-validate deploy-test promtool tools bench clean
+.PHONY: all build run run-x402 demo-upstream demo-envoy demo-x402-envoy demo-facilitator test fuzz vulncheck unit vet e2e envoy-validate deploy-test promtool tools bench clean
 
 all: build
 
@@ -27,6 +27,18 @@ demo-upstream:
 
 demo-envoy: tools
 	$(ENVOY) -c envoy.yaml --log-level warn
+
+# Agents that pay (docs/x402.md): tollgate with prices and top-ups, Envoy
+# with the paid ext_authz filter and ext_proc, and a demo facilitator that
+# keeps balances in memory (MINT=0xADDRESS=AMOUNT credits a payer).
+run-x402: build
+	./bin/tollgate serve --config examples/tollgate-x402.yaml
+
+demo-x402-envoy: tools
+	$(ENVOY) -c examples/envoy-x402.yaml --log-level warn
+
+demo-facilitator:
+	$(GO) run ./examples/facilitator $(if $(MINT),-mint $(MINT))
 
 # The whole suite: vet, unit and in-process end-to-end tests under -race,
 # the manifests in deploy/, and the end-to-end suite through a real Envoy.

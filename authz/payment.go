@@ -197,6 +197,12 @@ func (rt *Rules) paidAllow(ok *authv3.OkHttpResponse, md *structpb.Struct, p *pa
 	if p.receipt != "" {
 		ok.ResponseHeadersToAdd = append(ok.ResponseHeadersToAdd[:len(ok.ResponseHeadersToAdd):len(ok.ResponseHeadersToAdd)], overwrite("payment-response", p.receipt))
 	}
+	// The payment is spent here: the upstream has no use for it, and it
+	// should not sit in the upstream's logs.
+	ok.HeadersToRemove = append(ok.HeadersToRemove[:len(ok.HeadersToRemove):len(ok.HeadersToRemove)], "payment-signature", "x-payment")
+	if p.mpp {
+		ok.HeadersToRemove = append(ok.HeadersToRemove, "authorization")
+	}
 	if p.key != "" {
 		k := PaymentKey
 		if p.mpp {

@@ -7,6 +7,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -198,6 +199,9 @@ func TestPaidRequestIsAllowed(t *testing.T) {
 	}
 	if len(want) > 0 {
 		t.Errorf("headers upstream lack %v", want)
+	}
+	if rm := resp.GetOkResponse().GetHeadersToRemove(); !slices.Contains(rm, "payment-signature") || !slices.Contains(rm, "x-payment") {
+		t.Errorf("headers removed upstream %v: the spent payment goes on to the upstream", rm)
 	}
 	if key := resp.GetDynamicMetadata().GetFields()[authz.PaymentKey].GetStringValue(); key == "" {
 		t.Error("no payment key in dynamic metadata: nothing would settle it")
