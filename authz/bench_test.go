@@ -127,20 +127,23 @@ func benchQuotaServer(b *testing.B, cacheOpts cache.Options) *authz.Server {
 	if err != nil {
 		b.Fatal(err)
 	}
+	log, w := benchLogger(b)
 	return authz.NewServer(rt, authz.Deps{
 		Entitlements: cache.New(src, cacheOpts),
 		Quotas:       quota.NewMemory(nil),
-		Log:          benchLogger(b),
+		Log:          log,
+		DecisionLog:  w,
 	})
 }
 
 // benchLogger is the decision log as serve builds it: slog's JSON handler
 // writing into an asynclog.Writer, here in front of a discarding sink, so
-// that a logged denial pays what it pays in production.
-func benchLogger(b *testing.B) *slog.Logger {
+// that a logged denial pays what it pays in production. serve also gives
+// the server the writer (Deps.DecisionLog), as this benchmark's servers do.
+func benchLogger(b *testing.B) (*slog.Logger, *asynclog.Writer) {
 	w := asynclog.New(io.Discard, 0)
 	b.Cleanup(func() { w.Close(context.Background()) })
-	return slog.New(slog.NewJSONHandler(w, nil))
+	return slog.New(slog.NewJSONHandler(w, nil)), w
 }
 
 // BenchmarkCheckPath is one Check on each path a production request takes,

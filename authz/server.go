@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"strconv"
@@ -58,6 +59,13 @@ type Deps struct {
 	MeteringClosed func() bool
 	// Tracer, when set, traces every decided Check (see Tracer).
 	Tracer Tracer
+	// DecisionLog, when set, is the writer under Log's JSON handler:
+	// decision lines are then encoded by hand and written to it directly,
+	// byte for byte what the handler would write, at Log's level. It must
+	// take a whole line per Write and be safe for concurrent use (serve
+	// gives it its asynclog.Writer). Leave it nil when Log is not slog's
+	// JSON handler (without options) over this writer.
+	DecisionLog io.Writer
 }
 
 // ErrMeteringClosed is Result.Err for a metered request refused because
@@ -107,6 +115,8 @@ type Server struct {
 	// meteringClosed is Deps.MeteringClosed.
 	meteringClosed func() bool
 	tracer         Tracer // nil: no tracing
+	// decisionLog is Deps.DecisionLog; nil: decision lines go through log.
+	decisionLog io.Writer
 	// checkInfo and checkHandler are what Register's handler passes to
 	// interceptors, made once rather than on every Check.
 	checkInfo    grpc.UnaryServerInfo
@@ -124,7 +134,7 @@ func NewServer(rt *Rules, d Deps) *Server {
 	if d.Quotas == nil {
 		d.Quotas = quota.NewMemory(d.Now)
 	}
-	s := &Server{ents: d.Entitlements, quotas: d.Quotas, obs: d.Observer, log: d.Log, now: d.Now, meteringClosed: d.MeteringClosed, tracer: d.Tracer}
+	s := &Server{ents: d.Entitlements, quotas: d.Quotas, obs: d.Observer, log: d.Log, now: d.Now, meteringClosed: d.MeteringClosed, tracer: d.Tracer, decisionLog: d.DecisionLog}
 	s.checkInfo = grpc.UnaryServerInfo{Server: s, FullMethod: authv3.Authorization_Check_FullMethodName}
 	s.checkHandler = s.interceptedCheck
 	s.rt.Store(rt)
@@ -722,41 +732,9 @@ func (s *Server) logDecision(ctx context.Context, rt *Rules, r *request, res *Re
 	if !s.log.Enabled(ctx, slog.LevelInfo) {
 		return
 	}
-	decision := "deny"
-	if res.Allowed && !res.Shadow {
-		decision = "allow"
+	method, path := r.method(), r.pathOnly()
+	if s.decisionLog != nil && s.writeDecision(res, method, path) {
+		return
 	}
-	attrs := make([]slog.Attr, 0, 16)
-	attrs = append(attrs,
-		slog.String("request_id", res.RequestID),
-		slog.String("decision_id", res.DecisionID),
-		slog.String("decision", decision),
-		slog.String("code", res.Code.String()),
-		slog.Int("status", res.Status),
-		slog.String("method", r.method()),
-		slog.String("path", r.pathOnly()),
-		slog.String("route", res.Route),
-		slog.String("subject", res.Subject),
-		slog.String("plan", res.Plan),
-		slog.Int64("latency_us", res.Duration.Microseconds()),
-	)
-	if res.TraceID != "" {
-		attrs = append(attrs, slog.String("trace_id", res.TraceID))
-	}
-	if res.CredFrom != "" {
-		attrs = append(attrs, slog.String("credential", res.CredFrom))
-	}
-	if res.KeyID != "" {
-		attrs = append(attrs, slog.String("key_id", res.KeyID))
-	}
-	if res.Looked {
-		attrs = append(attrs, slog.String("cache", res.Cache.String()))
-	}
-	if res.Shadow {
-		attrs = append(attrs, slog.Bool("shadow", true))
-	}
-	if res.Payment != "" {
-		attrs = append(attrs, slog.String("payment", res.Payment), slog.String("payer", res.Payer))
-	}
-	s.log.LogAttrs(ctx, slog.LevelInfo, "decision", attrs...)
+	s.log.LogAttrs(ctx, slog.LevelInfo, "decision", decisionAttrs(make([]slog.Attr, 0, 16), res, method, path)...)
 }
