@@ -39,7 +39,7 @@ func cmdServe(ctx context.Context, args []string, std stdio) error {
 	// the queue, never straight to stderr.
 	redisconn.SetLogger(log)
 	app.SetGRPCLogger(log)
-	a, err := app.New(cfg, app.Options{Version: version, Logger: log, LogDropped: logw.Dropped})
+	a, err := app.New(cfg, app.Options{Version: version, Logger: log, LogWriter: logw, LogDropped: logw.Dropped})
 	if err != nil {
 		return err
 	}

@@ -64,7 +64,7 @@ type Deps struct {
 	// byte for byte what the handler would write, at Log's level. It must
 	// take a whole line per Write and be safe for concurrent use (serve
 	// gives it its asynclog.Writer). Leave it nil when Log is not slog's
-	// JSON handler (without options) over this writer.
+	// JSON handler over this writer, or has ReplaceAttr or AddSource.
 	DecisionLog io.Writer
 }
 

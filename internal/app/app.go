@@ -12,6 +12,7 @@ package app
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -39,6 +40,12 @@ type Options struct {
 	// for its log line only if Logger's writer does not block (the CLI
 	// gives it an asynclog.Writer).
 	Logger *slog.Logger
+	// LogWriter, when set, is the writer under Logger's JSON handler
+	// (slog.NewJSONHandler, without ReplaceAttr or AddSource): decision
+	// lines are then encoded by hand straight into it (authz.Deps.DecisionLog),
+	// the same bytes for a fraction of the CPU. It must be safe for
+	// concurrent use.
+	LogWriter io.Writer
 	// LogDropped, when set, counts the log lines the writer dropped, for
 	// tollgate_log_dropped_total.
 	LogDropped func() int64
@@ -160,7 +167,7 @@ func New(cfg *config.Config, o Options) (_ *App, err error) {
 	if o.WrapQuotas != nil {
 		quotas = o.WrapQuotas(quotas)
 	}
-	deps := authz.Deps{Entitlements: a.cache, Quotas: quotas, Observer: a.metrics, Log: a.log}
+	deps := authz.Deps{Entitlements: a.cache, Quotas: quotas, Observer: a.metrics, Log: a.log, DecisionLog: o.LogWriter}
 	if a.metering != nil {
 		deps.MeteringClosed = a.metering.closed
 	}

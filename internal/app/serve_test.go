@@ -69,6 +69,7 @@ func startServeWith(t *testing.T, cfgPath string, o Options, dialOpts ...grpc.Di
 	logs := &syncBuffer{}
 	o.Version = "dev"
 	o.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	o.LogWriter = logs // as serve does: decision lines straight into the writer
 	a, err := New(cfg, o)
 	if err != nil {
 		t.Fatalf("New: %v", err)
