@@ -55,6 +55,10 @@ type Options struct {
 	Store             paystore.Store
 	// Credit adds credits bought by a top-up to the subject's balance.
 	Credit func(ctx context.Context, e *entitlement.Entitlement, credits int64, now time.Time) error
+	// Lookup finds a subject's entitlement, to credit a top-up that the
+	// reconciler found settled after the Check that paid it (Reconciled);
+	// nil: such a top-up is logged and counted as not credited.
+	Lookup func(ctx context.Context, subject string) (*entitlement.Entitlement, error)
 	// Record sends a payment's event to billing (the usage outbox); nil: none.
 	Record func(ctx context.Context, ev usage.Event) error
 	// Observe is told each stage's outcome, for metrics: stage is
@@ -447,15 +451,26 @@ func (g *Gate) again(rec, old paystore.Record, adm Admission) (Admission, error)
 // topUp settles a top-up now and credits it: the request it came with is
 // then decided against the new balance.
 func (g *Gate) topUp(ctx context.Context, q Request, p x402.PaymentPayload, req x402.PaymentRequirements, rec paystore.Record, adm Admission) (Admission, error) {
+	if err := g.mark(ctx, rec.Key); err != nil {
+		g.release(rec.Key) // nothing was sent: the authorization is unspent
+		return Admission{}, err
+	}
 	sr, err := g.o.Facilitator.Settle(ctx, p, req)
 	if err != nil {
-		// Sent, perhaps executed: the reconciler finds out, never a blind retry.
-		g.finish(rec.Key, paystore.Unknown, "", err.Error())
+		// Sent, perhaps executed: the reconciler finds out, and credits it
+		// (Reconciled), never a blind retry.
+		if first, ok := g.finish(rec.Key, paystore.Unknown, "", err.Error()); ok {
+			return g.toppedUpElsewhere(adm, first), nil
+		}
 		g.o.Observe("settle", "unknown")
 		return Admission{}, unavailable("the facilitator's settle", err)
 	}
 	if !sr.Success {
-		g.finish(rec.Key, paystore.Failed, "", sr.ErrorReason)
+		// "Nonce already used" because the reconciler settled it while
+		// this settle waited: the record says so.
+		if first, ok := g.finish(rec.Key, paystore.Failed, "", sr.ErrorReason); ok {
+			return g.toppedUpElsewhere(adm, first), nil
+		}
 		g.o.Observe("settle", "failed")
 		return Admission{}, refuse(orDefault(sr.ErrorReason, "settle_failed"), "The payment could not be settled ("+orDefault(sr.ErrorReason, "refused")+").")
 	}
@@ -463,7 +478,18 @@ func (g *Gate) topUp(ctx context.Context, q Request, p x402.PaymentPayload, req 
 	if err != nil {
 		return Admission{}, unavailable("the receipt", err)
 	}
-	g.finish(rec.Key, paystore.Settled, receipt, "")
+	first, err := g.finishErr(rec.Key, paystore.Settled, receipt, "")
+	switch {
+	case err != nil:
+		// Settled but not recorded: the mark leaves it Unknown, and the
+		// reconciler credits it once it finds it settled. Crediting here
+		// too could credit it twice.
+		g.o.Log.Error("x402 top-up settled but not recorded; the reconciler credits it", "subject", q.Entitlement.Subject, "credits", adm.Credits, "transaction", sr.Transaction, "error", err)
+		g.o.Observe("settle", "unknown")
+		return Admission{}, unavailable("the payment store", err)
+	case first.State == paystore.Settled:
+		return g.toppedUpElsewhere(adm, first), nil
+	}
 	g.o.Observe("settle", "settled")
 	adm.Receipt = receipt
 	if err := g.o.Credit(ctx, q.Entitlement, adm.Credits, g.o.Now()); err != nil {
@@ -476,6 +502,72 @@ func (g *Gate) topUp(ctx context.Context, q Request, p x402.PaymentPayload, req 
 	}
 	g.record(ctx, rec, q.Entitlement, "x402_top_up", adm.Credits, 200)
 	return adm, nil
+}
+
+// toppedUpElsewhere answers a top-up whose settlement someone else (the
+// reconciler) recorded while this Check waited for its own settle: that
+// one credited it (Reconciled); the Check is decided against the balance.
+func (g *Gate) toppedUpElsewhere(adm Admission, first paystore.Record) Admission {
+	adm.Receipt = first.Receipt
+	return adm
+}
+
+// Reconciled gives what a payment bought, for a record the reconciler
+// found settled (paystore.Reconciler.OnSettled): a top-up's credits, to
+// the subject who paid, and its billing event. The Check that paid it had
+// answered 503 payment_unavailable and credited nothing. The reconciler
+// calls it once per record: only when its Finish turned the record
+// Settled. A pay-per-call payment (its request was served) gets nothing.
+func (g *Gate) Reconciled(ctx context.Context, rec paystore.Record, routes func(string) *policy.Route) {
+	credits := g.topUpCredits(rec, routes)
+	if credits == 0 || rec.Subject == "" {
+		return
+	}
+	var e *entitlement.Entitlement
+	err := errors.New("no Lookup to find the subject")
+	if g.o.Lookup != nil {
+		e, err = g.o.Lookup(ctx, rec.Subject)
+		if err == nil && e == nil {
+			err = entitlement.ErrNotFound
+		}
+	}
+	if err == nil {
+		err = g.o.Credit(ctx, e, credits, g.o.Now())
+	}
+	if err != nil {
+		g.o.Observe("topup", "credit_failed")
+		g.o.Log.Error("x402 top-up reconciled as settled but not credited", "subject", rec.Subject, "credits", credits, "error", err)
+	} else {
+		g.o.Observe("topup", "credited")
+	}
+	g.record(ctx, rec, e, "x402_top_up", credits, 200)
+}
+
+// topUpCredits is how many credits rec's payment bought, 0 when it was
+// not a top-up: paid with the Payment scheme (per call only), or the
+// route's own price (admit takes that as per call: a top-up of the same
+// amount is never offered there).
+func (g *Gate) topUpCredits(rec paystore.Record, routes func(string) *policy.Route) int64 {
+	if _, ok := mppChallengeID(rec); ok {
+		return 0
+	}
+	p, err := x402.DecodePaymentSignature(rec.Payload)
+	if errors.Is(err, x402.ErrInvalidVersion) {
+		p, err = x402.DecodeXPayment(rec.Payload)
+	}
+	if err != nil {
+		return 0
+	}
+	value := p.Payload.Authorization.Value
+	if r := routes(rec.Route); r != nil && g.amountOf(r.Price) == value {
+		return 0
+	}
+	for _, t := range g.topUps {
+		if t.amount == value {
+			return t.Credits
+		}
+	}
+	return 0
 }
 
 // Settle settles the pay-per-call payment under key after the upstream
@@ -513,15 +605,26 @@ func (g *Gate) Settle(ctx context.Context, key string, status int, routes func(s
 		g.finish(key, paystore.Failed, "", err.Error())
 		return "", err
 	}
+	if err := g.mark(ctx, key); err != nil {
+		g.o.Observe("settle", "unknown")
+		return "", err
+	}
 	sr, err := g.o.Facilitator.Settle(ctx, p, req)
 	if err != nil {
-		g.finish(key, paystore.Unknown, "", err.Error())
+		if first, ok := g.finish(key, paystore.Unknown, "", err.Error()); ok {
+			return first.Receipt, nil // the reconciler settled it meanwhile
+		}
 		g.o.Observe("settle", "unknown")
 		g.o.Log.Warn("x402 settlement outcome unknown; it will be reconciled", "route", rec.Route, "error", err)
 		return "", unavailable("the facilitator's settle", err)
 	}
 	if !sr.Success {
-		g.finish(key, paystore.Failed, "", sr.ErrorReason)
+		// "Nonce already used" because a reconciler or another replica
+		// settled it while this settle waited: that settlement is the
+		// answer, not a 402.
+		if first, ok := g.finish(key, paystore.Failed, "", sr.ErrorReason); ok {
+			return first.Receipt, nil
+		}
 		g.o.Observe("settle", "failed")
 		return "", refuse(orDefault(sr.ErrorReason, "settle_failed"), "The payment could not be settled ("+orDefault(sr.ErrorReason, "refused")+").")
 	}
@@ -529,10 +632,29 @@ func (g *Gate) Settle(ctx context.Context, key string, status int, routes func(s
 	if err != nil {
 		return "", unavailable("the receipt", err)
 	}
-	g.finish(key, paystore.Settled, receipt, "")
+	if first, ok := g.finish(key, paystore.Settled, receipt, ""); ok {
+		return first.Receipt, nil // recorded first by someone else: theirs stands
+	}
 	g.o.Observe("settle", "settled")
 	g.record(ctx, rec, nil, "x402_payment", 1, status)
 	return receipt, nil
+}
+
+// mark writes, before a settle is sent, that it is about to be (the
+// record turns Unknown, paystore.ReasonSettling): if this replica dies
+// before recording the outcome, the reconciler finds the record once it is
+// older than its MinAge, instead of a Pending record nobody reconciles.
+// Nothing is sent when the mark cannot be written, or when the record is
+// no longer Pending (changed since it was read).
+func (g *Gate) mark(ctx context.Context, key string) error {
+	before, err := g.o.Store.Finish(ctx, key, paystore.Unknown, "", paystore.ReasonSettling)
+	if err != nil {
+		return unavailable("the payment store", err)
+	}
+	if before.State != paystore.Pending {
+		return unavailable("the payment", fmt.Errorf("is %v, not pending, before its settle", before.State))
+	}
+	return nil
 }
 
 // Abandon releases a claim whose request never got a response: nothing
@@ -576,12 +698,22 @@ func (g *Gate) release(key string) {
 	}
 }
 
-func (g *Gate) finish(key string, st paystore.State, receipt, reason string) {
+// finish records a settle's outcome. settled is true when the record was
+// Settled already (by the reconciler, or another replica: Settled is
+// final), and first is then that record, whose receipt is the answer.
+func (g *Gate) finish(key string, st paystore.State, receipt, reason string) (first paystore.Record, settled bool) {
+	first, err := g.finishErr(key, st, receipt, reason)
+	return first, err == nil && first.State == paystore.Settled
+}
+
+func (g *Gate) finishErr(key string, st paystore.State, receipt, reason string) (paystore.Record, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if err := g.o.Store.Finish(ctx, key, st, receipt, reason); err != nil {
+	first, err := g.o.Store.Finish(ctx, key, st, receipt, reason)
+	if err != nil {
 		g.o.Log.Error("x402: could not record a payment's outcome", "state", st.String(), "error", err)
 	}
+	return first, err
 }
 
 // record sends the payment's event to billing.

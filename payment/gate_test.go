@@ -271,7 +271,7 @@ func TestFacilitatorDown(t *testing.T) {
 	}
 	// The reconciler settles it once the facilitator answers again.
 	fl.settleErr = nil
-	r := &paystore.Reconciler{Store: f.store, Facilitator: fl, Now: func() time.Time { return now },
+	r := &paystore.Reconciler{Store: f.store, Facilitator: fl, Now: func() time.Time { return now }, MinAge: -1, // no wait: nothing else settles here
 		Requirements: func(rec paystore.Record) (x402.PaymentRequirements, bool) {
 			_, req, err := f.g.Requirements(rec, routes)
 			return req, err == nil

@@ -268,7 +268,7 @@ func TestMPPFacilitatorDownAndReconciled(t *testing.T) {
 		t.Fatalf("settle outcome unknown: %v", err)
 	}
 	fl.settleErr = nil
-	r := &paystore.Reconciler{Store: f.store, Facilitator: fl, Now: func() time.Time { return *f.clock },
+	r := &paystore.Reconciler{Store: f.store, Facilitator: fl, Now: func() time.Time { return *f.clock }, MinAge: -1, // no wait: nothing else settles here
 		Requirements: func(rec paystore.Record) (x402.PaymentRequirements, bool) {
 			_, req, err := f.g.Requirements(rec, routes)
 			return req, err == nil

@@ -68,7 +68,7 @@ func (a *App) openPayments() error {
 	o := payment.Options{
 		Network: xc.Network, Asset: xc.Asset, PayTo: xc.PayTo, AssetName: xc.AssetName, AssetVersion: xc.AssetVersion,
 		Decimals: *xc.Decimals, Currency: xc.Currency, MaxTimeoutSeconds: xc.MaxTimeoutSeconds,
-		Facilitator: fac, Store: p.store, Credit: a.creditTopUp, Observe: pm.Observe, Log: a.log,
+		Facilitator: fac, Store: p.store, Credit: a.creditTopUp, Lookup: a.lookupSubject, Observe: pm.Observe, Log: a.log,
 	}
 	for _, t := range pc.TopUps {
 		o.TopUps = append(o.TopUps, payment.TopUp{Credits: t.Credits, Price: t.Price})
@@ -101,6 +101,13 @@ func (a *App) openPayments() error {
 			return req, err == nil
 		},
 		OnError: func(err error) { a.log.Warn("x402 reconciliation", "error", err.Error()) },
+		// A top-up whose settle outcome was unknown (its Check answered 503)
+		// is credited once found settled; told once per record.
+		OnSettled: func(ctx context.Context, rec paystore.Record, _ string) { g.Reconciled(ctx, rec, a.route) },
+		// Longer than a live settle can take (the ext_proc settle's context
+		// is settle_timeout + 1s), twice over: its write-ahead mark is
+		// Unknown too, and must not be raced.
+		MinAge: 2 * (xc.Facilitator.SettleTimeout + time.Second),
 	}
 	every := pc.ReconcileEvery
 	a.background = append(a.background, func(ctx context.Context) { rec.Run(ctx, every) })
@@ -128,6 +135,12 @@ func (a *App) creditTopUp(ctx context.Context, e *entitlement.Entitlement, credi
 	sp := policy.CreditsCounter(e, now)
 	_, err := tu.TopUp(ctx, e.Subject, quota.Key(e.Subject, sp.Counter, sp.Start), credits, sp.Reset)
 	return err
+}
+
+// lookupSubject is the entitlement of subject, for a reconciled top-up.
+func (a *App) lookupSubject(ctx context.Context, subject string) (*entitlement.Entitlement, error) {
+	e, _, err := a.cache.Get(ctx, entitlement.Key{Kind: entitlement.BySubject, ID: subject})
+	return e, err
 }
 
 // paymentSettler adapts the gate to the ext_proc server.

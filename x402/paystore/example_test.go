@@ -31,8 +31,12 @@ func Example() {
 	existing, claimed, _ := store.Claim(ctx, rec)
 	fmt.Println("replay:", claimed, existing.State, existing.Digest == rec.Digest)
 
-	// The facilitator verified, the upstream answered, the settle timed out.
-	_ = store.Finish(ctx, rec.Key, paystore.Unknown, "", "settlement_outcome_unknown")
+	// The facilitator verified, the upstream answered. Before the settle is
+	// sent, the write-ahead mark: a replica dying now leaves an Unknown
+	// record, which the Reconciler finds.
+	_, _ = store.Finish(ctx, rec.Key, paystore.Unknown, "", paystore.ReasonSettling)
+	// The settle timed out: still Unknown, the same attempt.
+	_, _ = store.Finish(ctx, rec.Key, paystore.Unknown, "", "settlement_outcome_unknown")
 	unknown, _ := store.Unknowns(ctx, 10)
 	fmt.Println("to reconcile:", len(unknown), unknown[0].State, unknown[0].Attempts)
 	// Output:

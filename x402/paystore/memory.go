@@ -24,7 +24,7 @@ type Memory struct {
 	byID   map[string]*memEntry
 	open   expiryHeap // Pending and Unknown
 	closed expiryHeap // Settled and Failed
-	seq    uint64     // orders Unknown records by their last attempt
+	seq    uint64     // orders Unknown records by their last attempt (ties of the clock included)
 }
 
 type memEntry struct {
@@ -77,7 +77,7 @@ func (m *Memory) Claim(_ context.Context, rec Record) (Record, bool, error) {
 	if len(m.byKey) >= m.max && !m.makeRoom(now) {
 		return Record{}, false, ErrFull
 	}
-	rec.State, rec.Attempts, rec.Receipt, rec.Reason = Pending, 0, "", ""
+	rec.State, rec.Attempts, rec.Receipt, rec.Reason, rec.LastAttempt = Pending, 0, "", "", time.Time{}
 	e := &memEntry{rec: rec}
 	m.byKey[rec.Key] = e
 	if rec.PaymentID != "" {
@@ -98,22 +98,27 @@ func (m *Memory) Get(_ context.Context, key string) (Record, bool, error) {
 }
 
 // Finish implements Store.
-func (m *Memory) Finish(_ context.Context, key string, state State, receipt, reason string) error {
-	if err := checkFinish(state); err != nil {
-		return err
+func (m *Memory) Finish(_ context.Context, key string, state State, receipt, reason string) (Record, error) {
+	if err := checkFinish(state, reason); err != nil {
+		return Record{}, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	e := m.lookup(key, m.now())
+	now := m.now()
+	e := m.lookup(key, now)
 	if e == nil {
-		return ErrNotFound
+		return Record{}, ErrNotFound
 	}
-	if e.rec.State == Settled {
-		return nil
+	before := e.rec
+	applies, counts := finishApplies(before.State, before.Reason, reason)
+	if !applies {
+		return before, nil
 	}
 	wasOpen := isOpen(e.rec.State)
-	e.rec.State, e.rec.Receipt, e.rec.Reason = state, receipt, reason
-	e.rec.Attempts++
+	e.rec.State, e.rec.Receipt, e.rec.Reason, e.rec.LastAttempt = state, receipt, reason, now
+	if counts {
+		e.rec.Attempts++
+	}
 	if state == Unknown {
 		m.seq++
 		e.seq = m.seq
@@ -122,7 +127,7 @@ func (m *Memory) Finish(_ context.Context, key string, state State, receipt, rea
 		heap.Remove(m.heapOf(wasOpen), e.index)
 		heap.Push(m.heapOf(nowOpen), e)
 	}
-	return nil
+	return before, nil
 }
 
 // Release implements Store.

@@ -163,7 +163,7 @@ func BenchmarkMemoryClaim(b *testing.B) {
 			rec.Key = fmt.Sprint(i)
 			rec.Expires = testNow.Add(time.Hour + time.Duration(i))
 			mustClaimB(b, m, rec)
-			if err := m.Finish(ctx, rec.Key, Settled, "r", ""); err != nil {
+			if _, err := m.Finish(ctx, rec.Key, Settled, "r", ""); err != nil {
 				b.Fatal(err)
 			}
 			i++

@@ -41,6 +41,8 @@ const ReasonUnreconciled = "unreconciled"
 const (
 	DefaultMaxAttempts = 10
 	DefaultBatch       = 100
+	// DefaultMinAge is MinAge when neither it nor SettleTimeout is set.
+	DefaultMinAge = time.Minute
 )
 
 // Reconciler settles again the payments whose settlement outcome is
@@ -66,9 +68,19 @@ const (
 //     stays Unknown; after MaxAttempts settle attempts in all, or once the
 //     authorization's validBefore has passed, abandoned.
 //
-// A Reconciler must run on one replica at a time per store, or its
-// settles of one record may overlap (harmless for the money, by the
-// nonce, but twice the facilitator calls).
+// Before each settle it writes the same mark a live settle does
+// (ReasonSettling), which counts the attempt and moves LastAttempt; it
+// takes a record only if nobody touched it since Unknowns listed it, and
+// only once its LastAttempt is MinAge old: a live settle marks its record
+// Unknown before sending, and must not be raced while it waits for its
+// answer. A record whose live settle died with its replica is found once
+// MinAge has passed.
+//
+// A Reconciler should run on one replica at a time per store: the mark
+// narrows, but does not close, the window in which two of them settle
+// one record (harmless for the money, by the nonce, and OnSettled is
+// told once, by the Finish that recorded Settled; but twice the
+// facilitator calls).
 type Reconciler struct {
 	Store       Store
 	Facilitator x402.Facilitator
@@ -91,8 +103,40 @@ type Reconciler struct {
 	OnError func(error)
 	// OnSettled, when not nil, is told each record found settled (by this
 	// settle or an earlier one), after it is recorded: what the payment
-	// bought is then owed to the payer (a top-up's credits).
+	// bought is then owed to the payer (a top-up's credits). It is told
+	// only when this Reconciler's Finish turned the record Settled, not
+	// when someone else recorded the settlement first (Settled is final),
+	// so a payment is told once.
 	OnSettled func(ctx context.Context, rec Record, receipt string)
+	// MinAge is how old an Unknown record's LastAttempt must be before it
+	// is taken: longer than any live settle takes (a live settle's mark is
+	// Unknown too). Zero: 2×SettleTimeout when that is set, else
+	// DefaultMinAge. Negative: no wait (a store that no live settle
+	// writes to, and tests).
+	MinAge time.Duration
+}
+
+func (r *Reconciler) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
+}
+
+func (r *Reconciler) minAge() time.Duration {
+	switch {
+	case r.MinAge != 0:
+		return r.MinAge
+	case r.SettleTimeout > 0:
+		return 2 * r.SettleTimeout
+	}
+	return DefaultMinAge
+}
+
+// young reports whether rec's last attempt is too recent to take it.
+func (r *Reconciler) young(rec Record, now time.Time) bool {
+	minAge := r.minAge()
+	return minAge > 0 && !rec.LastAttempt.IsZero() && now.Sub(rec.LastAttempt) < minAge
 }
 
 // Run calls Once every period (a minute when not positive) until ctx is done.
@@ -115,8 +159,10 @@ func (r *Reconciler) Run(ctx context.Context, every time.Duration) {
 }
 
 // Once reconciles up to Batch Unknown records, oldest attempt first, and
-// returns how many it resolved (Settled, Failed or abandoned). A store error
-// on one record does not stop the others; the errors are joined.
+// returns how many it resolved (Settled, Failed or abandoned). It leaves
+// the records younger than MinAge, and those someone else finished or
+// marked since they were listed. A store error on one record does not
+// stop the others; the errors are joined.
 func (r *Reconciler) Once(ctx context.Context) (int, error) {
 	batch := r.Batch
 	if batch <= 0 {
@@ -128,15 +174,22 @@ func (r *Reconciler) Once(ctx context.Context) (int, error) {
 	}
 	resolved := 0
 	var errs []error
+	now := r.now()
 	for _, rec := range recs {
 		if err := ctx.Err(); err != nil {
 			errs = append(errs, err)
 			break
 		}
+		if r.young(rec, now) {
+			continue
+		}
 		outcome, err := r.reconcile(ctx, rec)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("paystore: reconcile %s: %w", rec.Key, err))
 			continue
+		}
+		if outcome == "" {
+			continue // taken up by someone else
 		}
 		if outcome != OutcomeUnknown {
 			resolved++
@@ -160,6 +213,16 @@ func (r *Reconciler) reconcile(ctx context.Context, rec Record) (string, error) 
 	if !ok {
 		return r.inconclusive(ctx, rec, p, "no offer for route "+strconv.Quote(rec.Route))
 	}
+	// The write-ahead mark, as a live settle writes it: if this replica
+	// dies with the settle sent, the record is Unknown with this attempt
+	// counted and timed.
+	before, err := r.Store.Finish(ctx, rec.Key, Unknown, "", ReasonSettling)
+	if err != nil {
+		return "", err
+	}
+	if touched(before, rec) {
+		return "", nil // finished, or marked, by someone else since Unknowns
+	}
 	resp, err := r.settleOnce(ctx, p, req)
 	if err != nil {
 		return r.inconclusive(ctx, rec, p, reasonOfError(err))
@@ -176,7 +239,7 @@ func (r *Reconciler) reconcile(ctx context.Context, rec Record) (string, error) 
 		}
 		return r.settle(ctx, rec, receipt, OutcomeAlreadySettled, resp.ErrorReason)
 	case refusalFinal:
-		return OutcomeFailed, r.Store.Finish(ctx, rec.Key, Failed, "", resp.ErrorReason)
+		return OutcomeFailed, r.finish(ctx, rec.Key, Failed, resp.ErrorReason)
 	case refusalExpired:
 		return r.abandon(ctx, rec, resp.ErrorReason)
 	}
@@ -197,8 +260,14 @@ func (r *Reconciler) settle(ctx context.Context, rec Record, resp x402.SettleRes
 	if err != nil {
 		return "", err
 	}
-	if err := r.Store.Finish(ctx, rec.Key, Settled, receipt, reason); err != nil {
+	before, err := r.Store.Finish(ctx, rec.Key, Settled, receipt, reason)
+	if err != nil {
 		return outcome, err
+	}
+	if before.State == Settled {
+		// Recorded by someone else first (a live settle that outlived
+		// MinAge): it was told then what the payment bought.
+		return outcome, nil
 	}
 	if r.OnSettled != nil {
 		r.OnSettled(ctx, rec, receipt)
@@ -216,14 +285,28 @@ func (r *Reconciler) inconclusive(ctx context.Context, rec Record, p x402.Paymen
 	if rec.Attempts+1 >= maxAttempts {
 		return r.abandon(ctx, rec, reason)
 	}
-	if vb, err := strconv.ParseInt(p.Payload.Authorization.ValidBefore, 10, 64); err == nil && r.Now != nil && r.Now().Unix() >= vb {
+	if vb, err := strconv.ParseInt(p.Payload.Authorization.ValidBefore, 10, 64); err == nil && r.now().Unix() >= vb {
 		return r.abandon(ctx, rec, reason+" (authorization expired)")
 	}
-	return OutcomeUnknown, r.Store.Finish(ctx, rec.Key, Unknown, "", reason)
+	return OutcomeUnknown, r.finish(ctx, rec.Key, Unknown, reason)
 }
 
 func (r *Reconciler) abandon(ctx context.Context, rec Record, reason string) (string, error) {
-	return OutcomeAbandoned, r.Store.Finish(ctx, rec.Key, Failed, "", ReasonUnreconciled+": "+reason)
+	return OutcomeAbandoned, r.finish(ctx, rec.Key, Failed, ReasonUnreconciled+": "+reason)
+}
+
+func (r *Reconciler) finish(ctx context.Context, key string, st State, reason string) error {
+	_, err := r.Store.Finish(ctx, key, st, "", reason)
+	return err
+}
+
+// touched reports whether a record was finished since it was listed: a
+// Finish changes at least one of its state, attempts, reason or last
+// attempt (a mark counts an attempt; an outcome after a mark replaces the
+// mark's reason; any other Finish counts one).
+func touched(now, listed Record) bool {
+	return now.State != Unknown || now.Attempts != listed.Attempts || now.Reason != listed.Reason ||
+		!now.LastAttempt.Equal(listed.LastAttempt)
 }
 
 // decodeStored decodes a stored PAYMENT-SIGNATURE or X-PAYMENT value, as

@@ -19,6 +19,11 @@ import (
 	"github.com/tollgate-authz/tollgate/x402"
 )
 
+// noMinAge lets a Reconciler take a record as soon as it is Unknown: the
+// tests here finish records on the reconciler's own clock, and MinAge has
+// tests of its own (TestReconcilerMinAge).
+const noMinAge = -1
+
 const testPayTo = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
 
 func testOffer() x402.PaymentRequirements {
@@ -251,7 +256,7 @@ func TestReconciler(t *testing.T) {
 
 				var observed, settledKeys []string
 				r := &Reconciler{
-					Store: h.store, Facilitator: f, Now: clock,
+					Store: h.store, Facilitator: f, Now: clock, MinAge: noMinAge,
 					Requirements: func(got Record) (x402.PaymentRequirements, bool) {
 						if got.Route != "paid" {
 							t.Errorf("Requirements asked for route %q", got.Route)
@@ -332,6 +337,7 @@ func TestReconcilerHTTPTimeout(t *testing.T) {
 		Facilitator:  &x402.HTTPFacilitator{URL: srv.URL, Client: srv.Client(), SettleTimeout: 100 * time.Millisecond},
 		Requirements: func(Record) (x402.PaymentRequirements, bool) { return testOffer(), true },
 		Now:          clock,
+		MinAge:       noMinAge,
 		Observe:      func(o string) { observed = append(observed, o) },
 	}
 	if _, err := r.Once(ctx); err != nil {
@@ -369,7 +375,7 @@ func TestReconcilerRun(t *testing.T) {
 	mustFinish(t, store, rec.Key, Unknown, "", "settlement_outcome_unknown")
 	ctx, cancel := context.WithCancel(context.Background())
 	observed := make(chan string, 10)
-	r := &Reconciler{Store: store, Facilitator: local, Now: clock,
+	r := &Reconciler{Store: store, Facilitator: local, Now: clock, MinAge: noMinAge,
 		Requirements: func(Record) (x402.PaymentRequirements, bool) { return testOffer(), true },
 		Observe:      func(o string) { observed <- o }}
 	done := make(chan struct{})
@@ -404,7 +410,7 @@ func TestReconcilerSettleTimeout(t *testing.T) {
 			return x402.SettleResponse{Success: true, Transaction: "0xlate", Network: "eip155:84532"}, nil
 		}
 	}}
-	r := &Reconciler{Store: store, Facilitator: hangs, Now: clock, SettleTimeout: time.Millisecond,
+	r := &Reconciler{Store: store, Facilitator: hangs, Now: clock, SettleTimeout: time.Millisecond, MinAge: noMinAge,
 		Requirements: func(Record) (x402.PaymentRequirements, bool) { return testOffer(), true }}
 	if _, err := r.Once(context.Background()); err != nil {
 		t.Fatal(err)

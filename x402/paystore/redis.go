@@ -13,7 +13,8 @@ import (
 // Redis is a Store shared by replicas through Redis. Each record is a hash
 // that expires at its Expires (PEXPIREAT); a payment id is a string key
 // naming its record, expiring with it; the Unknown records are indexed in
-// a sorted set by a counter bumped at each Finish(Unknown). Claim, Finish,
+// a sorted set by a counter bumped at each Finish(Unknown); LastAttempt is
+// the Redis server's TIME, one clock for all replicas. Claim, Finish,
 // Release and Unknowns are one Lua script each, so they are atomic across
 // replicas. All keys of a store carry the same hash tag, so they live in
 // one slot of a Redis Cluster; that is what lets a script read a key it
@@ -44,7 +45,7 @@ const (
 	fKey, fID, fIDKey, fDigest, fState = "k", "id", "ik", "dg", "st"
 	fRoute, fSubject, fPayload         = "rt", "sb", "pl"
 	fReceipt, fReason, fExpires        = "rc", "rs", "ex"
-	fAttempts                          = "at"
+	fAttempts, fLastAttempt            = "at", "la"
 )
 
 // claimScript: KEYS[1] the record, KEYS[2] (optional) the payment id.
@@ -71,20 +72,29 @@ return {}
 `)
 
 // finishScript: KEYS[1] the record, KEYS[2] the Unknown index, KEYS[3] its
-// counter; ARGV state, receipt, reason, key. Returns 0 when the record is
-// gone, 1 otherwise. Settled is final. HSET keeps the hash's expiry.
+// counter; ARGV state, receipt, reason, key. Returns the record's fields as
+// they were before (an empty array when it is gone). Settled is final; a
+// mark (reason 'settling') applies to a Pending or Unknown record only and
+// counts the attempt, which the outcome after it does not count again
+// (Store.Finish). LastAttempt is the server's TIME, in ms. HSET keeps the
+// hash's expiry.
 var finishScript = redis.NewScript(`
-local st = redis.call('HGET', KEYS[1], 'st')
-if not st then return 0 end
-if st == 'settled' then return 1 end
-redis.call('HSET', KEYS[1], 'st', ARGV[1], 'rc', ARGV[2], 'rs', ARGV[3])
-redis.call('HINCRBY', KEYS[1], 'at', 1)
+local f = redis.call('HMGET', KEYS[1], 'st', 'rs')
+if not f[1] then return {} end
+local before = redis.call('HGETALL', KEYS[1])
+if f[1] == 'settled' then return before end
+local mark = ARGV[3] == 'settling'
+if mark and f[1] ~= 'pending' and f[1] ~= 'unknown' then return before end
+local t = redis.call('TIME')
+local ms = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
+redis.call('HSET', KEYS[1], 'st', ARGV[1], 'rc', ARGV[2], 'rs', ARGV[3], 'la', ms)
+if mark or f[2] ~= 'settling' then redis.call('HINCRBY', KEYS[1], 'at', 1) end
 if ARGV[1] == 'unknown' then
   redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[4])
 else
   redis.call('ZREM', KEYS[2], ARGV[4])
 end
-return 1
+return before
 `)
 
 // releaseScript: KEYS[1] the record; ARGV[1] its key. Returns 1 when it
@@ -166,19 +176,19 @@ func (r *Redis) Get(ctx context.Context, key string) (Record, bool, error) {
 }
 
 // Finish implements Store.
-func (r *Redis) Finish(ctx context.Context, key string, state State, receipt, reason string) error {
-	if err := checkFinish(state); err != nil {
-		return err
+func (r *Redis) Finish(ctx context.Context, key string, state State, receipt, reason string) (Record, error) {
+	if err := checkFinish(state, reason); err != nil {
+		return Record{}, err
 	}
-	n, err := finishScript.Run(ctx, r.client, []string{r.recordKey(key), r.unknownKey(), r.seqKey()},
-		state.String(), receipt, reason, key).Int64()
+	fields, err := finishScript.Run(ctx, r.client, []string{r.recordKey(key), r.unknownKey(), r.seqKey()},
+		state.String(), receipt, reason, key).StringSlice()
 	if err != nil {
-		return fmt.Errorf("paystore: finish: %w", err)
+		return Record{}, fmt.Errorf("paystore: finish: %w", err)
 	}
-	if n == 0 {
-		return ErrNotFound
+	if len(fields) == 0 {
+		return Record{}, ErrNotFound
 	}
-	return nil
+	return decodeFields(pairs(fields))
 }
 
 // Release implements Store.
@@ -248,9 +258,18 @@ func decodeFields(m map[string]string) (Record, error) {
 	if err != nil {
 		return Record{}, fmt.Errorf("paystore: record %q has attempts %q", m[fKey], m[fAttempts])
 	}
+	var last time.Time
+	if la := m[fLastAttempt]; la != "" { // absent before the first Finish
+		ms, err := strconv.ParseInt(la, 10, 64)
+		if err != nil {
+			return Record{}, fmt.Errorf("paystore: record %q has last attempt %q", m[fKey], la)
+		}
+		last = time.UnixMilli(ms)
+	}
 	return Record{
 		Key: m[fKey], PaymentID: m[fID], Digest: m[fDigest], State: st,
 		Route: m[fRoute], Subject: m[fSubject], Payload: m[fPayload],
 		Receipt: m[fReceipt], Reason: m[fReason], Expires: time.UnixMilli(ex), Attempts: at,
+		LastAttempt: last,
 	}, nil
 }

@@ -94,7 +94,7 @@ func TestRedisRestartEmpty(t *testing.T) {
 	if got := unknownKeys(t, s, 10); len(got) != 0 {
 		t.Errorf("Unknowns after restart = %v, want none", got)
 	}
-	if err := s.Finish(ctx, inFlight.Key, Settled, "r", ""); !errors.Is(err, ErrNotFound) {
+	if _, err := s.Finish(ctx, inFlight.Key, Settled, "r", ""); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Finish after restart = %v, want ErrNotFound", err)
 	}
 	mustClaim(t, s, settled) // a replay is claimed again: the facilitator is the backstop

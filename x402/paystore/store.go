@@ -57,7 +57,18 @@ type Record struct {
 	Reason    string    // why Failed / Unknown (and, when Settled by a refusal, which one)
 	Expires   time.Time // when the record may be forgotten: validBefore plus a margin
 	Attempts  int       // settle attempts so far (Finish counts them)
+	// LastAttempt is when the last Finish was recorded (a settle about to
+	// be sent, or an outcome), by the store's clock (Redis: the server's);
+	// zero before the first. The Reconciler leaves an Unknown record alone
+	// until it is older than its MinAge, so as not to race a live settle.
+	LastAttempt time.Time
 }
+
+// ReasonSettling is the Reason of a write-ahead mark: Finish(key, Unknown,
+// "", ReasonSettling) just before a settle is sent, so that a replica that
+// dies before recording the outcome leaves an Unknown record the
+// Reconciler finds, not a Pending one that nobody reconciles.
+const ReasonSettling = "settling"
 
 // KeyOf is the identity of an EIP-3009 authorization: a token contract lets
 // a (from, nonce) pair be used once, so lower(asset)/lower(from)/lower(nonce)
@@ -82,11 +93,18 @@ type Store interface {
 	// Get returns the record under key (found=false when none).
 	Get(ctx context.Context, key string) (Record, bool, error)
 	// Finish records the outcome of a settle attempt (Settled with a
-	// receipt, Failed or Unknown with a reason) and increments Attempts.
-	// Settled is final: Finish on a Settled record changes nothing, so a
-	// late answer cannot overwrite the first receipt. ErrNotFound when the
+	// receipt, Failed or Unknown with a reason), sets LastAttempt, and
+	// returns the record as it was before. Settled is final: Finish on a
+	// Settled record changes nothing, so a late answer cannot overwrite
+	// the first receipt (the caller sees State Settled in what it returns,
+	// and knows someone else recorded the settlement). ErrNotFound when the
 	// record is gone.
-	Finish(ctx context.Context, key string, state State, receipt, reason string) error
+	//
+	// A mark (Unknown with ReasonSettling, written before a settle is sent)
+	// applies only to a Pending or Unknown record, and counts the attempt
+	// (Attempts+1); the outcome recorded after it does not count it again.
+	// Any other Finish increments Attempts.
+	Finish(ctx context.Context, key string, state State, receipt, reason string) (Record, error)
 	// Release forgets a Pending claim that will never be settled, so the
 	// same signed authorization may be presented again. A missing record
 	// is not an error; any other state is ErrNotPending and stays.
@@ -123,11 +141,26 @@ func checkClaim(rec Record) error {
 }
 
 // checkFinish validates a Finish state.
-func checkFinish(s State) error {
+func checkFinish(s State, reason string) error {
 	if s != Settled && s != Failed && s != Unknown {
 		return fmt.Errorf("paystore: finish with state %v: want settled, failed or unknown", s)
 	}
+	if reason == ReasonSettling && s != Unknown {
+		return fmt.Errorf("paystore: a %s mark is unknown, not %v", ReasonSettling, s)
+	}
 	return nil
+}
+
+// finishApplies reports whether a Finish with reason changes a record in
+// state cur, and whether it counts an attempt: see Store.Finish.
+func finishApplies(cur State, curReason, reason string) (applies, counts bool) {
+	switch {
+	case cur == Settled:
+		return false, false
+	case reason == ReasonSettling:
+		return cur == Pending || cur == Unknown, true
+	}
+	return true, curReason != ReasonSettling
 }
 
 func clampN(n int) int {
