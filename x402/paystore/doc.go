@@ -6,8 +6,10 @@
 // a record with the same key, or with the same payment-identifier id, is
 // already there: then the caller gets that record (a replay, or a retry
 // whose first result it returns; Digest tells a reuse of the key or id
-// with another payload apart). After the settle, Finish records Settled
-// (the receipt), Failed, or Unknown: a settle sent with no answer back.
+// with another payload apart). Just before a settle is sent, Finish
+// writes a mark (Unknown, ReasonSettling), so that a replica dying with
+// the settle sent leaves a record the Reconciler finds; after it, Finish
+// records Settled (the receipt), Failed, or Unknown: no answer back.
 // Release forgets a Pending claim that will never be settled (refused at
 // verify, or the upstream failed), so the same authorization may be
 // presented again; it never forgets any other. The Reconciler settles
