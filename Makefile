@@ -96,10 +96,20 @@ fuzz:
 
 # Go benchmarks, then the load harness (tollgate vs a do-nothing ext_authz
 # server, and through Envoy), then the latency plot. Not part of make test.
+# PEER_OPA=PATH adds OPA-envoy-plugin to the rounds (-peer opa=PATH);
+# SCALE=10000,100000,1000000 adds the scale runs with SCALE_SOURCES
+# (file, redis or file,redis); BENCH_FLAGS goes to the harness as it is
+# (go run ./bench -h); BENCH_OUT and BENCH_PLOT name the results and plot.
+PEER_OPA ?=
+SCALE ?=
+SCALE_SOURCES ?= file,redis
+BENCH_FLAGS ?=
+BENCH_OUT ?= bin/bench-results.json
+BENCH_PLOT ?= bin/bench-latency.svg
 bench: tools
 	$(GO) test -run '^$$' -bench . -benchmem -tags vtprotobuf ./...
-	$(GO) run ./bench -out bin/bench-results.json
-	python3 scripts/plot_bench.py bin/bench-results.json bin/bench-latency.svg
+	$(GO) run ./bench -out $(BENCH_OUT) $(if $(PEER_OPA),-peer opa=$(PEER_OPA)) $(if $(SCALE),-scale $(SCALE) -scale-sources $(SCALE_SOURCES)) $(BENCH_FLAGS)
+	python3 scripts/plot_bench.py $(BENCH_OUT) $(BENCH_PLOT)
 
 clean:
 	rm -rf bin

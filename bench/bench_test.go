@@ -7,6 +7,7 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/redis/go-redis/v9"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -14,7 +15,9 @@ import (
 	"github.com/tollgate-authz/tollgate/cache"
 	"github.com/tollgate-authz/tollgate/config"
 	"github.com/tollgate-authz/tollgate/entitlement/filesource"
+	"github.com/tollgate-authz/tollgate/entitlement/redissource"
 	"github.com/tollgate-authz/tollgate/internal/authzconfig"
+	"github.com/tollgate-authz/tollgate/internal/redistest"
 )
 
 func TestHistogramQuantiles(t *testing.T) {
@@ -108,6 +111,63 @@ func TestFixtureDecisions(t *testing.T) {
 			t.Fatal(err)
 		}
 		resp, err := srv.Check(context.Background(), &cr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := proto.Marshal(resp)
+		var m rawMsg
+		if err := m.parse(b); err != nil {
+			t.Fatal(err)
+		}
+		if !decisionFits(e.kind, &m) {
+			t.Fatalf("%+v: got %v", reqs[i], resp)
+		}
+	}
+}
+
+// TestRedisFixtureDecisions is TestFixtureDecisions with the records
+// loadRedis writes into a real Redis and the config writeRedisFixture
+// writes, read through the redis source: -scale-sources redis measures
+// the decisions the file source gets.
+func TestRedisFixtureDecisions(t *testing.T) {
+	rd := redistest.Start(t)
+	ctx := context.Background()
+	if err := loadRedis(ctx, rd.Addr(), 200); err != nil {
+		t.Fatal(err)
+	}
+	path, err := writeRedisFixture(t.TempDir(), rd.Addr(), 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := cfg.Entitlements.Source, "redis"; got != want {
+		t.Fatalf("source = %q, want %q", got, want)
+	}
+	client := redis.NewClient(&redis.Options{Addr: cfg.Entitlements.Redis.Address})
+	t.Cleanup(func() { client.Close() })
+	src, err := redissource.New(redissource.Options{Client: client})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt, err := authzconfig.Rules(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := authz.NewServer(rt, authz.Deps{Entitlements: cache.New(src, cache.Options{})})
+	reqs := genRequests(2000, 200, Mix{Deny: 0.2, Unknown: 0.1}, 3)
+	enc, err := encodeRequests(reqs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, e := range enc {
+		var cr authv3.CheckRequest
+		if err := proto.Unmarshal(e.b, &cr); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := srv.Check(ctx, &cr)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -83,6 +83,7 @@ type options struct {
 	peers        variants
 	scale        string
 	scaleRounds  int
+	scaleSources string
 }
 
 func main() {
@@ -126,8 +127,9 @@ func main() {
 	flag.BoolVar(&o.serveFloor, "serve-floor", false, "run as the do-nothing server (used by the harness itself)")
 	flag.StringVar(&o.paths, "paths", strings.Join(pathNames, ","), "also run a closed loop for each of these paths alone (every request of a run takes it): "+strings.Join(pathNames, ", ")+"; \"\" for none")
 	flag.Var(&o.peers, "peer", "also measure another ext_authz server in the same rounds: opa=PATH runs OPA-envoy-plugin with bench/opa/policy.rego (repeatable)")
-	flag.StringVar(&o.scale, "scale", "", "also measure the mix at these subject counts, e.g. 10000,100000,1000000: start-up, RSS, CPU per Check, and the time to load the file (file source)")
+	flag.StringVar(&o.scale, "scale", "", "also measure the mix at these subject counts, e.g. 10000,100000,1000000: start-up, RSS, CPU per Check, and the time to load the file or Redis (see -scale-sources)")
 	flag.IntVar(&o.scaleRounds, "scale-rounds", 1, "closed-loop runs per size in -scale")
+	flag.StringVar(&o.scaleSources, "scale-sources", "file", "entitlement sources for -scale: file, redis, or both (redis: a redis-server the harness starts and loads, pipelined)")
 	flag.Parse()
 	o.serverOpts = ServerOptions{MaxConcurrentStreams: uint32(o.floorStreams), NumStreamWorkers: o.floorWorkers, StaticWindow: int32(o.floorWindow)}
 
