@@ -35,6 +35,9 @@ func cmdServe(ctx context.Context, args []string, std stdio) error {
 		_ = logw.Close(ctx)
 	}()
 	log := newLogger(logw, cfg.Log.Level)
+	if servedGC.From != "" {
+		log.Info("garbage collector", "gogc", servedGC.GOGC, "memory_limit_bytes", servedGC.MemoryLimit, "from", servedGC.From)
+	}
 	// go-redis and gRPC log from inside calls (a Check's, too): through
 	// the queue, never straight to stderr.
 	redisconn.SetLogger(log)

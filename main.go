@@ -32,6 +32,7 @@ func main() {
 	signal.Ignore(syscall.SIGPIPE)
 	// gRPC's own log joins serve's JSON log (app.SetGRPCLogger).
 	app.RouteGRPCLog()
+	tuneGCFor(os.Args[1:])
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	stop()
