@@ -85,7 +85,7 @@ e2e: tools envoy-validate
 # Each fuzz target for FUZZTIME (default 30s). `make test` runs their seed
 # corpora (testdata/fuzz) as ordinary tests.
 FUZZTIME ?= 30s
-FUZZ_TARGETS := ./authz:FuzzCheckRequest ./authz:FuzzCheckFromWire ./authz:FuzzAppendJSONString ./config:FuzzParse ./entitlement/filesource:FuzzParse ./admin:FuzzInvalidateBody ./entitlement/redissource:FuzzMessage ./quota:FuzzCostSequence ./policy:FuzzCostFromRequest ./entitlement/stripesource:FuzzWebhook ./entitlement:FuzzDecodeJSON ./internal/yamlpos:FuzzDecode ./reservation:FuzzVerify ./reservation:FuzzSignRoundTrip ./x402:FuzzDecodePaymentSignature ./x402:FuzzDecodeXPayment
+FUZZ_TARGETS := ./authz:FuzzCheckRequest ./authz:FuzzCheckFromWire ./authz:FuzzAppendJSONString ./config:FuzzParse ./entitlement/filesource:FuzzParse ./admin:FuzzInvalidateBody ./entitlement/redissource:FuzzMessage ./quota:FuzzCostSequence ./policy:FuzzCostFromRequest ./entitlement/stripesource:FuzzWebhook ./entitlement:FuzzDecodeJSON ./internal/yamlpos:FuzzDecode ./reservation:FuzzVerify ./reservation:FuzzSignRoundTrip ./x402:FuzzDecodePaymentSignature ./x402:FuzzDecodeXPayment ./mpp:FuzzParseCredential
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \

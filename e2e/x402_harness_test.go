@@ -7,6 +7,8 @@ package e2e
 // that can be taken down or made slow, and the real x402 client SDK.
 
 import (
+	"github.com/tollgate-authz/tollgate/internal/sdktest"
+
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -467,7 +469,7 @@ func sdkClient(t *testing.T) string {
 		t.Fatal(sdkErr)
 	}
 	if sdkSkip != "" {
-		t.Skip(sdkSkip)
+		sdktest.Skip(t, "%s", sdkSkip)
 	}
 	return sdkScript
 }

@@ -1,6 +1,8 @@
 package x402
 
 import (
+	"github.com/tollgate-authz/tollgate/internal/sdktest"
+
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -26,7 +28,7 @@ func clientDir(t *testing.T) string {
 	node, err1 := exec.LookPath("node")
 	npm, err2 := exec.LookPath("npm")
 	if err1 != nil || err2 != nil {
-		t.Skip("node and npm are needed to run the real x402 client SDK; install Node.js to run this test")
+		sdktest.Skip(t, "node and npm are needed to run the real x402 client SDK; install Node.js to run this test")
 	}
 	_ = node
 	lock, err := os.ReadFile("testdata/client/package-lock.json")
@@ -66,7 +68,7 @@ func clientDir(t *testing.T) string {
 		cmd := exec.CommandContext(ctx, npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts")
 		cmd.Dir = tmp
 		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Skipf("npm ci of the x402 client SDK failed (is the npm registry reachable?): %v\n%s", err, lastBytes(out, 2000))
+			sdktest.Skip(t, "npm ci of the x402 client SDK failed (is the npm registry reachable?): %v\n%s", err, lastBytes(out, 2000))
 		}
 		// Another test process may have finished first; either copy will do.
 		if err := os.Rename(tmp, dir); err != nil {

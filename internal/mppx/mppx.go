@@ -5,6 +5,8 @@
 package mppx
 
 import (
+	"github.com/tollgate-authz/tollgate/internal/sdktest"
+
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -24,7 +26,7 @@ func Client(t testing.TB, src string) (dir, script string) {
 	_, err1 := exec.LookPath("node")
 	npm, err2 := exec.LookPath("npm")
 	if err1 != nil || err2 != nil {
-		t.Skip("node and npm are needed to run the mppx client SDK; install Node.js to run this test")
+		sdktest.Skip(t, "node and npm are needed to run the mppx client SDK; install Node.js to run this test")
 	}
 	read := func(name string) []byte {
 		b, err := os.ReadFile(filepath.Join(src, name))
@@ -59,7 +61,7 @@ func Client(t testing.TB, src string) (dir, script string) {
 		cmd := exec.CommandContext(ctx, npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts")
 		cmd.Dir = tmp
 		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Skipf("npm ci of mppx failed (is the npm registry reachable?): %v\n%s", err, Tail(out, 2000))
+			sdktest.Skip(t, "npm ci of mppx failed (is the npm registry reachable?): %v\n%s", err, Tail(out, 2000))
 		}
 		// Another test process may have finished first; either copy will do.
 		if err := os.Rename(tmp, dir); err != nil {
