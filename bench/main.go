@@ -45,6 +45,8 @@ type options struct {
 	out                         string
 	keep                        bool
 	profile                     string
+	trace                       string
+	traceSeconds                int
 
 	subjects int
 	mix      Mix
@@ -95,6 +97,8 @@ func main() {
 	flag.StringVar(&o.out, "out", "bin/bench-results.json", "results file (JSON); a .csv with one row per measurement goes next to it")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temp dir (configs, logs)")
 	flag.StringVar(&o.profile, "profile", "", "write a CPU profile of tollgate under the first closed-loop load to this file")
+	flag.StringVar(&o.trace, "trace", "", "write an execution trace (go tool trace) and a CPU profile (FILE.pprof) of tollgate under the first open-loop run to these files")
+	flag.IntVar(&o.traceSeconds, "trace-seconds", 3, "length of the -trace execution trace, from the start of the measured window")
 	flag.IntVar(&o.subjects, "subjects", 10000, "subjects in the generated entitlements")
 	flag.Float64Var(&o.mix.Deny, "deny", 0.08, "share of requests refused with 402")
 	flag.Float64Var(&o.mix.Unknown, "unknown", 0.02, "share of requests with an unknown API key (401)")
@@ -264,7 +268,7 @@ func run(ctx context.Context, o options) error {
 		}
 		return err
 	}
-	cfg, err := writeFixture(dir, o.subjects, o.profile != "")
+	cfg, err := writeFixture(dir, o.subjects, o.profile != "" || o.trace != "")
 	if err != nil {
 		return err
 	}
@@ -357,7 +361,7 @@ func run(ctx context.Context, o options) error {
 		scenarios = append(scenarios, open)
 	}
 
-	profiled := false
+	profiled, traced := false, false
 	for _, spec := range scenarios {
 		if spec.Name == open.Name {
 			spec.Rate = o.rate
@@ -377,7 +381,16 @@ func run(ctx context.Context, o options) error {
 				if o.profile != "" && !profiled && sv.name == "tollgate" && spec.Rate == 0 {
 					profiled = true
 					prof = make(chan error, 1)
-					go func() { prof <- fetchProfile(sv.s.admin, o.profile, spec.Warmup, spec.Duration) }()
+					go func() { prof <- fetchDebug(sv.s.admin, "profile", o.profile, spec.Warmup, spec.Duration) }()
+				}
+				if o.trace != "" && !traced && sv.name == "tollgate" && spec.Rate > 0 {
+					// The trace and a CPU profile of the same window: where
+					// the open loop's tail comes from.
+					traced = true
+					prof = make(chan error, 2)
+					d := min(spec.Duration, time.Duration(o.traceSeconds)*time.Second)
+					go func() { prof <- fetchDebug(sv.s.admin, "trace", o.trace, spec.Warmup, d) }()
+					go func() { prof <- fetchDebug(sv.s.admin, "profile", o.trace+".pprof", spec.Warmup, spec.Duration) }()
 				}
 				reqs := enc
 				if spec.Path != "" {
@@ -387,7 +400,7 @@ func run(ctx context.Context, o options) error {
 				if err != nil {
 					return fmt.Errorf("%s %s: %w", spec.Name, sv.name, err)
 				}
-				if prof != nil {
+				for range cap(prof) {
 					if err := <-prof; err != nil {
 						fmt.Fprintln(os.Stderr, "bench: profile:", err)
 					}
@@ -611,12 +624,13 @@ func runEnvoy(ctx context.Context, o options, dir, bin, tollgate, floor string) 
 	return res, nil
 }
 
-// fetchProfile saves a CPU profile of tollgate taken over the measured
-// window (admin.pprof is on in the generated config when profiling).
-func fetchProfile(admin, path string, wait, d time.Duration) error {
+// fetchDebug saves tollgate's /debug/pprof/KIND (profile: CPU; trace:
+// execution trace) taken over d from wait on (the measured window; admin.pprof
+// is on in the generated config when profiling or tracing).
+func fetchDebug(admin, kind, path string, wait, d time.Duration) error {
 	time.Sleep(wait)
 	c := &http.Client{Timeout: d + 10*time.Second}
-	resp, err := c.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", admin, int(d.Seconds())))
+	resp, err := c.Get(fmt.Sprintf("http://%s/debug/pprof/%s?seconds=%d", admin, kind, max(1, int(d.Seconds()))))
 	if err != nil {
 		return err
 	}
