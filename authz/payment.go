@@ -3,6 +3,7 @@ package authz
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -87,7 +88,7 @@ func (s *Server) decidePaid(ctx context.Context, rt *Rules, q *Request, route *p
 		ent = e
 	}
 	isMPP := isPaymentScheme(header)
-	adm, err := g.Admit(ctx, payment.Request{Route: route, Header: header, V1: v1, Entitlement: ent, Method: r.method(), Path: r.pathOnly(), MPP: isMPP})
+	adm, err := g.Admit(ctx, payment.Request{Route: route, Header: header, V1: v1, Entitlement: ent, Method: r.method(), Path: r.path(), MPP: isMPP})
 	if err != nil {
 		res.Err = err
 		var ref *payment.Refusal
@@ -104,8 +105,9 @@ func (s *Server) decidePaid(ctx context.Context, rt *Rules, q *Request, route *p
 	if adm.Retry {
 		res.Payment = "retry"
 	}
-	if adm.Kind == payment.TopUpKind && !adm.Retry {
-		// Credited: the request is decided against the new balance.
+	if adm.Kind == payment.TopUpKind {
+		// Credited (a retry: by the first request, so nothing new was
+		// bought): the request is decided against the balance.
 		d := rt.policy.Decide(route, ent, res.now)
 		if d.Allowed() {
 			s.spend(ctx, rt, q, &d, res.now)
@@ -192,7 +194,11 @@ func (o *jsonObject) raw(k string, v []byte) {
 // upstream, the receipt to the client, the key to settle in metadata.
 func (rt *Rules) paidAllow(ok *authv3.OkHttpResponse, md *structpb.Struct, p *paid) {
 	if p.payer != "" {
-		ok.Headers = append(ok.Headers[:len(ok.Headers):len(ok.Headers)], overwrite(rt.lowerPfx+"payer", p.payer))
+		name := rt.lowerPfx + "payer"
+		ok.Headers = append(ok.Headers[:len(ok.Headers):len(ok.Headers)], overwrite(name, p.payer))
+		// Envoy removes after it sets: a client's own x-tollgate-payer,
+		// listed for removal by allow, would take ours with it.
+		ok.HeadersToRemove = slices.DeleteFunc(ok.HeadersToRemove, func(h string) bool { return strings.EqualFold(h, name) })
 	}
 	if p.receipt != "" {
 		ok.ResponseHeadersToAdd = append(ok.ResponseHeadersToAdd[:len(ok.ResponseHeadersToAdd):len(ok.ResponseHeadersToAdd)], overwrite("payment-response", p.receipt))
