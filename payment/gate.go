@@ -268,7 +268,8 @@ type Request struct {
 	// Entitlement is the caller's record when credentials came and
 	// resolved; nil for an anonymous payer.
 	Entitlement *entitlement.Entitlement
-	// Method and Path bind a payment-identifier to the operation.
+	// Method and Path (with its query) bind a payment-identifier to the
+	// request: a retry is the same request again.
 	Method, Path string
 	// MPP: Header is an `Authorization: Payment` value (see admitMPP).
 	MPP bool
@@ -397,9 +398,12 @@ func (g *Gate) admit(ctx context.Context, q Request) (Admission, error) {
 		rec.Subject = q.Entitlement.Subject
 	}
 	if id != "" {
-		// Scoped by route, bound to what the payment buys (x402's
-		// payment-identifier "request binding").
-		rec.PaymentID = q.Route.Name + "/" + id
+		// Scoped by route and payer (an id is one client's idempotency
+		// key: another payer's same id is another payment, never this
+		// one's retry), bound to what the payment buys (x402's
+		// payment-identifier "request binding"). The "x402/" start keeps
+		// it apart from an MPP id ("mpp:…") whatever a route is named.
+		rec.PaymentID = "x402/" + q.Route.Name + "/" + strings.ToLower(a.From) + "/" + id
 		rec.Digest = fingerprint(req, q.Method, q.Path, rec.Subject)
 	}
 	adm := Admission{Kind: kind, Key: rec.Key, Payer: payer, Amount: req.Amount, Credits: credits}
@@ -492,6 +496,10 @@ func (g *Gate) topUp(ctx context.Context, q Request, p x402.PaymentPayload, req 
 	}
 	g.o.Observe("settle", "settled")
 	adm.Receipt = receipt
+	// The money has moved: the credit and its event must not depend on the
+	// Check's context, which a client that goes away cancels.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), afterSettleTimeout)
+	defer cancel()
 	if err := g.o.Credit(ctx, q.Entitlement, adm.Credits, g.o.Now()); err != nil {
 		// Paid but not credited: billing still hears of it below, and the
 		// operator from the log and metrics.
@@ -503,6 +511,11 @@ func (g *Gate) topUp(ctx context.Context, q Request, p x402.PaymentPayload, req 
 	g.record(ctx, rec, q.Entitlement, "x402_top_up", adm.Credits, 200)
 	return adm, nil
 }
+
+// afterSettleTimeout bounds what follows a settlement that moved the money
+// (a top-up's credit, the billing event), detached from the caller's
+// context.
+const afterSettleTimeout = 5 * time.Second
 
 // toppedUpElsewhere answers a top-up whose settlement someone else (the
 // reconciler) recorded while this Check waited for its own settle: that
@@ -636,6 +649,8 @@ func (g *Gate) Settle(ctx context.Context, key string, status int, routes func(s
 		return first.Receipt, nil // recorded first by someone else: theirs stands
 	}
 	g.o.Observe("settle", "settled")
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), afterSettleTimeout)
+	defer cancel()
 	g.record(ctx, rec, nil, "x402_payment", 1, status)
 	return receipt, nil
 }
@@ -664,9 +679,12 @@ func (g *Gate) Abandon(key string) {
 	g.o.Observe("settle", "abandoned")
 }
 
-// Requirements decodes a stored payment and finds the offer it paid: the
-// route's price or a top-up, by amount. The reconciler uses it too.
-func (g *Gate) Requirements(rec paystore.Record, routes func(string) *policy.Route) (x402.PaymentPayload, x402.PaymentRequirements, error) {
+// Requirements decodes a stored payment and the offer it paid. The
+// reconciler uses it too. A record is only stored by Admit, after the
+// payment matched an offer made then: it is settled at the amount it was
+// admitted for, even if a reload changed the route's price since (the
+// payer signed what we offered, and the upstream may have served it).
+func (g *Gate) Requirements(rec paystore.Record, _ func(string) *policy.Route) (x402.PaymentPayload, x402.PaymentRequirements, error) {
 	// Stored as sent: PAYMENT-SIGNATURE (version 2) or X-PAYMENT (1).
 	p, err := x402.DecodePaymentSignature(rec.Payload)
 	if errors.Is(err, x402.ErrInvalidVersion) {
@@ -676,18 +694,9 @@ func (g *Gate) Requirements(rec paystore.Record, routes func(string) *policy.Rou
 		return p, x402.PaymentRequirements{}, fromX402(err)
 	}
 	if _, ok := mppChallengeID(rec); ok {
-		return g.mppRequirements(p, rec, routes)
+		return g.mppRequirements(p)
 	}
-	value := p.Payload.Authorization.Value
-	if r := routes(rec.Route); r != nil && g.amountOf(r.Price) == value {
-		return p, g.offer(value), nil
-	}
-	for _, t := range g.topUps {
-		if t.amount == value {
-			return p, g.offer(value), nil
-		}
-	}
-	return p, x402.PaymentRequirements{}, refuse(string(x402.ReasonNoMatchingOffer), "The payment no longer matches an offer (the config changed).")
+	return p, g.offer(p.Payload.Authorization.Value), nil
 }
 
 func (g *Gate) release(key string) {

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/tollgate-authz/tollgate/mpp"
-	"github.com/tollgate-authz/tollgate/policy"
 	"github.com/tollgate-authz/tollgate/x402"
 	"github.com/tollgate-authz/tollgate/x402/paystore"
 )
@@ -40,8 +39,8 @@ type mppGate struct {
 }
 
 // mppIDPrefix marks a paystore record paid with the Payment scheme: its
-// PaymentID is this and the challenge id. The id is base64url, so it never
-// holds the '/' that every x402 payment id ("route/id") does; and a second
+// PaymentID is this and the challenge id. Every x402 payment id starts
+// "x402/" ("x402/route/payer/id"), so the two never meet; and a second
 // credential for the same challenge is refused by the store (the draft's
 // "Replay Protection": a challenge is consumed once).
 const mppIDPrefix = "mpp:"
@@ -194,15 +193,14 @@ func mppChallengeID(rec paystore.Record) (id string, ok bool) {
 }
 
 // mppRequirements is Requirements for a record paid with the Payment
-// scheme: the evm method's requirements for the route's price (the ones
-// its payload's accepted member holds).
-func (g *Gate) mppRequirements(p x402.PaymentPayload, rec paystore.Record, routes func(string) *policy.Route) (x402.PaymentPayload, x402.PaymentRequirements, error) {
-	value := p.Payload.Authorization.Value
-	r := routes(rec.Route)
-	if g.mpp == nil || r == nil || g.amountOf(r.Price) != value {
-		return p, x402.PaymentRequirements{}, refuse(string(x402.ReasonNoMatchingOffer), "The payment no longer matches an offer (the config changed).")
+// scheme: the evm method's requirements for the amount it was admitted at
+// (the ones its payload's accepted member holds).
+func (g *Gate) mppRequirements(p x402.PaymentPayload) (x402.PaymentPayload, x402.PaymentRequirements, error) {
+	if g.mpp == nil {
+		return p, x402.PaymentRequirements{}, refuse(string(x402.ReasonNoMatchingOffer), "The Payment scheme is no longer on here.")
 	}
-	return p, g.mpp.evm.Requirements(value), nil
+	// At the amount admitted, as Requirements does for x402.
+	return p, g.mpp.evm.Requirements(p.Payload.Authorization.Value), nil
 }
 
 // receiptOf is the receipt a settled payment's response carries: a
