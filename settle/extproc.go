@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net/http"
 	"strconv"
+	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
@@ -115,7 +117,7 @@ func (x *ExtProc) Process(stream extprocv3.ExternalProcessor_ProcessServer) erro
 			if payKey != "" {
 				key := payKey
 				payKey = ""
-				receipt, refusal := x.pay.Settle(stream.Context(), key, statusOf(v.ResponseHeaders.GetHeaders()))
+				receipt, refusal := x.pay.Settle(stream.Context(), key, paidStatus(v.ResponseHeaders.GetHeaders()))
 				switch {
 				case refusal != nil:
 					resp.Response = &extprocv3.ProcessingResponse_ImmediateResponse{ImmediateResponse: refused(refusal)}
@@ -202,6 +204,21 @@ func statusOf(h *corev3.HeaderMap) int {
 		return 0
 	}
 	return n
+}
+
+// paidStatus is the status a payment is settled on: :status, except that a
+// gRPC call that failed at once (a trailers-only response: grpc-status in
+// its only header block, not 0) failed, whatever its HTTP 200 says. A gRPC
+// failure reported in trailers comes after the headers are settled.
+func paidStatus(h *corev3.HeaderMap) int {
+	st := statusOf(h)
+	if !strings.HasPrefix(headerValue(h, "content-type"), "application/grpc") {
+		return st
+	}
+	if gs := headerValue(h, "grpc-status"); gs != "" && gs != "0" {
+		return http.StatusBadGateway
+	}
+	return st
 }
 
 // refused answers 402 with body in place of a response whose payment could
