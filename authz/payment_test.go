@@ -72,8 +72,14 @@ func paidServer(t *testing.T, edit ...func(*payment.Options)) (*authz.Server, *x
 // paidServerGate is paidServer with its gate, for settling.
 func paidServerGate(t *testing.T, edit ...func(*payment.Options)) (*authz.Server, *payment.Gate, *x402.LocalFacilitator) {
 	t.Helper()
+	return paidServerFrom(t, paidConfig, edit...)
+}
+
+// paidServerFrom is paidServerGate with another config.
+func paidServerFrom(t *testing.T, configText string, edit ...func(*payment.Options)) (*authz.Server, *payment.Gate, *x402.LocalFacilitator) {
+	t.Helper()
 	dir := t.TempDir()
-	for name, body := range map[string]string{"tollgate.yaml": paidConfig, "ents.yaml": paidEntitlements} {
+	for name, body := range map[string]string{"tollgate.yaml": configText, "ents.yaml": paidEntitlements} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -229,5 +235,19 @@ func TestTopUpInTheCheck(t *testing.T) {
 	// the request is refused; the receipt still goes to the client.
 	if got := deniedHeader(resp, "payment-response"); got == "" {
 		t.Error("the refusal after a settled top-up carries no PAYMENT-RESPONSE")
+	}
+}
+
+// TestShadowTakesNoMoney: shadow mode decides and allows everything; a
+// payment sent then is neither verified nor settled.
+func TestShadowTakesNoMoney(t *testing.T) {
+	s, _, fac := paidServerFrom(t, "shadow: true\n"+paidConfig)
+	h := x402test.Header(t, x402test.Payment{Offer: perCallOffer(), Now: fixedNow, Nonce: 9})
+	resp, res := s.Decide(context.Background(), req("GET", "/forecast", map[string]string{"payment-signature": h}))
+	if !res.Allowed || !res.Shadow || res.Payment != "" || res.Code.String() != "payment_required" {
+		t.Fatalf("result %+v: want a shadow allow of what would be payment_required, with no payment taken", res)
+	}
+	if resp.GetDynamicMetadata().GetFields()[authz.PaymentKey] != nil || fac.Settlements() != 0 {
+		t.Error("shadow mode admitted the payment")
 	}
 }

@@ -270,7 +270,8 @@ func (s *Server) decide(ctx context.Context, rt *Rules, q *Request, now time.Tim
 		res.Err = ErrMeteringClosed
 		return policy.Decision{Code: policy.EntitlementsUnavailable, Route: route}
 	}
-	if g := rt.opts.Payments; g != nil && g.Payable(route) {
+	// Shadow mode takes no money: it decides, logs and allows.
+	if g := rt.opts.Payments; g != nil && !rt.opts.Shadow && g.Payable(route) {
 		if h, v1, ok := paymentHeader(r); ok {
 			return s.decidePaid(ctx, rt, q, route, h, v1)
 		}

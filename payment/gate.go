@@ -50,6 +50,11 @@ type Options struct {
 	Currency string
 	// MaxTimeoutSeconds is how long an authorization may stay open.
 	MaxTimeoutSeconds int64
+	// MinValidity is how long an authorization must stay valid after it
+	// arrives (default 20s): it is settled only after the upstream
+	// answered, and one that expires meanwhile would have the work done
+	// unpaid. Set it above the settle timeout plus the upstream's time.
+	MinValidity time.Duration
 	TopUps            []TopUp
 	Facilitator       x402.Facilitator
 	Store             paystore.Store
@@ -107,6 +112,9 @@ func New(o Options) (*Gate, error) {
 	}
 	if o.MaxTimeoutSeconds <= 0 {
 		o.MaxTimeoutSeconds = 60
+	}
+	if o.MinValidity <= 0 {
+		o.MinValidity = 20 * time.Second
 	}
 	g := &Gate{o: o, base: x402.PaymentRequirements{
 		Scheme: x402.SchemeExact, Network: o.Network, Asset: o.Asset, PayTo: o.PayTo,
@@ -367,6 +375,9 @@ func (g *Gate) admit(ctx context.Context, q Request) (Admission, error) {
 	req, err := x402.Match(reqs, p, now)
 	if err != nil {
 		return Admission{}, fromX402(err)
+	}
+	if err := g.validLongEnough(p.Payload.Authorization.ValidBefore, now); err != nil {
+		return Admission{}, err
 	}
 	// A forged or mismatched signature costs no facilitator round trip.
 	payer, err := x402.VerifySignature(req, p)
@@ -751,9 +762,27 @@ func (g *Gate) record(ctx context.Context, rec paystore.Record, e *entitlement.E
 func expiry(validBefore string, now time.Time) time.Time {
 	n, err := strconv.ParseInt(validBefore, 10, 64)
 	if err != nil || n <= 0 || n > now.Add(366*24*time.Hour).Unix() {
-		return now.Add(48 * time.Hour)
+		return now.Add(time.Hour)
 	}
-	return time.Unix(n, 0).Add(24 * time.Hour)
+	return time.Unix(n, 0).Add(RecordGrace)
+}
+
+// RecordGrace is how long a payment's record outlives its authorization:
+// past validBefore nothing can settle it or replay it, so the record is
+// kept only for the reconciler's last look and for payment-identifier
+// retries, which are honoured that long and no longer. Short, so that
+// claims of requests that never got a response (the client went away)
+// cannot fill the store.
+const RecordGrace = 5 * time.Minute
+
+// validLongEnough refuses an authorization that would expire before the
+// response it pays for is settled.
+func (g *Gate) validLongEnough(validBefore string, now time.Time) error {
+	n, err := strconv.ParseInt(validBefore, 10, 64)
+	if err != nil || time.Unix(n, 0).Sub(now) < g.o.MinValidity {
+		return refuse(string(x402.ReasonExpired), "The payment authorization expires too soon to be settled after the upstream answers: sign one valid for at least "+g.o.MinValidity.String()+".")
+	}
+	return nil
 }
 
 // paymentID is the payment-identifier extension's id, or "".

@@ -366,3 +366,35 @@ func TestAtomicAmounts(t *testing.T) {
 		}
 	}
 }
+
+func TestAuthorizationLifetime(t *testing.T) {
+	tests := []struct {
+		name     string
+		validFor time.Duration
+		ok       bool
+	}{
+		{"the SDK's minute", 60 * time.Second, true},
+		{"just long enough", 20 * time.Second, true},
+		{"expires before it could be settled", 19 * time.Second, false},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t, nil)
+			adm, err := admit(f, x402test.Header(t, x402test.Payment{Offer: offer("1000"), Now: now, Nonce: 40 + i, ValidFor: tt.validFor}), nil)
+			if got := err == nil; got != tt.ok {
+				t.Fatalf("admitted %v (%v), want %v", got, err, tt.ok)
+			}
+			if !tt.ok {
+				if !isRefusal(err, string(x402.ReasonExpired)) || f.store.Len() != 0 {
+					t.Errorf("refusal %v, claims %d; want an expiry refusal and nothing kept", err, f.store.Len())
+				}
+				return
+			}
+			// The record outlives the authorization by RecordGrace only.
+			rec, _, _ := f.store.Get(context.Background(), adm.Key)
+			if want := now.Add(tt.validFor).Add(RecordGrace); !rec.Expires.Equal(want) {
+				t.Errorf("record expires %v, want %v", rec.Expires, want)
+			}
+		})
+	}
+}

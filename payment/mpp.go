@@ -160,6 +160,9 @@ func (g *Gate) admitMPP(ctx context.Context, q Request) (Admission, error) {
 		return Admission{}, unavailable("the payment record", err)
 	}
 	au := p.Payload.Authorization
+	if err := g.validLongEnough(au.ValidBefore, g.o.Now()); err != nil {
+		return Admission{}, err
+	}
 	rec := paystore.Record{
 		Key: paystore.KeyOf(xreq.Asset, au.From, au.Nonce), PaymentID: mppIDPrefix + cred.Challenge.ID,
 		State: paystore.Pending, Route: q.Route.Name, Payload: payload, Expires: expiry(au.ValidBefore, g.o.Now()),

@@ -68,6 +68,9 @@ func (a *App) openPayments() error {
 	o := payment.Options{
 		Network: xc.Network, Asset: xc.Asset, PayTo: xc.PayTo, AssetName: xc.AssetName, AssetVersion: xc.AssetVersion,
 		Decimals: *xc.Decimals, Currency: xc.Currency, MaxTimeoutSeconds: xc.MaxTimeoutSeconds,
+		// An authorization must outlive the verify, the upstream's answer
+		// and the settle: it is settled last.
+		MinValidity: max(20*time.Second, xc.Facilitator.VerifyTimeout+xc.Facilitator.SettleTimeout+5*time.Second),
 		Facilitator: fac, Store: p.store, Credit: a.creditTopUp, Lookup: a.lookupSubject, Observe: pm.Observe, Log: a.log,
 	}
 	for _, t := range pc.TopUps {
