@@ -55,9 +55,9 @@ type Options struct {
 	// answered, and one that expires meanwhile would have the work done
 	// unpaid. Set it above the settle timeout plus the upstream's time.
 	MinValidity time.Duration
-	TopUps            []TopUp
-	Facilitator       x402.Facilitator
-	Store             paystore.Store
+	TopUps      []TopUp
+	Facilitator x402.Facilitator
+	Store       paystore.Store
 	// Credit adds credits bought by a top-up to the subject's balance.
 	Credit func(ctx context.Context, e *entitlement.Entitlement, credits int64, now time.Time) error
 	// Lookup finds a subject's entitlement, to credit a top-up that the
