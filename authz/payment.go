@@ -67,25 +67,10 @@ func (s *Server) decidePaid(ctx context.Context, rt *Rules, q *Request, route *p
 	res.CredFrom, res.KeyID = cred.From, cred.KeyID()
 	var ent *entitlement.Entitlement
 	if cred.Kind != identity.None {
-		var key entitlement.Key
-		switch cred.Kind {
-		case identity.APIKey:
-			key = entitlement.Key{Kind: entitlement.ByAPIKey, ID: cred.Value}
-		case identity.Subject:
-			key = entitlement.Key{Kind: entitlement.BySubject, ID: cred.Value}
-		default:
-			return policy.Decision{Code: policy.InvalidCredentials, Route: route}
+		var code policy.Code
+		if ent, code = s.lookup(ctx, &cred, res); code != policy.OK {
+			return policy.Decision{Code: code, Route: route}
 		}
-		e, outcome, err := s.ents.Get(ctx, key)
-		res.Cache, res.Looked = outcome, true
-		switch {
-		case errors.Is(err, entitlement.ErrNotFound):
-			return policy.Decision{Code: policy.InvalidCredentials, Route: route}
-		case err != nil:
-			res.Err = err
-			return policy.Decision{Code: policy.EntitlementsUnavailable, Route: route}
-		}
-		ent = e
 	}
 	isMPP := isPaymentScheme(header)
 	adm, err := g.Admit(ctx, payment.Request{Route: route, Header: header, V1: v1, Entitlement: ent, Method: r.method(), Path: r.path(), MPP: isMPP})

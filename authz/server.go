@@ -278,34 +278,46 @@ func (s *Server) decide(ctx context.Context, rt *Rules, q *Request, now time.Tim
 	}
 	cred := rt.identity.Extract(r)
 	res.CredFrom, res.KeyID = cred.From, cred.KeyID()
-	var key entitlement.Key
-	switch cred.Kind {
-	case identity.None:
+	if cred.Kind == identity.None {
 		if route.Price != "" && rt.opts.Payments != nil {
 			return policy.Decision{Code: policy.PaymentRequired, Route: route}
 		}
 		return policy.Decision{Code: policy.MissingCredentials, Route: route}
-	case identity.APIKey:
-		key = entitlement.Key{Kind: entitlement.ByAPIKey, ID: cred.Value}
-	case identity.Subject:
-		key = entitlement.Key{Kind: entitlement.BySubject, ID: cred.Value}
-	default:
-		return policy.Decision{Code: policy.InvalidCredentials, Route: route}
 	}
-	ent, outcome, err := s.ents.Get(ctx, key)
-	res.Cache, res.Looked = outcome, true
-	switch {
-	case errors.Is(err, entitlement.ErrNotFound):
-		return policy.Decision{Code: policy.InvalidCredentials, Route: route}
-	case err != nil:
-		res.Err = err
-		return policy.Decision{Code: policy.EntitlementsUnavailable, Route: route}
+	ent, code := s.lookup(ctx, &cred, res)
+	if code != policy.OK {
+		return policy.Decision{Code: code, Route: route}
 	}
 	d := rt.policy.Decide(route, ent, now)
 	if d.Allowed() {
 		s.spend(ctx, rt, q, &d, now)
 	}
 	return d
+}
+
+// lookup finds the record a credential names, or says why not:
+// invalid_credentials (unusable or unknown) or entitlements_unavailable
+// (res.Err says why).
+func (s *Server) lookup(ctx context.Context, cred *identity.Credential, res *Result) (*entitlement.Entitlement, policy.Code) {
+	var key entitlement.Key
+	switch cred.Kind {
+	case identity.APIKey:
+		key = entitlement.Key{Kind: entitlement.ByAPIKey, ID: cred.Value}
+	case identity.Subject:
+		key = entitlement.Key{Kind: entitlement.BySubject, ID: cred.Value}
+	default:
+		return nil, policy.InvalidCredentials
+	}
+	ent, outcome, err := s.ents.Get(ctx, key)
+	res.Cache, res.Looked = outcome, true
+	switch {
+	case errors.Is(err, entitlement.ErrNotFound):
+		return nil, policy.InvalidCredentials
+	case err != nil:
+		res.Err = err
+		return nil, policy.EntitlementsUnavailable
+	}
+	return ent, policy.OK
 }
 
 // maxSpends is how many counters a request usually spends on without allocating.
