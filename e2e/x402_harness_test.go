@@ -475,67 +475,11 @@ func sdkClient(t *testing.T) string {
 }
 
 func installSDK() (script, skip string, err error) {
-	npm, err1 := exec.LookPath("npm")
-	_, err2 := exec.LookPath("node")
-	if err1 != nil || err2 != nil {
-		return "", "node and npm are needed to run the real x402 client SDK", nil
-	}
-	src := filepath.Join(repoRoot, "e2e", "testdata", "x402client")
-	var files = map[string][]byte{}
-	for _, name := range []string{"package.json", "package-lock.json", "pay.mjs"} {
-		if files[name], err = os.ReadFile(filepath.Join(src, name)); err != nil {
-			return "", "", err
-		}
-	}
-	cache, err := os.UserCacheDir()
-	if err != nil {
-		cache = os.TempDir()
-	}
-	sum := sha256.Sum256(append(append([]byte(nil), files["package.json"]...), files["package-lock.json"]...))
-	dir := filepath.Join(cache, "tollgate-e2e-x402-client", hex.EncodeToString(sum[:8]))
-	if _, err := os.Stat(filepath.Join(dir, "node_modules", "@x402", "fetch", "package.json")); err != nil {
-		if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-			return "", "", err
-		}
-		tmp, err := os.MkdirTemp(filepath.Dir(dir), "install-")
-		if err != nil {
-			return "", "", err
-		}
-		defer os.RemoveAll(tmp)
-		for _, name := range []string{"package.json", "package-lock.json"} {
-			if err := os.WriteFile(filepath.Join(tmp, name), files[name], 0o644); err != nil {
-				return "", "", err
-			}
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts")
-		cmd.Dir = tmp
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return "", fmt.Sprintf("npm ci of the x402 client SDK failed (is the npm registry reachable?): %v\n%s", err, lastBytes(out, 2000)), nil
-		}
-		if err := os.Rename(tmp, dir); err != nil {
-			if _, statErr := os.Stat(filepath.Join(dir, "node_modules")); statErr != nil {
-				return "", "", fmt.Errorf("caching the SDK install: %v", err)
-			}
-		}
-	}
-	// The script sits beside node_modules for ESM resolution, named by its
-	// own hash so that concurrent runs of different versions do not race.
-	ss := sha256.Sum256(files["pay.mjs"])
-	script = filepath.Join(dir, "pay-"+hex.EncodeToString(ss[:6])+".mjs")
-	if err := os.WriteFile(script, files["pay.mjs"], 0o644); err != nil {
-		return "", "", err
-	}
-	return script, "", nil
+	_, script, skip, err = sdktest.Install(filepath.Join(repoRoot, "e2e", "testdata", "x402client"), "tollgate-e2e-x402-client", "pay.mjs", "@x402/fetch/package.json")
+	return script, skip, err
 }
 
-func lastBytes(b []byte, n int) []byte {
-	if len(b) > n {
-		return b[len(b)-n:]
-	}
-	return b
-}
+func lastBytes(b []byte, n int) []byte { return sdktest.Tail(b, n) }
 
 // sdkOpts is one run of the SDK.
 type sdkOpts struct {

@@ -5,8 +5,6 @@ import (
 
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,82 +13,26 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 )
 
-// clientDir returns a directory holding client.mjs and node_modules installed
-// from testdata/client's lockfile. The install is cached in the user cache
-// directory, keyed by the lockfile's hash, so only the first run downloads.
-func clientDir(t *testing.T) string {
+// clientDir returns a directory holding node_modules installed from
+// testdata/client's lockfile (cached in the user cache directory) and the
+// path of client.mjs there.
+func clientDir(t *testing.T) (dir, script string) {
 	t.Helper()
-	node, err1 := exec.LookPath("node")
-	npm, err2 := exec.LookPath("npm")
-	if err1 != nil || err2 != nil {
-		sdktest.Skip(t, "node and npm are needed to run the real x402 client SDK; install Node.js to run this test")
-	}
-	_ = node
-	lock, err := os.ReadFile("testdata/client/package-lock.json")
+	dir, script, skip, err := sdktest.Install("testdata/client", "tollgate-x402-client", "client.mjs", "@x402/fetch/package.json")
 	if err != nil {
 		t.Fatal(err)
 	}
-	pkg, err := os.ReadFile("testdata/client/package.json")
-	if err != nil {
-		t.Fatal(err)
+	if skip != "" {
+		sdktest.Skip(t, "%s", skip)
 	}
-	script, err := os.ReadFile("testdata/client/client.mjs")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cache, err := os.UserCacheDir()
-	if err != nil {
-		cache = os.TempDir()
-	}
-	sum := sha256.Sum256(append(append([]byte(nil), pkg...), lock...))
-	dir := filepath.Join(cache, "tollgate-x402-client", hex.EncodeToString(sum[:8]))
-	if _, err := os.Stat(filepath.Join(dir, "node_modules", "@x402", "fetch", "package.json")); err != nil {
-		if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		tmp, err := os.MkdirTemp(filepath.Dir(dir), "install-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer os.RemoveAll(tmp)
-		for name, b := range map[string][]byte{"package.json": pkg, "package-lock.json": lock} {
-			if err := os.WriteFile(filepath.Join(tmp, name), b, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts")
-		cmd.Dir = tmp
-		if out, err := cmd.CombinedOutput(); err != nil {
-			sdktest.Skip(t, "npm ci of the x402 client SDK failed (is the npm registry reachable?): %v\n%s", err, lastBytes(out, 2000))
-		}
-		// Another test process may have finished first; either copy will do.
-		if err := os.Rename(tmp, dir); err != nil {
-			if _, statErr := os.Stat(filepath.Join(dir, "node_modules")); statErr != nil {
-				t.Fatalf("caching the install: %v", err)
-			}
-		}
-	}
-	// The script must sit beside node_modules for ESM resolution; one copy
-	// per test so parallel runs do not race.
-	if err := os.WriteFile(filepath.Join(dir, "client-"+hex.EncodeToString(sum[8:12])+".mjs"), script, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return dir
+	return dir, script
 }
 
-func lastBytes(b []byte, n int) []byte {
-	if len(b) > n {
-		return b[len(b)-n:]
-	}
-	return b
-}
+func lastBytes(b []byte, n int) []byte { return sdktest.Tail(b, n) }
 
 type clientResult struct {
 	Status          int             `json:"status"`
@@ -163,7 +105,7 @@ func TestRealClientSDKPays(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs node; skipped with -short")
 	}
-	dir := clientDir(t)
+	dir, script := clientDir(t)
 	const key = "0x4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"
 	payer := AddressOfKey(keyFromHex(t, key))
 	offer := testOffer()
@@ -174,7 +116,6 @@ func TestRealClientSDKPays(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	script := filepath.Join(dir, "client-"+scriptSuffix(t)+".mjs")
 	cmd := exec.CommandContext(ctx, "node", script)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "X402_URL="+srv.URL+"/paid", "X402_PRIVATE_KEY="+key)
@@ -243,12 +184,4 @@ func TestRealClientSDKPays(t *testing.T) {
 	if errors.Is(nil, ErrNonceUsed) {
 		t.Fatal("unreachable")
 	}
-}
-
-func scriptSuffix(t *testing.T) string {
-	t.Helper()
-	lock, _ := os.ReadFile("testdata/client/package-lock.json")
-	pkg, _ := os.ReadFile("testdata/client/package.json")
-	sum := sha256.Sum256(append(append([]byte(nil), pkg...), lock...))
-	return hex.EncodeToString(sum[8:12])
 }
