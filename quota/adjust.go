@@ -173,15 +173,34 @@ func (s *Leased) applyDeltas(ctx context.Context, ds []Delta, wait time.Duration
 		}
 		return a
 	}
-	res := make([][]int64, len(ds))
+	keys, argv := make([]string, len(ds)), make([][]any, len(ds))
+	for i, d := range ds {
+		keys[i], argv[i] = s.redisKey(d.Group, d.Key), args(d)
+	}
+	res, err := s.evalEach(ctx, parent, adjustScript, "adjust", keys, argv, 2)
+	if err != nil {
+		return nil, err
+	}
+	used := make([]int64, len(ds))
+	for i, d := range ds {
+		used[i] = s.noteAdjusted(d, res[i][1])
+	}
+	return used, nil
+}
+
+// evalEach runs script once per key (one round trip: alone, or pipelined)
+// and checks that each run returned want numbers. An error wraps
+// ErrUnavailable, or is the caller's (parent's) cancellation.
+func (s *Leased) evalEach(ctx, parent context.Context, script *redis.Script, what string, keys []string, argv [][]any, want int) ([][]int64, error) {
+	res := make([][]int64, len(keys))
 	var err error
-	if len(ds) == 1 {
-		res[0], err = adjustScript.Run(ctx, s.client, []string{s.redisKey(ds[0].Group, ds[0].Key)}, args(ds[0])...).Int64Slice()
+	if len(keys) == 1 {
+		res[0], err = script.Run(ctx, s.client, keys[:1], argv[0]...).Int64Slice()
 	} else {
-		cmds := make([]*redis.Cmd, len(ds))
+		cmds := make([]*redis.Cmd, len(keys))
 		_, err = s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for i, d := range ds {
-				cmds[i] = adjustScript.Eval(ctx, p, []string{s.redisKey(d.Group, d.Key)}, args(d)...)
+			for i, k := range keys {
+				cmds[i] = script.Eval(ctx, p, []string{k}, argv[i]...)
 			}
 			return nil
 		})
@@ -190,21 +209,17 @@ func (s *Leased) applyDeltas(ctx context.Context, ds []Delta, wait time.Duration
 		}
 	}
 	for i := 0; err == nil && i < len(res); i++ {
-		if len(res[i]) != 2 {
-			err = fmt.Errorf("adjust script returned %d values, want 2", len(res[i]))
+		if len(res[i]) != want {
+			err = fmt.Errorf("%s script returned %d values, want %d", what, len(res[i]), want)
 		}
 	}
 	if err != nil {
 		if errors.Is(parent.Err(), context.Canceled) {
-			return nil, fmt.Errorf("quota: redis adjust: %w", parent.Err())
+			return nil, fmt.Errorf("quota: redis %s: %w", what, parent.Err())
 		}
-		return nil, fmt.Errorf("%w: redis adjust: %w", ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: redis %s: %w", ErrUnavailable, what, err)
 	}
-	used := make([]int64, len(ds))
-	for i, d := range ds {
-		used[i] = s.noteAdjusted(d, res[i][1])
-	}
-	return used, nil
+	return res, nil
 }
 
 // noteAdjusted records u, d's counter in Redis right after d, in this

@@ -171,32 +171,13 @@ func (s *Leased) applyTopUps(ctx context.Context, ops []topUpOp, wait time.Durat
 		}
 		return a
 	}
-	raw := make([][]int64, len(ops))
-	var err error
-	if len(ops) == 1 {
-		raw[0], err = topUpScript.Run(ctx, s.client, []string{s.redisKey(ops[0].group, ops[0].key)}, args(ops[0])...).Int64Slice()
-	} else {
-		cmds := make([]*redis.Cmd, len(ops))
-		_, err = s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for i, o := range ops {
-				cmds[i] = topUpScript.Eval(ctx, p, []string{s.redisKey(o.group, o.key)}, args(o)...)
-			}
-			return nil
-		})
-		for i := 0; err == nil && i < len(cmds); i++ {
-			raw[i], err = cmds[i].Int64Slice()
-		}
+	keys, argv := make([]string, len(ops)), make([][]any, len(ops))
+	for i, o := range ops {
+		keys[i], argv[i] = s.redisKey(o.group, o.key), args(o)
 	}
-	for i := 0; err == nil && i < len(raw); i++ {
-		if len(raw[i]) != 3 {
-			err = fmt.Errorf("top-up script returned %d values, want 3", len(raw[i]))
-		}
-	}
+	raw, err := s.evalEach(ctx, parent, topUpScript, "top-up", keys, argv, 3)
 	if err != nil {
-		if errors.Is(parent.Err(), context.Canceled) {
-			return nil, fmt.Errorf("quota: redis top-up: %w", parent.Err())
-		}
-		return nil, fmt.Errorf("%w: redis top-up: %w", ErrUnavailable, err)
+		return nil, err
 	}
 	out := make([]topUpResult, len(ops))
 	for i, o := range ops {
