@@ -2,14 +2,11 @@ package settle
 
 import (
 	"context"
-	"net"
 	"sync"
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -34,20 +31,7 @@ func (f *fakePayments) Abandon(string) {}
 // Payment scheme) in Payment-Receipt.
 func TestExtProcPaymentReceiptHeader(t *testing.T) {
 	pay := &fakePayments{settle: func(key string, _ int) (string, []byte) { return "receipt-of-" + key, nil }}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer()
-	extprocv3.RegisterExternalProcessorServer(gs, NewExtProc(nil).WithPayments(pay))
-	go gs.Serve(lis)
-	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	client := extprocv3.NewExternalProcessorClient(conn)
+	client := payClient(t, pay)
 
 	tests := []struct {
 		name, mdKey, header string // header "": none set

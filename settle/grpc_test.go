@@ -22,13 +22,29 @@ import (
 // serveGRPC serves s's ALS and ext_proc on a loopback port and dials it.
 func serveGRPC(t *testing.T, s *Settler) *grpc.ClientConn {
 	t.Helper()
+	return serveWith(t, func(gs *grpc.Server) {
+		accesslogv3.RegisterAccessLogServiceServer(gs, NewALS(s))
+		extprocv3.RegisterExternalProcessorServer(gs, NewExtProc(s))
+	})
+}
+
+// payClient serves an ext_proc that settles payments with pay, and dials it.
+func payClient(t *testing.T, pay Payments) extprocv3.ExternalProcessorClient {
+	t.Helper()
+	return extprocv3.NewExternalProcessorClient(serveWith(t, func(gs *grpc.Server) {
+		extprocv3.RegisterExternalProcessorServer(gs, NewExtProc(nil).WithPayments(pay))
+	}))
+}
+
+// serveWith serves what register registers on a loopback port and dials it.
+func serveWith(t *testing.T, register func(*grpc.Server)) *grpc.ClientConn {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	gs := grpc.NewServer()
-	accesslogv3.RegisterAccessLogServiceServer(gs, NewALS(s))
-	extprocv3.RegisterExternalProcessorServer(gs, NewExtProc(s))
+	register(gs)
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)
 	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
