@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"math"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -22,6 +23,7 @@ type Adjuster interface {
 	// are refused); the caller caps delta when the route says so. A counter
 	// that no longer exists (its window ended, Redis lost it) is not created
 	// by a negative delta; a positive delta creates it, expiring at reset.
+	// group and key are borrowed, as for Spend (see Store).
 	Adjust(ctx context.Context, group, key string, delta int64, reset time.Time) (used int64, err error)
 }
 
@@ -86,7 +88,7 @@ func (m *Memory) adjust(group, key string, delta int64, reset time.Time, create 
 			return 0, false
 		}
 		c = &counter{reset: reset}
-		sh.counters[key] = c
+		sh.counters[strings.Clone(key)] = c // the caller may reuse key (see Store)
 	}
 	c.used = adjustTopped(c.used, delta, c.topped)
 	return c.used, true

@@ -27,4 +27,10 @@
 //
 // All stores are safe for concurrent use. Memory's Spend costs one mutex
 // (sharded by subject) and a map lookup per item.
+//
+// Keys are borrowed: the Check path builds them with AppendKey into a
+// buffer it reuses, and no store keeps a key (or a group) past the call
+// that passed it. A store copies a key only when it keeps it (a new
+// counter, lease, journal entry or queued top-up), so a spend on counters
+// that exist copies nothing.
 package quota

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"math"
+	"strings"
 	"sync"
 	"time"
 )
@@ -63,21 +64,28 @@ func newJournal(now func() time.Time) *journal {
 func (j *journal) add(group, key string, reset time.Time, n int64) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	j.addLocked(journalKey{group, key, reset.UnixNano()}, reset, n)
+	k := journalKey{group, key, reset.UnixNano()}
+	j.addLocked(&k, reset, n)
 }
 
-func (j *journal) addLocked(k journalKey, reset time.Time, n int64) *journalEntry {
-	e := j.entries[k]
+// addLocked records n more on counter *k. A new entry keeps copies of k's
+// group and key, and *k is set to them.
+func (j *journal) addLocked(k *journalKey, reset time.Time, n int64) *journalEntry {
+	e := j.entries[*k]
 	if e == nil {
 		if n == 0 {
 			return nil
 		}
 		e = &journalEntry{reset: reset}
-		j.entries[k] = e
+		// The entry outlives the call: copies of the caller's group and
+		// key, which it may reuse (see Store). The background copy
+		// (take) sends these.
+		k.group, k.key = strings.Clone(k.group), strings.Clone(k.key)
+		j.entries[*k] = e
 	}
 	e.pending = addSigned(e.pending, n)
 	if e.seq == 0 && e.pending == 0 {
-		delete(j.entries, k) // netted to nothing
+		delete(j.entries, *k) // netted to nothing
 		return nil
 	}
 	return e
@@ -89,7 +97,7 @@ func (j *journal) addTake(group, key string, reset time.Time, n int64) (Delta, b
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	k := journalKey{group, key, reset.UnixNano()}
-	e := j.addLocked(k, reset, n)
+	e := j.addLocked(&k, reset, n)
 	if e == nil {
 		return Delta{}, false
 	}

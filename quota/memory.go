@@ -3,6 +3,7 @@ package quota
 import (
 	"context"
 	"hash/maphash"
+	"strings"
 	"sync"
 	"time"
 )
@@ -91,7 +92,9 @@ func (m *Memory) Spend(_ context.Context, group string, items []Item, used []int
 		}
 		if c == nil {
 			c = &counter{reset: it.Reset}
-			sh.counters[it.Key] = c
+			// The map keeps its key: a copy, as the caller may reuse
+			// it.Key's memory (see Store).
+			sh.counters[strings.Clone(it.Key)] = c
 		}
 		// Every key's total fits its limits (checked above): no overflow.
 		c.used += max(it.Cost, 0)

@@ -7,6 +7,7 @@ import (
 )
 
 // Peeker reads a counter's use without spending, for `tollgate check`.
+// group and the Item's Key are borrowed, as for Spend (see Store).
 type Peeker interface {
 	Peek(ctx context.Context, group string, it Item) (int64, error)
 }

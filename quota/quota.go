@@ -4,13 +4,16 @@ import (
 	"context"
 	"errors"
 	"math"
-	"strings"
 	"time"
+	"unsafe"
 )
 
 // Item is one counter a request spends on.
 type Item struct {
-	// Key names the counter: subject, quota and window start. Build it with Key.
+	// Key names the counter: subject, quota and window start. Build it with
+	// Key, or with AppendKey into a buffer the caller reuses: a store keeps
+	// no Key past the call that passed it (see Store), so Key may alias
+	// memory that the caller overwrites once the call has returned.
 	Key string
 	// Cost is what this request spends; a negative cost counts as 0.
 	Cost int64
@@ -23,20 +26,34 @@ type Item struct {
 	FailOpen bool
 }
 
-// Key builds the counter key for a subject's quota in the window starting at start.
-// The window start is written as 20060102T150405 in UTC. Key runs on every
-// spend, so it writes the digits itself into one allocation rather than
-// going through time.Format and a concatenation.
+// Key builds the counter key for a subject's quota in the window starting at start:
+// the bytes AppendKey appends, in one allocation.
 func Key(subject, quota string, start time.Time) string {
-	var b strings.Builder
-	b.Grow(len(subject) + len(quota) + 2 + len(keyStampLayout))
-	b.WriteString(subject)
-	b.WriteByte(0)
-	b.WriteString(quota)
-	b.WriteByte(0)
-	var stamp [len(keyStampLayout)]byte
-	b.Write(appendKeyStamp(stamp[:0], start))
-	return b.String()
+	b := AppendKey(make([]byte, 0, keyLen(subject, quota)), subject, quota, start)
+	// b is new and never written again: the string may own it, as
+	// strings.Builder's String does.
+	return unsafe.String(unsafe.SliceData(b), len(b))
+}
+
+// AppendKey appends the counter key for a subject's quota in the window
+// starting at start to dst and returns the extended buffer: subject, a NUL
+// byte, quota, a NUL byte and the window start, written as 20060102T150405
+// in UTC. It writes the digits itself rather than going through
+// time.Format, so it allocates nothing when dst has room: the Check path
+// builds keys into a buffer it reuses (a store keeps no key past its call,
+// see Store). Key returns the same bytes as a string.
+func AppendKey(dst []byte, subject, quota string, start time.Time) []byte {
+	dst = append(dst, subject...)
+	dst = append(dst, 0)
+	dst = append(dst, quota...)
+	dst = append(dst, 0)
+	return appendKeyStamp(dst, start)
+}
+
+// keyLen is the length of a key of subject and quota whose window start
+// is written in keyStampLayout (a year within 0–9999).
+func keyLen(subject, quota string) int {
+	return len(subject) + len(quota) + 2 + len(keyStampLayout)
 }
 
 // keyStampLayout is the layout of a window start inside a key.
@@ -74,6 +91,16 @@ func appendDigits(b []byte, v, width int) []byte {
 }
 
 // Store spends on counters.
+//
+// Keys and groups are borrowed, not kept. A group or an Item's Key passed
+// to Spend (and to Peek, Adjust and TopUp) may alias memory the caller
+// reuses once the call returns (the Check path builds its keys with
+// AppendKey into a buffer of its pooled request), so a store never retains
+// the string itself: whatever outlives the call (a new map entry, a
+// journal or queue entry, a goroutine or a reply that runs on, an error
+// kept past the call) holds a copy (strings.Clone, or a substring of a new
+// string such as the Redis key). Looking up an existing counter copies
+// nothing: a spend on counters that exist allocates no key.
 type Store interface {
 	// Spend adds each item's Cost to its counter if every counter stays
 	// within its Limit; otherwise it changes nothing. It writes each
@@ -84,7 +111,8 @@ type Store interface {
 	// arithmetic is checked, never wrapped, and items of one Spend that name
 	// the same counter are summed before the check. group is the subject:
 	// every key of one subject must always be spent with the same group, which
-	// lets a store lock per subject.
+	// lets a store lock per subject. Neither group nor any Key is kept past
+	// the call (see Store).
 	Spend(ctx context.Context, group string, items []Item, used []int64) (denied int, err error)
 }
 

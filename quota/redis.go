@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -504,7 +505,7 @@ func (sh *leaseShard) acquire(group string, now time.Time) *leaseGroup {
 	g := sh.groups[group]
 	if g == nil {
 		g = &leaseGroup{leases: map[string]*lease{}}
-		sh.groups[group] = g
+		sh.groups[strings.Clone(group)] = g // the caller may reuse group (see Store)
 	}
 	g.refs.Add(1)
 	return g
@@ -556,6 +557,13 @@ func (s *Leased) redisKey(group, key string) string {
 	return s.prefix + "{" + group + "}:" + key
 }
 
+// keyOf returns key as the tail of rkey, its Redis key (redisKey): the
+// same bytes, held by rkey's memory rather than the caller's, so that a
+// lease keeps its key at no extra allocation.
+func keyOf(rkey, key string) string {
+	return rkey[len(rkey)-len(key):]
+}
+
 // lease runs the lease script for every item its leases do not cover, under
 // g's lock, and records what Redis granted and reported. It returns the
 // index of the first item Redis could not cover, or -1.
@@ -602,9 +610,12 @@ func (s *Leased) lease(ctx context.Context, group string, g *leaseGroup, items [
 	}
 	// cut: the caller's deadline, not Timeout, bounds the wait.
 	cut := wait < s.timeout
+	// The counters' keys in g.leases, for this call and for a reply that
+	// comes after it returned: the tails of the Redis keys, not the
+	// caller's Keys, whose memory the caller may reuse (see Store).
 	lkeys := make([]string, len(idx))
 	for j, i := range idx {
-		lkeys[j] = items[i].Key
+		lkeys[j] = keyOf(keys[j], items[i].Key)
 	}
 	c := &leaseCall{done: make(chan struct{})}
 	g.refs.Add(1)
@@ -638,7 +649,7 @@ func (s *Leased) lease(ctx context.Context, group string, g *leaseGroup, items [
 
 	for j, i := range idx {
 		u, reset, granted := res[1+3*j], res[2+3*j], res[3+3*j]
-		key := items[i].Key
+		key := lkeys[j]
 		l := g.leases[key]
 		if l == nil {
 			l = &lease{rkey: keys[j]}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"strings"
 	"sync"
 	"time"
 
@@ -31,7 +32,8 @@ type TopUpper interface {
 	// absent, and returns its use after. It is never floored; it saturates
 	// instead of wrapping. A live counter keeps its own window end. A
 	// window that has ended (reset not after now) returns ErrWindowEnded:
-	// units added there would be lost with the counter.
+	// units added there would be lost with the counter. group and key are
+	// borrowed, as for Spend (see Store).
 	TopUp(ctx context.Context, group, key string, n int64, reset time.Time) (used int64, err error)
 }
 
@@ -94,7 +96,7 @@ func (m *Memory) topUp(group, key string, n int64, reset time.Time, create bool)
 			return 0, false
 		}
 		c = &counter{reset: reset}
-		sh.counters[key] = c
+		sh.counters[strings.Clone(key)] = c // the caller may reuse key (see Store)
 	}
 	c.used = addSigned(c.used, -n)
 	c.topped = addSat(c.topped, n)
@@ -265,7 +267,10 @@ type topUpQueue struct {
 	dropped int64 // units of top-ups whose window ended before they were sent
 }
 
+// add queues o, with copies of its group and key: the caller of TopUp may
+// reuse theirs (see Store).
 func (q *topUpQueue) add(o topUpOp) {
+	o.group, o.key = strings.Clone(o.group), strings.Clone(o.key)
 	q.mu.Lock()
 	q.ops = append(q.ops, o)
 	q.mu.Unlock()
