@@ -1,6 +1,7 @@
 package authz
 
 import (
+	"errors"
 	"sync"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -56,19 +57,33 @@ type vtMarshaler interface {
 	MarshalToSizedBufferVTStrict(dAtA []byte) (int, error)
 }
 
-// Marshal implements encoding.CodecV2.
+// Marshal implements encoding.CodecV2. An *Encoded is sent as it is.
 func (Codec) Marshal(v any) (mem.BufferSlice, error) {
+	if e, ok := v.(*Encoded); ok {
+		return e.take()
+	}
 	m, ok := v.(vtMarshaler)
 	if !ok {
 		return std.Marshal(v)
 	}
+	b, err := marshalVT(m)
+	if err != nil {
+		return nil, err
+	}
+	return mem.BufferSlice{b}, nil
+}
+
+// marshalVT encodes m into a buffer of its own: a pooled one, freed by
+// grpc-go once written, for a message of 1 KiB or more (grpc-go pools no
+// smaller buffer).
+func marshalVT(m vtMarshaler) (mem.Buffer, error) {
 	size := m.SizeVT()
 	if mem.IsBelowBufferPoolingThreshold(size) {
 		buf := make([]byte, size)
 		if _, err := m.MarshalToSizedBufferVTStrict(buf); err != nil {
 			return nil, err
 		}
-		return mem.BufferSlice{mem.SliceBuffer(buf)}, nil
+		return mem.SliceBuffer(buf), nil
 	}
 	pool := mem.DefaultBufferPool()
 	buf := pool.Get(size)
@@ -76,7 +91,54 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 		pool.Put(buf)
 		return nil, err
 	}
-	return mem.BufferSlice{mem.NewBuffer(buf, pool)}, nil
+	return mem.NewBuffer(buf, pool), nil
+}
+
+// Encoded is a Check's answer in protobuf's wire form: what Register's
+// handler returns, so that the messages it was built from can be reused at
+// once (see Server.serve). Codec sends its bytes; it can be sent once.
+// Bytes reads them, for tests and interceptors.
+type Encoded struct {
+	one  [1]mem.Buffer // bufs' array when the answer is one buffer
+	bufs mem.BufferSlice
+	sent bool
+}
+
+// encode encodes resp into an Encoded.
+func encode(resp *authv3.CheckResponse) (*Encoded, error) {
+	e := new(Encoded)
+	if m, ok := any(resp).(vtMarshaler); ok {
+		b, err := marshalVT(m)
+		if err != nil {
+			return nil, status.Error(codes.Internal, "tollgate: encoding the answer: "+err.Error())
+		}
+		e.one[0] = b
+		e.bufs = e.one[:]
+		return e, nil
+	}
+	bufs, err := std.Marshal(resp)
+	if err != nil {
+		return nil, status.Error(codes.Internal, "tollgate: encoding the answer: "+err.Error())
+	}
+	e.bufs = bufs
+	return e, nil
+}
+
+// take hands the bytes over to grpc-go, which frees them once written.
+func (e *Encoded) take() (mem.BufferSlice, error) {
+	if e.sent {
+		return nil, errors.New("tollgate: an encoded answer is sent once")
+	}
+	e.sent = true
+	return e.bufs, nil
+}
+
+// Bytes returns a copy of the encoded answer, or nil once it was sent.
+func (e *Encoded) Bytes() []byte {
+	if e.sent {
+		return nil
+	}
+	return e.bufs.Materialize()
 }
 
 // Unmarshal implements encoding.CodecV2.

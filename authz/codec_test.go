@@ -342,3 +342,41 @@ func (c rawCodec) Marshal(v any) (mem.BufferSlice, error) {
 	}
 	return c.Codec.Marshal(v)
 }
+
+// TestEncodedIsSentOnce: Register's handler answers with the encoded
+// response, which Codec hands to grpc-go once; a second Marshal (which
+// would give grpc-go buffers it already freed) is an error.
+func TestEncodedIsSentOnce(t *testing.T) {
+	srv, _ := demo(t, nil)
+	var reg registrar
+	authz.Register(&reg, srv)
+	b := marshal(t, req("GET", "/v1/search", map[string]string{"x-api-key": "sk_live_acme"}))
+	dec := func(v any) error { return authz.Codec{}.Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, v) }
+	resp, err := reg.desc.Methods[0].Handler(reg.impl, context.Background(), dec, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, ok := resp.(*authz.Encoded)
+	if !ok {
+		t.Fatalf("the handler answered a %T, want *authz.Encoded", resp)
+	}
+	want := e.Bytes()
+	var m authv3.CheckResponse
+	if err := proto.Unmarshal(want, &m); err != nil || m.GetStatus() == nil || m.GetDeniedResponse().GetBody() == "" {
+		t.Fatalf("Bytes = %v (%v), want an encoded refusal", &m, err)
+	}
+	got, err := authz.Codec{}.Marshal(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got.Materialize(), want) {
+		t.Errorf("Marshal gave other bytes than Bytes")
+	}
+	if _, err := (authz.Codec{}).Marshal(e); err == nil {
+		t.Errorf("a second Marshal succeeded, want an error")
+	}
+	if b := e.Bytes(); b != nil {
+		t.Errorf("Bytes after sending = %d bytes, want nil", len(b))
+	}
+	got.Free()
+}

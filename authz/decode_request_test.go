@@ -65,7 +65,23 @@ func (r *registrar) check(ctx context.Context, b []byte) (*authv3.CheckResponse,
 	if err != nil {
 		return nil, err
 	}
-	return resp.(*authv3.CheckResponse), nil
+	return decodeAnswer(resp)
+}
+
+// decodeAnswer is the message a Check handler's answer encodes: Register's
+// handler returns it encoded (*authz.Encoded), the generated one as it is.
+func decodeAnswer(resp any) (*authv3.CheckResponse, error) {
+	switch resp := resp.(type) {
+	case *authv3.CheckResponse:
+		return resp, nil
+	case *authz.Encoded:
+		m := new(authv3.CheckResponse)
+		if err := proto.Unmarshal(resp.Bytes(), m); err != nil {
+			return nil, err
+		}
+		return m, nil
+	}
+	return nil, fmt.Errorf("the handler answered a %T", resp)
 }
 
 // twoWays decides each request twice, on two servers built alike from

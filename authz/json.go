@@ -59,10 +59,16 @@ func appendJSONString(b []byte, s string) []byte {
 }
 
 // jsonObject builds one JSON object member by member.
-type jsonObject struct{ b []byte }
+type jsonObject struct {
+	b     []byte
+	start int // where the object begins in b: what precedes it is kept
+}
+
+// newJSONObject begins an object appended to b.
+func newJSONObject(b []byte) jsonObject { return jsonObject{b: b, start: len(b)} }
 
 func (o *jsonObject) key(k string) {
-	if len(o.b) == 0 {
+	if len(o.b) == o.start {
 		o.b = append(o.b, '{')
 	} else {
 		o.b = append(o.b, ',')
@@ -102,8 +108,8 @@ func (o *jsonObject) strs(k string, vs []string) {
 }
 
 func (o *jsonObject) bytes() []byte {
-	if len(o.b) == 0 {
-		return []byte("{}")
+	if len(o.b) == o.start {
+		return append(o.b, "{}"...)
 	}
 	return append(o.b, '}')
 }

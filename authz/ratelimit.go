@@ -3,6 +3,7 @@ package authz
 import (
 	"strconv"
 	"time"
+	"unsafe"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 
@@ -23,14 +24,14 @@ func retryAfter(reset, now time.Time) int64 {
 //
 // q is the limit, w the window in seconds, r what remains and t the seconds
 // until the window resets. Credits are not a rate limit and are left out:
-// with nothing else, both are "". Both values share one allocation.
-func rateLimitFields(d *policy.Decision, now time.Time) (policyField, rateLimit string) {
-	var buf [256]byte
+// with nothing else, both are "". Both values are written into buf's array
+// (or a new one when it is too small) and share its memory.
+func rateLimitFields(buf []byte, d *policy.Decision, now time.Time) (policyField, rateLimit string) {
 	both, n := appendRateLimitFields(buf[:0], d, now)
 	if n == 0 {
 		return "", ""
 	}
-	s := string(both)
+	s := unsafe.String(&both[0], len(both))
 	return s[:n], s[n:]
 }
 
@@ -98,20 +99,20 @@ func (q *quotaHeaders) add(k, v string) {
 }
 
 // quotaDenialHeaders adds Retry-After (when waiting helps) and the RateLimit
-// fields to a quota refusal: the headers in one allocation, their values in
-// one string.
-func quotaDenialHeaders(d *policy.Decision, sp *policy.Spend, now time.Time) []*corev3.HeaderValueOption {
-	var buf [320]byte
-	b, n := appendRateLimitFields(buf[:0], d, now)
-	rl := len(b)
+// fields to a quota refusal: the headers in x.quota, their values in x.text.
+func (x *denyResponse) quotaDenialHeaders(d *policy.Decision, sp *policy.Spend, now time.Time) []*corev3.HeaderValueOption {
+	start := len(x.text)
+	b, n := appendRateLimitFields(x.text, d, now)
+	rl := len(b) - start // where Retry-After's value begins
 	if !sp.Credits {
 		b = strconv.AppendInt(b, retryAfter(sp.Reset, now), 10)
 	}
-	if len(b) == 0 {
+	x.text = b
+	s := x.since(start)
+	if s == "" {
 		return nil
 	}
-	s := string(b)
-	q := new(quotaHeaders)
+	q := &x.quota
 	if n > 0 {
 		q.add("ratelimit-policy", s[:n])
 		q.add("ratelimit", s[n:rl])

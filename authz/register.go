@@ -12,7 +12,10 @@ import (
 // message: Codec decodes each request straight into a pooled Request, and
 // that Request is what interceptors get as req (Shed takes it). The server
 // must use Codec (grpc.ForceServerCodecV2(Codec{})): no other codec can
-// decode into a Request, and every Check would fail with an error.
+// decode into a Request or send an Encoded, and every Check would fail with
+// an error. An interceptor gets the *Request as req and, from the handler,
+// an *Encoded response (Shed's answer, a *authv3.CheckResponse, can be
+// returned in its place).
 func Register(reg grpc.ServiceRegistrar, s *Server) {
 	reg.RegisterService(&serviceDesc, s)
 }
@@ -36,14 +39,22 @@ func serveCheck(srv any, ctx context.Context, dec func(any) error, interceptor g
 		return nil, err
 	}
 	if interceptor == nil {
-		resp, _ := s.decideRequest(ctx, q)
-		return resp, nil
+		return s.serve(ctx, q)
 	}
 	return interceptor(ctx, q, &s.checkInfo, s.checkHandler)
 }
 
 // interceptedCheck is the handler an interceptor calls to decide req.
 func (s *Server) interceptedCheck(ctx context.Context, req any) (any, error) {
-	resp, _ := s.decideRequest(ctx, req.(*Request))
-	return resp, nil
+	return s.serve(ctx, req.(*Request))
+}
+
+// serve decides q and returns the answer already encoded. The answer's
+// messages are built in q's own blocks (Request.reuse) and encoded here,
+// before q goes back to the pool, so a Check allocates no messages: grpc-go
+// gets bytes that nothing else refers to.
+func (s *Server) serve(ctx context.Context, q *Request) (*Encoded, error) {
+	q.reuse = true
+	resp, _ := s.decideRequest(ctx, q)
+	return encode(resp)
 }

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -172,6 +173,30 @@ type Request struct {
 	spends [maxSpends]policy.Spend
 	items  [maxSpends]quota.Item
 	used   [maxSpends]int64
+	// reuse says the answer is built in allowOut or denyOut below rather
+	// than in new messages: serve sets it, since it encodes the answer
+	// before the Request is released. Decide leaves it false: its answer
+	// outlives the Request.
+	reuse    bool
+	allowOut allowResponse
+	denyOut  denyResponse
+}
+
+// allowBlock is where q's allow is built: its own block when the answer
+// is encoded before q is released (see reuse), otherwise a new one.
+func (q *Request) allowBlock() *allowResponse {
+	if q.reuse {
+		return &q.allowOut
+	}
+	return new(allowResponse)
+}
+
+// denyBlock is allowBlock for a refusal.
+func (q *Request) denyBlock() *denyResponse {
+	if q.reuse {
+		return &q.denyOut
+	}
+	return new(denyResponse)
 }
 
 var requests = sync.Pool{New: func() any { return new(Request) }}
@@ -187,6 +212,7 @@ func (q *Request) release() {
 	}
 	q.r.reset()
 	q.res = Result{}
+	q.reuse = false
 	requests.Put(q)
 }
 
@@ -215,7 +241,7 @@ func (s *Server) decideRequest(ctx context.Context, q *Request) (resp *authv3.Ch
 			s.log.Error("panic in Check", "panic", p, "request_id", r.requestID, "trace_id", sr.TraceID)
 			*sr = Result{RequestID: r.requestID, TraceID: sr.TraceID, Code: policy.EntitlementsUnavailable, Err: fmt.Errorf("panic in Check: %v", p)}
 			d := policy.Decision{Code: policy.EntitlementsUnavailable}
-			resp = rt.deny(r, &d, sr)
+			resp = rt.deny(r, &d, sr, q.denyBlock())
 			if s.tracer != nil {
 				s.tracer.EndCheck(ctx, sr)
 			}
@@ -236,13 +262,13 @@ func (s *Server) decideRequest(ctx context.Context, q *Request) (resp *authv3.Ch
 	switch {
 	case d.Allowed():
 		sr.Allowed, sr.Status = true, 200
-		resp = rt.allow(r, &d, sr)
+		resp = rt.allow(r, &d, sr, q.allowBlock())
 	case rt.opts.Shadow:
 		sr.Allowed, sr.Shadow, sr.Status = true, true, rt.status.Status(d.Code)
-		resp = rt.allow(r, &d, sr)
+		resp = rt.allow(r, &d, sr, q.allowBlock())
 	default:
 		sr.Status = rt.status.Status(d.Code)
-		resp = rt.deny(r, &d, sr)
+		resp = rt.deny(r, &d, sr, q.denyBlock())
 	}
 	sr.Duration = s.now().Sub(start)
 	if s.obs != nil {
@@ -382,17 +408,38 @@ func (s *Server) observeQuota(spends []policy.Spend, outcome string) {
 var okStatus = &rpcstatus.Status{}
 
 // allowResponse is an OK CheckResponse and every message it points to, in
-// one allocation rather than one per message. Its parts are never shared.
+// one block rather than one allocation per message. Its parts are never
+// shared. A block is either new for one answer, or a Request's, reused by
+// every Check that Request serves (see Request.reuse): allow resets it,
+// keeping only storage that the next answer refills (the metadata map, the
+// removal list's array).
 type allowResponse struct {
-	resp authv3.CheckResponse
-	ok   authv3.CheckResponse_OkResponse
-	http authv3.OkHttpResponse
-	set  [3]*corev3.HeaderValueOption // trusted headers upstream
-	rl   [2]*corev3.HeaderValueOption // RateLimit fields to the client
-	hdrs headerBlock
-	md   metadataBlock
-	id   decisionID
+	resp   authv3.CheckResponse
+	ok     authv3.CheckResponse_OkResponse
+	http   authv3.OkHttpResponse
+	set    [3]*corev3.HeaderValueOption // trusted headers upstream
+	rl     [2]*corev3.HeaderValueOption // RateLimit fields to the client
+	hdrs   headerBlock
+	md     metadataBlock
+	id     decisionID
+	remove []string // HeadersToRemove's array, kept across resets
+	rlBuf  [192]byte
 }
+
+// reset clears a for the next answer, keeping its reusable storage.
+func (a *allowResponse) reset() {
+	fields, remove := a.md.fields, a.remove
+	clear(remove[:cap(remove)]) // no strings of the last request kept alive
+	if cap(remove) > maxPooledRemovals {
+		remove = nil
+	}
+	*a = allowResponse{}
+	a.md.fields, a.remove = fields, remove[:0]
+}
+
+// maxPooledRemovals bounds the removal list a reused block keeps, so that
+// one request with a flood of prefixed headers does not pin its size.
+const maxPooledRemovals = 32
 
 // headerBlock holds the header messages of one response.
 type headerBlock struct {
@@ -412,9 +459,10 @@ func (b *headerBlock) overwrite(k, v string) *corev3.HeaderValueOption {
 
 // allow builds the OK response: trusted headers upstream with explicit
 // overwrite, and every client-sent header with our prefix removed.
-func (rt *Rules) allow(r *request, d *policy.Decision, res *Result) *authv3.CheckResponse {
-	a := new(allowResponse)
+func (rt *Rules) allow(r *request, d *policy.Decision, res *Result, a *allowResponse) *authv3.CheckResponse {
+	a.reset()
 	ok := &a.http
+	ok.HeadersToRemove = a.remove
 	res.DecisionID = a.id.fill()
 	a.set[0] = a.hdrs.overwrite(rt.idHeader, res.DecisionID)
 	ok.Headers = a.set[:1]
@@ -434,8 +482,12 @@ func (rt *Rules) allow(r *request, d *policy.Decision, res *Result) *authv3.Chec
 			ok.HeadersToRemove = append(ok.HeadersToRemove, name)
 		}
 	})
+	a.remove = ok.HeadersToRemove
+	if len(ok.HeadersToRemove) == 0 {
+		ok.HeadersToRemove = nil
+	}
 	if len(d.Spends) > 0 && !res.Shadow {
-		if pol, cur := rateLimitFields(d, res.now); pol != "" {
+		if pol, cur := rateLimitFields(a.rlBuf[:0], d, res.now); pol != "" {
 			a.rl[0] = a.hdrs.overwrite("ratelimit-policy", pol)
 			a.rl[1] = a.hdrs.overwrite("ratelimit", cur)
 			ok.ResponseHeadersToAdd = a.rl[:]
@@ -481,7 +533,10 @@ func reserve(r *request, d *policy.Decision, res *Result) *reservation.Reservati
 	return rv
 }
 
-// denyResponse is a refusal and the messages it points to, in one allocation.
+// denyResponse is a refusal and the messages it points to, in one block
+// (new, or a Request's and reused: see allowResponse). Its strings (the
+// gRPC message, the problem body, the quota headers' values) are written
+// into text, whose array a reused block keeps.
 type denyResponse struct {
 	resp   authv3.CheckResponse
 	status rpcstatus.Status
@@ -492,18 +547,49 @@ type denyResponse struct {
 	idOpt  corev3.HeaderValueOption
 	idVal  corev3.HeaderValue
 	hs     [8]*corev3.HeaderValueOption // the template's, the id, a quota's
+	quota  quotaHeaders
+	text   []byte
+}
+
+// maxPooledText bounds the text array a reused block keeps: a rare huge
+// body (a long offer list) does not stay pinned.
+const maxPooledText = 4 << 10
+
+// reset clears x for the next answer, keeping its reusable storage.
+func (x *denyResponse) reset() {
+	fields, text := x.md.fields, x.text[:0]
+	if cap(text) > maxPooledText {
+		text = nil
+	}
+	*x = denyResponse{}
+	x.md.fields, x.text = fields, text
+}
+
+// since returns what was appended to x.text from start on, as a string
+// sharing its memory. Later appends never write there: they add after it,
+// or move to a new array and leave this one as it is.
+func (x *denyResponse) since(start int) string {
+	if len(x.text) == start {
+		return ""
+	}
+	return unsafe.String(&x.text[start], len(x.text)-start)
 }
 
 // deny builds the refusal: problem+json with the members that apply.
-func (rt *Rules) deny(r *request, d *policy.Decision, res *Result) *authv3.CheckResponse {
+func (rt *Rules) deny(r *request, d *policy.Decision, res *Result, x *denyResponse) *authv3.CheckResponse {
+	x.reset()
+	if x.text == nil {
+		x.text = make([]byte, 0, 512) // room for most refusals' strings
+	}
 	t := &rt.tmpl[d.Code]
-	x := new(denyResponse)
 	res.DecisionID = x.id.fill()
 	detail := rt.detail(r, d, res.now)
 	if pd := rt.paymentDetail(d, res); pd != "" {
 		detail = pd
 	}
-	msg := d.Code.String() + ": " + detail
+	start := len(x.text)
+	x.text = append(append(append(x.text, d.Code.String()...), ": "...), detail...)
+	msg := x.since(start)
 	var body string
 	headers := x.hs[:0]
 	pc, payable := rt.paymentChallenge(r, d, res, detail)
@@ -512,7 +598,9 @@ func (rt *Rules) deny(r *request, d *policy.Decision, res *Result) *authv3.Check
 		// UNKNOWN and send the JSON as grpc-message: see grpcdeny.go.
 		headers, body = append(headers, t.grpc...), msg
 	} else {
-		headers, body = append(headers, t.headers...), rt.problem(r, d, t, detail, res, &pc)
+		start = len(x.text)
+		x.text = rt.appendProblem(x.text, r, d, t, detail, res, &pc)
+		headers, body = append(headers, t.headers...), x.since(start)
 	}
 	if payable {
 		headers = append(headers, overwrite("payment-required", pc.header))
@@ -527,7 +615,7 @@ func (rt *Rules) deny(r *request, d *policy.Decision, res *Result) *authv3.Check
 	x.idOpt.Header, x.idOpt.AppendAction = &x.idVal, corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
 	headers = append(headers, &x.idOpt)
 	if sp, _ := d.DeniedSpend(); sp != nil {
-		headers = append(headers, quotaDenialHeaders(d, sp, res.now)...)
+		headers = append(headers, x.quotaDenialHeaders(d, sp, res.now)...)
 	}
 	x.status.Code, x.status.Message = int32(t.grpcCode), msg
 	x.http.Status, x.http.Headers, x.http.Body = t.httpStatus, headers, body
@@ -538,17 +626,10 @@ func (rt *Rules) deny(r *request, d *policy.Decision, res *Result) *authv3.Check
 	return &x.resp
 }
 
-// problem renders RFC 9457 problem details; members appear in a fixed order.
-// Its scratch buffer is pooled: the body is the one string copied out.
-func (rt *Rules) problem(r *request, d *policy.Decision, t *template, detail string, res *Result, pc *challenge) string {
-	buf := problemBufs.Get().(*[]byte)
-	defer problemBufs.Put(buf)
-	o := jsonObject{b: (*buf)[:0]}
-	defer func() {
-		if cap(o.b) <= 4<<10 { // a rare huge body does not stay pooled
-			*buf = o.b[:0]
-		}
-	}()
+// appendProblem appends RFC 9457 problem details to b; members appear in
+// a fixed order.
+func (rt *Rules) appendProblem(b []byte, r *request, d *policy.Decision, t *template, detail string, res *Result, pc *challenge) []byte {
+	o := newJSONObject(b)
 	o.str("type", t.typeURI)
 	o.str("title", t.title)
 	o.int("status", int64(t.status))
@@ -595,11 +676,8 @@ func (rt *Rules) problem(r *request, d *policy.Decision, t *template, detail str
 		o.raw("x402", pc.x402)
 	}
 	o.str("decision_id", res.DecisionID)
-	return string(o.bytes())
+	return o.bytes()
 }
-
-// problemBufs holds problem's scratch buffers.
-var problemBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
 
 // detail is one human sentence saying what happened and what to do.
 func (rt *Rules) detail(r *request, d *policy.Decision, now time.Time) string {
@@ -680,6 +758,9 @@ type metadataBlock struct {
 	st   structpb.Struct
 	vals [4]structpb.Value // route, subject, plan, decision_id
 	strs [4]structpb.Value_StringValue
+	// fields is st.Fields, kept when the block is reset (cleared, not
+	// made again) so that a reused block's map costs no allocation.
+	fields map[string]*structpb.Value
 }
 
 // Values every response shares; a shared message is never modified.
@@ -709,7 +790,13 @@ func (m *metadataBlock) fill(res *Result) *structpb.Struct {
 	} else {
 		code = structpb.NewStringValue(res.Code.String())
 	}
-	f := make(map[string]*structpb.Value, 7)
+	f := m.fields
+	if f == nil {
+		f = make(map[string]*structpb.Value, 7)
+		m.fields = f
+	} else {
+		clear(f)
+	}
 	f["decision"], f["code"] = decision, code
 	if res.DecisionID != "" {
 		f["decision_id"] = m.str(3, res.DecisionID)

@@ -32,10 +32,10 @@ func (s *Server) Shed(req any) (*authv3.CheckResponse, bool) {
 	var resp *authv3.CheckResponse
 	if rt.opts.Shadow {
 		res.Allowed, res.Shadow, res.Status = true, true, rt.status.Status(d.Code)
-		resp = rt.allow(&r, &d, &res)
+		resp = rt.allow(&r, &d, &res, new(allowResponse))
 	} else {
 		res.Status = rt.status.Status(d.Code)
-		resp = rt.deny(&r, &d, &res)
+		resp = rt.deny(&r, &d, &res, new(denyResponse))
 	}
 	res.Duration = s.now().Sub(now)
 	if s.obs != nil {

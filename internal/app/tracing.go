@@ -186,7 +186,10 @@ func (c checkTracer) EndCheck(ctx context.Context, res *authz.Result) {
 			attribute.String("tollgate.decision", decision),
 			attribute.String("tollgate.code", res.Code.String()),
 			attribute.Int("tollgate.status", res.Status),
-			attribute.String("tollgate.decision_id", res.DecisionID),
+			// res is valid only during the call, and the span keeps its
+			// attributes until exported: the decision id shares memory
+			// with a response block the next Check reuses.
+			attribute.String("tollgate.decision_id", strings.Clone(res.DecisionID)),
 			attribute.String("tollgate.route", res.Route),
 			attribute.String("tollgate.subject", res.Subject),
 			attribute.String("tollgate.plan", res.Plan),
