@@ -180,6 +180,9 @@ type Request struct {
 	reuse    bool
 	allowOut allowResponse
 	denyOut  denyResponse
+	// keys holds the counters' keys of this Check's spends (items[i].Key
+	// shares its memory: the stores copy a key they keep, see quota.Item).
+	keys []byte
 }
 
 // allowBlock is where q's allow is built: its own block when the answer
@@ -201,6 +204,9 @@ func (q *Request) denyBlock() *denyResponse {
 
 var requests = sync.Pool{New: func() any { return new(Request) }}
 
+// maxPooledKeys bounds the key storage a pooled Request keeps.
+const maxPooledKeys = 1 << 10
+
 // maxPooledHeaders bounds the header storage a pooled Request keeps, so
 // that one huge request does not pin its size in the pool.
 const maxPooledHeaders = 256
@@ -213,6 +219,9 @@ func (q *Request) release() {
 	q.r.reset()
 	q.res = Result{}
 	q.reuse = false
+	if cap(q.keys) > maxPooledKeys {
+		q.keys = nil
+	}
 	requests.Put(q)
 }
 
@@ -357,14 +366,19 @@ func (s *Server) spend(ctx context.Context, rt *Rules, q *Request, d *policy.Dec
 	if len(spends) == 0 {
 		return
 	}
-	items := q.items[:0]
+	items, keys := q.items[:0], q.keys[:0]
 	for i := range spends {
 		sp := &spends[i]
+		start := len(keys)
+		keys = quota.AppendKey(keys, d.Entitlement.Subject, sp.Counter, sp.Start)
 		items = append(items, quota.Item{
-			Key: quota.Key(d.Entitlement.Subject, sp.Counter, sp.Start), Cost: sp.Cost, Limit: sp.Limit, Reset: sp.Reset,
+			// The key shares keys' memory, which the next Check this
+			// Request serves overwrites (or a larger array replaces).
+			Key: unsafe.String(&keys[start], len(keys)-start), Cost: sp.Cost, Limit: sp.Limit, Reset: sp.Reset,
 			FailOpen: sp.FailOpen,
 		})
 	}
+	q.keys = keys
 	used := q.used[:]
 	if len(items) > len(used) {
 		used = make([]int64, len(items))
