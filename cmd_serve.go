@@ -37,6 +37,7 @@ func cmdServe(ctx context.Context, args []string, std stdio) error {
 	log := newLogger(logw, cfg.Log.Level)
 	if servedGC.From != "" {
 		log.Info("garbage collector", "gogc", servedGC.GOGC, "memory_limit_bytes", servedGC.MemoryLimit, "from", servedGC.From)
+		defer startServedGC()() // the headroom loop, for as long as serve runs
 	}
 	// go-redis and gRPC log from inside calls (a Check's, too): through
 	// the queue, never straight to stderr.
