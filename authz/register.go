@@ -15,7 +15,9 @@ import (
 // decode into a Request or send an Encoded, and every Check would fail with
 // an error. An interceptor gets the *Request as req and, from the handler,
 // an *Encoded response (Shed's answer, a *authv3.CheckResponse, can be
-// returned in its place).
+// returned in its place). An interceptor calls the handler before it
+// returns and keeps neither req nor any string from it afterwards: the
+// Request goes back to the pool when the handler's caller returns.
 func Register(reg grpc.ServiceRegistrar, s *Server) {
 	reg.RegisterService(&serviceDesc, s)
 }

@@ -40,7 +40,9 @@ type Quotas interface {
 // Observer is told about every decision, for metrics.
 type Observer interface {
 	// ObserveCheck is told each decision. r is valid only during the call:
-	// it is reused by the next Check.
+	// it is reused by the next Check, and so are its strings (DecisionID
+	// shares memory the next Check overwrites): copy (strings.Clone) any
+	// string you keep.
 	ObserveCheck(r *Result)
 	// ObserveQuota is told the outcome of each spend: allowed, exhausted or error.
 	ObserveQuota(quota, outcome string)
@@ -850,5 +852,10 @@ func (s *Server) logDecision(ctx context.Context, rt *Rules, r *request, res *Re
 	if s.decisionLog != nil && s.writeDecision(res, method, path) {
 		return
 	}
-	s.log.LogAttrs(ctx, slog.LevelInfo, "decision", decisionAttrs(make([]slog.Attr, 0, 16), res, method, path)...)
+	// A handler may keep the record (an asynchronous or exporting one
+	// does), and the decision id shares memory with the answer's block,
+	// which the next Check this Request serves overwrites.
+	kept := *res
+	kept.DecisionID = strings.Clone(res.DecisionID)
+	s.log.LogAttrs(ctx, slog.LevelInfo, "decision", decisionAttrs(make([]slog.Attr, 0, 16), &kept, method, path)...)
 }

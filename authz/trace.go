@@ -18,7 +18,9 @@ type Tracer interface {
 	// of the trace the Check belongs to, for the decision log ("" for none).
 	StartCheck(ctx context.Context, h Headers) (context.Context, string)
 	// EndCheck is called with the context StartCheck returned once the
-	// Check is decided. res is valid only during the call.
+	// Check is decided. res is valid only during the call, and so are its
+	// strings (DecisionID shares memory the next Check overwrites): copy
+	// (strings.Clone) any string you keep, as a span's attributes are.
 	EndCheck(ctx context.Context, res *Result)
 }
 
@@ -40,9 +42,10 @@ const DecisionIDHeader = "tollgate-decision-id"
 type decisionID [32]byte
 
 // fill writes a new id into b and returns it as a string that shares b's
-// memory: the id costs no allocation of its own. b must be written only
-// here, once, and live in a block that is never reused (a response is
-// allocated per Check and never pooled); the string keeps the block alive.
+// memory: the id costs no allocation of its own. b is a new block's
+// (Decide, Shed), whose string keeps it alive, or a pooled Request's
+// (serve): then the id is valid only until that Request serves its next
+// Check, and whoever keeps it past the Check copies it.
 func (b *decisionID) fill() string {
 	hi, lo := idBits()
 	return b.format(hi, lo)
