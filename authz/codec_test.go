@@ -260,18 +260,9 @@ func TestCheckOverGRPC(t *testing.T) {
 				resp, _ := srv.Shed(req)
 				return resp, nil
 			}
-			lis := bufconn.Listen(1 << 20)
 			gs := grpc.NewServer(grpc.ForceServerCodecV2(authz.Codec{}), grpc.UnaryInterceptor(intercept))
 			reg.register(gs, srv)
-			go func() { _ = gs.Serve(lis) }()
-			defer gs.Stop()
-			cc, err := grpc.NewClient("passthrough:///bufnet",
-				grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-				grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer cc.Close()
+			cc := dialBufconn(t, gs)
 			client := authv3.NewAuthorizationClient(cc)
 			for _, tt := range []struct {
 				cr   *authv3.CheckRequest
@@ -299,7 +290,7 @@ func TestCheckOverGRPC(t *testing.T) {
 					t.Errorf("interceptor saw %s, want %s", got, want)
 				}
 			}
-			err = cc.Invoke(context.Background(), authv3.Authorization_Check_FullMethodName, []byte{0x0a, 0x05}, new(authv3.CheckResponse), grpc.ForceCodecV2(rawCodec{}))
+			err := cc.Invoke(context.Background(), authv3.Authorization_Check_FullMethodName, []byte{0x0a, 0x05}, new(authv3.CheckResponse), grpc.ForceCodecV2(rawCodec{}))
 			if got := status.Code(err); got != reg.notCheckRequest {
 				t.Errorf("truncated request: %v, want %v", err, reg.notCheckRequest)
 			}
@@ -379,4 +370,21 @@ func TestEncodedIsSentOnce(t *testing.T) {
 		t.Errorf("Bytes after sending = %d bytes, want nil", len(b))
 	}
 	got.Free()
+}
+
+// dialBufconn serves gs on an in-memory listener and returns a client
+// connection to it; both stop when the test ends.
+func dialBufconn(t testing.TB, gs *grpc.Server) *grpc.ClientConn {
+	t.Helper()
+	lis := bufconn.Listen(1 << 20)
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(gs.Stop)
+	cc, err := grpc.NewClient("passthrough:///bufnet",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
 }

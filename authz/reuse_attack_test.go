@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"math/big"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,8 +17,6 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tollgate-authz/tollgate/authz"
@@ -491,18 +488,9 @@ func TestConcurrentChecksOverGRPC(t *testing.T) {
 func concurrentChecks(t *testing.T, opts ...grpc.ServerOption) {
 	const workers, rounds = 8, 3
 	w := newReuseTwin(t, workers)
-	lis := bufconn.Listen(1 << 20)
 	gs := grpc.NewServer(append(opts, grpc.ForceServerCodecV2(authz.Codec{}), grpc.NumStreamWorkers(4))...)
 	authz.Register(gs, w.wire.Server)
-	go func() { _ = gs.Serve(lis) }()
-	defer gs.Stop()
-	cc, err := grpc.NewClient("passthrough:///bufnet",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	cc := dialBufconn(t, gs)
 
 	var cases []reuseCase
 	for _, c := range reuseCases() {
