@@ -14,6 +14,7 @@ import (
 	"github.com/tollgate-authz/tollgate/authz"
 	"github.com/tollgate-authz/tollgate/cache"
 	"github.com/tollgate-authz/tollgate/config"
+	"github.com/tollgate-authz/tollgate/entitlement"
 	"github.com/tollgate-authz/tollgate/entitlement/filesource"
 	"github.com/tollgate-authz/tollgate/entitlement/redissource"
 	"github.com/tollgate-authz/tollgate/internal/authzconfig"
@@ -95,34 +96,7 @@ func TestFixtureDecisions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt, err := authzconfig.Rules(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := authz.NewServer(rt, authz.Deps{Entitlements: cache.New(src, cache.Options{})})
-	reqs := genRequests(2000, 200, Mix{Deny: 0.2, Unknown: 0.1}, 3)
-	enc, err := encodeRequests(reqs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, e := range enc {
-		var cr authv3.CheckRequest
-		if err := proto.Unmarshal(e.b, &cr); err != nil {
-			t.Fatal(err)
-		}
-		resp, err := srv.Check(context.Background(), &cr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := proto.Marshal(resp)
-		var m rawMsg
-		if err := m.parse(b); err != nil {
-			t.Fatal(err)
-		}
-		if !decisionFits(e.kind, &m) {
-			t.Fatalf("%+v: got %v", reqs[i], resp)
-		}
-	}
+	checkFixtureDecisions(t, cfg, src)
 }
 
 // TestRedisFixtureDecisions is TestFixtureDecisions with the records
@@ -152,6 +126,14 @@ func TestRedisFixtureDecisions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkFixtureDecisions(t, cfg, src)
+}
+
+// checkFixtureDecisions decides every kind of generated request with cfg's
+// rules over src, as serve would, and fails unless each answer fits the
+// kind of request it was generated as.
+func checkFixtureDecisions(t *testing.T, cfg *config.Config, src entitlement.Source) {
+	t.Helper()
 	rt, err := authzconfig.Rules(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -167,7 +149,7 @@ func TestRedisFixtureDecisions(t *testing.T) {
 		if err := proto.Unmarshal(e.b, &cr); err != nil {
 			t.Fatal(err)
 		}
-		resp, err := srv.Check(ctx, &cr)
+		resp, err := srv.Check(context.Background(), &cr)
 		if err != nil {
 			t.Fatal(err)
 		}

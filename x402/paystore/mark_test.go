@@ -123,14 +123,8 @@ func TestReconcilerMinAge(t *testing.T) {
 			t.Run(tt.name, func(t *testing.T) {
 				ctx := context.Background()
 				h := fresh()
-				clock := func() time.Time { return testNow }
-				local := x402.NewLocalFacilitator(clock, "eip155:84532")
-				local.Mint(testAsset, x402.AddressOfKey(testKey()), big.NewInt(10000))
-				header, p := signedHeader(t, 1, time.Minute)
-				a := p.Payload.Authorization
-				rec := Record{Key: KeyOf(testAsset, a.From, a.Nonce), Route: "paid", Payload: header, Expires: h.future}
-				mustClaim(t, h.store, rec)
-				mustFinish(t, h.store, rec.Key, Unknown, "", ReasonSettling) // a live settle's mark
+				local := fundedFacilitator()
+				rec := unknownRecord(t, h.store, h.future, ReasonSettling) // a live settle's mark
 				at := mustGet(t, h.store, rec.Key).LastAttempt.Add(tt.age)
 				var observed []string
 				r := &Reconciler{Store: h.store, Facilitator: local, Now: func() time.Time { return at },
@@ -205,13 +199,8 @@ func TestReconcilerTellsOnce(t *testing.T) {
 				ctx := context.Background()
 				h := fresh()
 				clock := func() time.Time { return testNow }
-				local := x402.NewLocalFacilitator(clock, "eip155:84532")
-				local.Mint(testAsset, x402.AddressOfKey(testKey()), big.NewInt(10000))
-				header, p := signedHeader(t, 1, time.Minute)
-				a := p.Payload.Authorization
-				rec := Record{Key: KeyOf(testAsset, a.From, a.Nonce), Route: "paid", Payload: header, Expires: h.future}
-				mustClaim(t, h.store, rec)
-				mustFinish(t, h.store, rec.Key, Unknown, "", "settlement_outcome_unknown")
+				local := fundedFacilitator()
+				rec := unknownRecord(t, h.store, h.future, "settlement_outcome_unknown")
 				fac := &fakeFacilitator{settle: func(ctx context.Context, p x402.PaymentPayload, req x402.PaymentRequirements) (x402.SettleResponse, error) {
 					if tt.meanwhile != nil {
 						tt.meanwhile(t, h.replica(), rec.Key)
@@ -257,4 +246,24 @@ func TestReconcilerTellsOnce(t *testing.T) {
 			})
 		}
 	})
+}
+
+// fundedFacilitator is a local facilitator on testNow's clock, in which
+// the test payer (testKey) holds funds.
+func fundedFacilitator() *x402.LocalFacilitator {
+	local := x402.NewLocalFacilitator(func() time.Time { return testNow }, "eip155:84532")
+	local.Mint(testAsset, x402.AddressOfKey(testKey()), big.NewInt(10000))
+	return local
+}
+
+// unknownRecord claims a payment for route "paid" in store and marks it
+// Unknown with reason, as a settle whose outcome is not known leaves it.
+func unknownRecord(t *testing.T, store Store, expires time.Time, reason string) Record {
+	t.Helper()
+	header, p := signedHeader(t, 1, time.Minute)
+	a := p.Payload.Authorization
+	rec := Record{Key: KeyOf(testAsset, a.From, a.Nonce), Route: "paid", Payload: header, Expires: expires}
+	mustClaim(t, store, rec)
+	mustFinish(t, store, rec.Key, Unknown, "", reason)
+	return rec
 }

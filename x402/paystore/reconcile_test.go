@@ -312,8 +312,7 @@ func TestReconciler(t *testing.T) {
 func TestReconcilerHTTPTimeout(t *testing.T) {
 	ctx := context.Background()
 	clock := func() time.Time { return testNow }
-	local := x402.NewLocalFacilitator(clock, "eip155:84532")
-	local.Mint(testAsset, x402.AddressOfKey(testKey()), big.NewInt(10000))
+	local := fundedFacilitator()
 	answer := x402.FacilitatorHandler(local)
 	hang := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -365,8 +364,7 @@ func TestReconcilerHTTPTimeout(t *testing.T) {
 // TestReconcilerRun: Run reconciles on its period and stops with ctx.
 func TestReconcilerRun(t *testing.T) {
 	clock := func() time.Time { return testNow }
-	local := x402.NewLocalFacilitator(clock, "eip155:84532")
-	local.Mint(testAsset, x402.AddressOfKey(testKey()), big.NewInt(10000))
+	local := fundedFacilitator()
 	store := NewMemory(clock, 10)
 	header, p := signedHeader(t, 1, time.Minute)
 	a := p.Payload.Authorization
