@@ -1,14 +1,11 @@
 package authz_test
 
 import (
-	"context"
 	"encoding/hex"
 	"encoding/json"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -85,16 +82,7 @@ func TestInteropMppxThroughTheDecisionServer(t *testing.T) {
 	}))
 	defer srv.Close()
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "node", script)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "URL="+srv.URL+"/forecast", "PRIVATE_KEY=0x"+hex.EncodeToString(payer.Serialize()),
-		"TOKEN_NAME=USDC", "TOKEN_VERSION=2")
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("client: %v\n%s", err, mppx.Tail(out, 4000))
-	}
+	out := mppx.Pay(t, dir, script, srv.URL+"/forecast", "0x"+hex.EncodeToString(payer.Serialize()), "USDC", "2")
 	var got struct {
 		Status   int         `json:"status"`
 		Body     string      `json:"body"`

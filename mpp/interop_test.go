@@ -1,15 +1,12 @@
 package mpp
 
 import (
-	"context"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -121,16 +118,7 @@ func TestInteropMppx(t *testing.T) {
 	}))
 	defer srv.Close()
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "node", script)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "URL="+srv.URL+"/paid", "PRIVATE_KEY=0x"+hex.EncodeToString(payer.Serialize()),
-		"TOKEN_NAME="+tokenName, "TOKEN_VERSION="+tokenVersion)
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("client: %v\n%s", err, mppx.Tail(out, 4000))
-	}
+	out := mppx.Pay(t, dir, script, srv.URL+"/paid", "0x"+hex.EncodeToString(payer.Serialize()), tokenName, tokenVersion)
 	var got mppxResult
 	if err := json.Unmarshal(out, &got); err != nil {
 		t.Fatalf("client output: %v\n%s", err, out)

@@ -271,17 +271,7 @@ func TestFacilitatorDown(t *testing.T) {
 	}
 	// The reconciler settles it once the facilitator answers again.
 	fl.settleErr = nil
-	r := &paystore.Reconciler{Store: f.store, Facilitator: fl, Now: func() time.Time { return now }, MinAge: -1, // no wait: nothing else settles here
-		Requirements: func(rec paystore.Record) (x402.PaymentRequirements, bool) {
-			_, req, err := f.g.Requirements(rec, routes)
-			return req, err == nil
-		}}
-	if n, err := r.Once(context.Background()); n != 1 || err != nil {
-		t.Fatalf("reconciled %d, %v", n, err)
-	}
-	if rec, _, _ := f.store.Get(context.Background(), adm.Key); rec.State != paystore.Settled || f.fac.Settlements() != 1 {
-		t.Errorf("after reconciling: state %v, settlements %d; want settled once", rec.State, f.fac.Settlements())
-	}
+	f.reconcileOnce(t, fl, now, adm.Key)
 }
 
 func TestTopUpCredits(t *testing.T) {
@@ -396,5 +386,23 @@ func TestAuthorizationLifetime(t *testing.T) {
 				t.Errorf("record expires %v, want %v", rec.Expires, want)
 			}
 		})
+	}
+}
+
+// reconcileOnce has a reconciler settle the one payment left unknown in
+// f's store through fac, at now, and fails unless key is then settled and
+// the facilitator settled once.
+func (f *fixture) reconcileOnce(t *testing.T, fac x402.Facilitator, now time.Time, key string) {
+	t.Helper()
+	r := &paystore.Reconciler{Store: f.store, Facilitator: fac, Now: func() time.Time { return now }, MinAge: -1, // no wait: nothing else settles here
+		Requirements: func(rec paystore.Record) (x402.PaymentRequirements, bool) {
+			_, req, err := f.g.Requirements(rec, routes)
+			return req, err == nil
+		}}
+	if n, err := r.Once(context.Background()); n != 1 || err != nil {
+		t.Fatalf("reconciled %d, %v", n, err)
+	}
+	if rec, _, _ := f.store.Get(context.Background(), key); rec.State != paystore.Settled || f.fac.Settlements() != 1 {
+		t.Errorf("after reconciling: state %v, settlements %d; want settled once", rec.State, f.fac.Settlements())
 	}
 }

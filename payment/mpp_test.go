@@ -15,7 +15,6 @@ import (
 	"github.com/tollgate-authz/tollgate/mpp"
 	"github.com/tollgate-authz/tollgate/policy"
 	"github.com/tollgate-authz/tollgate/x402"
-	"github.com/tollgate-authz/tollgate/x402/paystore"
 )
 
 const mppKey = "0123456789abcdef0123456789abcdef-test"
@@ -268,15 +267,5 @@ func TestMPPFacilitatorDownAndReconciled(t *testing.T) {
 		t.Fatalf("settle outcome unknown: %v", err)
 	}
 	fl.settleErr = nil
-	r := &paystore.Reconciler{Store: f.store, Facilitator: fl, Now: func() time.Time { return *f.clock }, MinAge: -1, // no wait: nothing else settles here
-		Requirements: func(rec paystore.Record) (x402.PaymentRequirements, bool) {
-			_, req, err := f.g.Requirements(rec, routes)
-			return req, err == nil
-		}}
-	if n, err := r.Once(context.Background()); n != 1 || err != nil {
-		t.Fatalf("reconciled %d, %v", n, err)
-	}
-	if rec, _, _ := f.store.Get(context.Background(), adm.Key); rec.State != paystore.Settled || f.fac.Settlements() != 1 {
-		t.Errorf("after reconciling: state %v, settlements %d; want settled once", rec.State, f.fac.Settlements())
-	}
+	f.reconcileOnce(t, fl, *f.clock, adm.Key)
 }

@@ -5,9 +5,13 @@
 package mppx
 
 import (
-	"github.com/tollgate-authz/tollgate/internal/sdktest"
-
+	"context"
+	"os"
+	"os/exec"
 	"testing"
+	"time"
+
+	"github.com/tollgate-authz/tollgate/internal/sdktest"
 )
 
 // Client returns a directory holding src's client.mjs beside node_modules
@@ -28,3 +32,22 @@ func Client(t testing.TB, src string) (dir, script string) {
 
 // Tail is the last n bytes of b, for error messages.
 func Tail(b []byte, n int) []byte { return sdktest.Tail(b, n) }
+
+// Pay runs the client script (see Client) in dir against url, paying as
+// the key privateKeyHex (0x…) in the token named tokenName at
+// tokenVersion (its EIP-712 domain), and returns what it printed. It
+// fails the test when the client exits non-zero or runs two minutes.
+func Pay(t testing.TB, dir, script, url, privateKeyHex, tokenName, tokenVersion string) []byte {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "node", script)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "URL="+url, "PRIVATE_KEY="+privateKeyHex,
+		"TOKEN_NAME="+tokenName, "TOKEN_VERSION="+tokenVersion)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("client: %v\n%s", err, Tail(out, 4000))
+	}
+	return out
+}
