@@ -137,18 +137,7 @@ func TestMPPPaidRequestIsAllowed(t *testing.T) {
 			if !res.Allowed || res.Payment != "per_call" {
 				t.Fatalf("result %+v, want allowed per_call", res)
 			}
-			want := map[string]string{"x-tollgate-payer": payer, "x-tollgate-subject": tt.subject, "x-tollgate-plan": tt.plan}
-			for _, hv := range resp.GetOkResponse().GetHeaders() {
-				if w, ok := want[hv.GetHeader().GetKey()]; ok {
-					if hv.GetHeader().GetValue() != w {
-						t.Errorf("%s: %s, want %s", hv.GetHeader().GetKey(), hv.GetHeader().GetValue(), w)
-					}
-					delete(want, hv.GetHeader().GetKey())
-				}
-			}
-			if len(want) > 0 {
-				t.Errorf("headers upstream lack %v", want)
-			}
+			wantUpstream(t, resp, map[string]string{"x-tollgate-payer": payer, "x-tollgate-subject": tt.subject, "x-tollgate-plan": tt.plan})
 			md := resp.GetDynamicMetadata().GetFields()
 			if md[authz.MPPPaymentKey].GetStringValue() == "" || md[authz.PaymentKey] != nil {
 				t.Errorf("metadata %v: want the key under %q only (its receipt is a Payment-Receipt)", md, authz.MPPPaymentKey)

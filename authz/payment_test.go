@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"maps"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -194,18 +195,7 @@ func TestPaidRequestIsAllowed(t *testing.T) {
 		t.Fatalf("result %+v, want allowed per_call", res)
 	}
 	payer := strings.ToLower(x402test.Address(1))
-	want := map[string]string{"x-tollgate-payer": payer, "x-tollgate-subject": "x402:" + payer, "x-tollgate-plan": "x402"}
-	for _, hv := range resp.GetOkResponse().GetHeaders() {
-		if w, ok := want[hv.GetHeader().GetKey()]; ok {
-			if hv.GetHeader().GetValue() != w {
-				t.Errorf("%s: %s, want %s", hv.GetHeader().GetKey(), hv.GetHeader().GetValue(), w)
-			}
-			delete(want, hv.GetHeader().GetKey())
-		}
-	}
-	if len(want) > 0 {
-		t.Errorf("headers upstream lack %v", want)
-	}
+	wantUpstream(t, resp, map[string]string{"x-tollgate-payer": payer, "x-tollgate-subject": "x402:" + payer, "x-tollgate-plan": "x402"})
 	if rm := resp.GetOkResponse().GetHeadersToRemove(); !slices.Contains(rm, "payment-signature") || !slices.Contains(rm, "x-payment") {
 		t.Errorf("headers removed upstream %v: the spent payment goes on to the upstream", rm)
 	}
@@ -249,5 +239,23 @@ func TestShadowTakesNoMoney(t *testing.T) {
 	}
 	if resp.GetDynamicMetadata().GetFields()[authz.PaymentKey] != nil || fac.Settlements() != 0 {
 		t.Error("shadow mode admitted the payment")
+	}
+}
+
+// wantUpstream fails unless an allow sets each of want's headers upstream
+// with its value.
+func wantUpstream(t *testing.T, resp *authv3.CheckResponse, want map[string]string) {
+	t.Helper()
+	want = maps.Clone(want)
+	for _, hv := range resp.GetOkResponse().GetHeaders() {
+		if w, ok := want[hv.GetHeader().GetKey()]; ok {
+			if hv.GetHeader().GetValue() != w {
+				t.Errorf("%s: %s, want %s", hv.GetHeader().GetKey(), hv.GetHeader().GetValue(), w)
+			}
+			delete(want, hv.GetHeader().GetKey())
+		}
+	}
+	if len(want) > 0 {
+		t.Errorf("headers upstream lack %v", want)
 	}
 }
